@@ -1,0 +1,45 @@
+# Detour — developer entry points. `make run` and `make test` set up .venv themselves.
+PY      ?= python3
+VENV    := .venv
+BIN     := $(VENV)/bin
+STAMP   := $(VENV)/.installed
+
+.PHONY: run test unit integration operator chart bench soak crds lint clean venv
+
+$(STAMP): pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/python -m detour_proxy.devrun
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q -p no:cacheprovider
+
+unit: $(STAMP)
+	$(BIN)/python -m pytest -q tests/unit
+
+integration: $(STAMP)
+	$(BIN)/python -m pytest -q tests/integration
+
+operator: $(STAMP)
+	$(BIN)/python -m pytest -q tests/operator
+
+chart: $(STAMP)
+	$(BIN)/python -m pytest -q tests/chart
+
+crds: $(STAMP)
+	$(BIN)/python -m detour_operator.crdgen --write
+
+bench: $(STAMP)
+	$(BIN)/python bench/run.py
+
+soak: $(STAMP)
+	DETOUR_SOAK=1 $(BIN)/python -m pytest -q tests/resilience -k soak
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .hypothesis

@@ -1,0 +1,336 @@
+"""The routing config: the user-facing contract of Detour, and its one source of truth.
+
+The same models validate `detour-proxy --config FILE`, back the operator's rendering, and
+generate the CRD schemas (`detour_operator.crdgen`), so a field exists everywhere or nowhere.
+Keys are camelCase as users write them; Python attributes are snake_case.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+from enum import Enum
+from pathlib import Path
+from typing import Any, Literal
+
+import orjson
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic.alias_generators import to_camel
+
+from ._durations import Duration, format_duration, parse_duration
+
+__all__ = [
+    "ConfigError", "Duration", "format_duration", "parse_duration",
+    "SecretSource", "Timeouts", "ProviderType", "ContinuationMode", "Provider", "Limits",
+    "Target", "Match", "Strategy", "Backoff", "Retry", "Hedge", "StreamFailover", "Route",
+    "Breaker", "SlowCall", "Health", "RetryBudget", "ClientAuth", "Server", "SharedHealth",
+    "RoutingConfig", "load_config", "parse_config", "config_hash",
+]
+
+NAME_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+
+
+class ConfigError(ValueError):
+    """A config that cannot be served; the message names the field and the reason."""
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(
+        alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True,
+    )
+
+
+class SecretSource(_Model):
+    """Where a secret comes from: exactly one of env, file or value (value is for local tests only)."""
+
+    env: str | None = Field(None, description="Name of an environment variable holding the secret.")
+    file: str | None = Field(None, description="Path of a file holding the secret; re-read when it changes.")
+    value: str | None = Field(None, description="The secret inline. For local tests only; never in a ConfigMap.")
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> SecretSource:
+        if sum(x is not None for x in (self.env, self.file, self.value)) != 1:
+            raise ValueError("set exactly one of env, file or value")
+        return self
+
+    def __repr__(self) -> str:  # never print a secret value
+        kind = "env" if self.env else "file" if self.file else "value"
+        ref = self.env or self.file or "***"
+        return f"SecretSource({kind}={ref!r})"
+
+    __str__ = __repr__
+
+
+class Timeouts(_Model):
+    """Per-provider timeouts. Every attempt is also bounded by what is left of the route's deadline."""
+
+    connect: Duration = Field(5.0, description="Time to establish the TCP/TLS connection.")
+    first_token: Duration = Field(30.0, description="Time from sending the request to the first content-bearing chunk (streams) or to the response headers (non-streaming).")
+    stream_idle: Duration = Field(30.0, description="Longest silence allowed between two stream chunks before the stream counts as failed.")
+    total: Duration = Field(300.0, description="Longest a single attempt may take, start to end.")
+
+
+class ProviderType(str, Enum):
+    openai = "openai"
+    azure_openai = "azure-openai"
+    anthropic = "anthropic"
+    openai_compatible = "openai-compatible"
+
+
+class ContinuationMode(str, Enum):
+    """How a provider continues a partly delivered answer (stream failover in `continue` mode)."""
+
+    none = "none"                        # cannot continue: skipped as a continuation target
+    prefill = "prefill"                  # trailing assistant message is continued (Anthropic, many OpenAI-compatible servers)
+    continue_final_message = "continue-final-message"  # vLLM: `continue_final_message: true, add_generation_prompt: false`
+    prefix = "prefix"                    # DeepSeek/Mistral: assistant message with `prefix: true`
+
+
+class Provider(_Model):
+    """One upstream LLM provider endpoint."""
+
+    name: str = Field(..., pattern=NAME_PATTERN, max_length=63, description="Unique name of the provider, used by route targets.")
+    type: ProviderType = Field(ProviderType.openai, description="API dialect: openai, azure-openai, anthropic or openai-compatible.")
+    base_url: str = Field(..., alias="baseURL", pattern=r"^https?://", description="Base URL, e.g. https://api.openai.com/v1 or https://RESOURCE.openai.azure.com.")
+    api_key: SecretSource | None = Field(None, description="The provider API key.")
+    api_version: str | None = Field(None, description="azure-openai: api-version query parameter; anthropic: anthropic-version header.")
+    headers: dict[str, str] = Field(default_factory=dict, description="Extra headers sent on every request to this provider.")
+    timeouts: Timeouts = Field(default_factory=Timeouts, description="Connection, first-token, idle and total timeouts.")
+    max_tokens_default: int = Field(4096, ge=1, description="max_tokens sent when the client sets none and the provider requires it (anthropic).")
+    continuation: ContinuationMode | None = Field(None, description="How this provider continues a partial answer; default prefill for anthropic, none otherwise.")
+
+    @property
+    def effective_continuation(self) -> ContinuationMode:
+        if self.continuation is not None:
+            return self.continuation
+        return ContinuationMode.prefill if self.type is ProviderType.anthropic else ContinuationMode.none
+
+
+class Limits(_Model):
+    """Client-side rate limits for one target, enforced before a request is sent."""
+
+    requests_per_minute: int | None = Field(None, ge=1, description="Most requests sent to this target in any minute (across replicas, approximately).")
+    tokens_per_minute: int | None = Field(None, ge=1, description="Most tokens (prompt + completion) sent to this target in any minute.")
+
+
+class Target(_Model):
+    """One provider/model pair a route can send to."""
+
+    provider: str = Field(..., description="Name of a provider.")
+    model: str = Field(..., min_length=1, description="Model (or Azure deployment) name sent to the provider.")
+    priority: int = Field(0, ge=0, description="Lower is tried first (priority strategy).")
+    weight: int = Field(1, ge=0, le=10000, description="Relative share of traffic (weighted strategy).")
+    limits: Limits | None = Field(None, description="Optional requests/tokens per minute for this target.")
+
+
+class Match(_Model):
+    """Which requests a route serves; every listed condition must hold. Empty matches everything."""
+
+    models: list[str] = Field(default_factory=list, description="Model names or glob patterns (`chat-*`) the client may ask for.")
+    headers: dict[str, str] = Field(default_factory=dict, description="Request headers that must have these exact values.")
+    metadata: dict[str, str] = Field(default_factory=dict, description="Keys of the request metadata (`x-detour-metadata` header or OpenAI `metadata` field) that must have these values.")
+
+    def matches_model(self, model: str) -> bool:
+        return not self.models or any(fnmatch.fnmatchcase(model, p) for p in self.models)
+
+
+class Strategy(str, Enum):
+    priority = "priority"
+    weighted = "weighted"
+    latency = "latency"
+    least_busy = "least-busy"
+
+
+class Backoff(_Model):
+    initial: Duration = Field(0.1, description="Backoff cap before the first retry; full jitter picks a wait in [0, cap].")
+    max: Duration = Field(2.0, description="Largest backoff cap.")
+    multiplier: float = Field(2.0, ge=1.0, le=10.0, description="Growth of the cap per retry.")
+
+
+class Retry(_Model):
+    """Retries of the same target before falling back to the next one."""
+
+    attempts: int = Field(2, ge=1, le=10, description="Tries per target, the first included (1 = no retry).")
+    backoff: Backoff = Field(default_factory=Backoff)
+    on_status_codes: list[int] = Field(default_factory=lambda: [429, 500, 502, 503, 504], description="Upstream statuses retried on the same target.")
+    respect_retry_after: bool = Field(True, description="Wait at least what Retry-After asks before retrying the same target.")
+    max_retry_after: Duration = Field(10.0, description="A Retry-After longer than this is not waited for: the request falls back instead.")
+
+
+class Hedge(_Model):
+    """Send a duplicate to the next target when the first is slow (non-streaming requests only)."""
+
+    after: Duration = Field(..., description="Hedge when the first attempt has not answered after this long.")
+    max_extra: int = Field(1, ge=1, le=3, description="Most extra requests per client request.")
+
+
+class StreamFailover(str, Enum):
+    error = "error"        # mid-stream failure ends the stream with an error event (no [DONE])
+    continue_ = "continue"  # ask the next target to continue the delivered text
+
+
+class Route(_Model):
+    """A route: which requests it serves, and the targets, strategy and policies that serve them."""
+
+    name: str = Field(..., pattern=NAME_PATTERN, max_length=63, description="Unique route name (metrics label).")
+    match: Match = Field(default_factory=Match)
+    strategy: Strategy = Field(Strategy.priority, description="How the first target is chosen: priority, weighted, latency or least-busy.")
+    targets: list[Target] = Field(..., min_length=1, max_length=32)
+    retry: Retry = Field(default_factory=Retry)
+    fallback_on_status_codes: list[int] = Field(default_factory=lambda: [401, 403, 404, 408, 429, 500, 502, 503, 504], description="Upstream statuses that move the request to the next target.")
+    timeout: Duration = Field(60.0, description="Deadline for the whole request, all attempts and backoff together.")
+    stream_failover: StreamFailover = Field(StreamFailover.error, description="After tokens reached the client: end with an error event (error) or continue on the next target (continue).")
+    latency_tolerance: float = Field(0.2, ge=0.0, le=10.0, description="latency strategy: targets within this fraction of the best EWMA share traffic.")
+    hedge: Hedge | None = Field(None, description="Optional hedging of slow non-streaming requests.")
+
+    @field_validator("retry", "fallback_on_status_codes", mode="after")
+    @classmethod
+    def _codes_are_http(cls, v: Any) -> Any:
+        codes = v.on_status_codes if isinstance(v, Retry) else v
+        bad = [c for c in codes if not 100 <= c <= 599]
+        if bad:
+            raise ValueError(f"not HTTP status codes: {bad}")
+        return v
+
+
+class Breaker(_Model):
+    """Per-target circuit breaker."""
+
+    failure_ratio: float = Field(0.5, gt=0.0, le=1.0, description="Open when failures/requests over the window reach this ratio...")
+    min_requests: int = Field(10, ge=1, description="...with at least this many requests in the window.")
+    consecutive_failures: int = Field(5, ge=1, description="Open after this many failures in a row regardless of the window.")
+    cooldown: Duration = Field(30.0, description="First open period; doubles on each failed probe.")
+    max_cooldown: Duration = Field(300.0, description="Longest open period.")
+    half_open_probes: int = Field(1, ge=1, le=100, description="Real requests admitted as probes after the cooldown.")
+
+
+class SlowCall(_Model):
+    """Slow calls count against health (brownouts)."""
+
+    threshold: Duration = Field(10.0, description="A call slower than this is slow (time to first token for streams).")
+    ratio: float = Field(0.5, gt=0.0, le=1.0, description="Open the breaker when this share of calls in the window is slow.")
+
+
+class Health(_Model):
+    window: Duration = Field(60.0, description="Sliding window of per-target statistics.")
+    breaker: Breaker = Field(default_factory=Breaker)
+    slow_call: SlowCall | None = Field(None, description="Optional slow-call rule.")
+
+
+class RetryBudget(_Model):
+    """Retries across the process may not exceed ratio x recent requests + minPerSecond x window."""
+
+    ratio: float = Field(0.2, ge=0.0, le=10.0, description="Retries allowed per request over the budget window.")
+    min_per_second: float = Field(5.0, ge=0.0, description="Retries always allowed per second, so low traffic can still retry.")
+    window: Duration = Field(10.0, description="Window over which requests and retries are counted.")
+
+
+class ClientAuth(_Model):
+    """Keys that Detour's own clients must send as `Authorization: Bearer KEY`."""
+
+    keys: list[SecretSource] = Field(..., min_length=1, description="Accepted client keys.")
+
+
+class Server(_Model):
+    max_body_bytes: int = Field(10 * 1024 * 1024, ge=1024, description="Largest accepted request body (413 beyond).")
+    drain_timeout: Duration = Field(30.0, description="On shutdown, how long in-flight requests may finish.")
+
+
+class SharedHealth(_Model):
+    """Share breaker state across proxy replicas through Pod annotations (Kubernetes only)."""
+
+    enabled: bool = Field(False, description="Publish and merge health through Pod annotations.")
+    heartbeat: Duration = Field(10.0, description="Publish at least this often.")
+    min_interval: Duration = Field(0.5, description="Never publish more often than this.")
+    pod_selector: str = Field("app.kubernetes.io/component=proxy", description="Label selector of the peer proxy pods.")
+    replicas: int | None = Field(None, ge=1, description="Replica count used to split target limits when no peers are visible.")
+
+
+class RoutingConfig(_Model):
+    """The whole routing config served by one proxy."""
+
+    providers: list[Provider] = Field(..., min_length=1)
+    routes: list[Route] = Field(..., min_length=1)
+    health: Health = Field(default_factory=Health)
+    retry_budget: RetryBudget = Field(default_factory=RetryBudget)
+    client_auth: ClientAuth | None = None
+    server: Server = Field(default_factory=Server)
+    shared_health: SharedHealth = Field(default_factory=SharedHealth)
+
+    @model_validator(mode="after")
+    def _references(self) -> RoutingConfig:
+        names = [p.name for p in self.providers]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ValueError(f"duplicate provider names: {dup}")
+        rnames = [r.name for r in self.routes]
+        rdup = sorted({n for n in rnames if rnames.count(n) > 1})
+        if rdup:
+            raise ValueError(f"duplicate route names: {rdup}")
+        known = set(names)
+        for route in self.routes:
+            missing = sorted({t.provider for t in route.targets} - known)
+            if missing:
+                raise ValueError(f"route {route.name!r} names unknown providers: {missing}")
+        b = self.health.breaker
+        if b.max_cooldown < b.cooldown:
+            raise ValueError("health.breaker.maxCooldown must be at least cooldown")
+        return self
+
+    def provider(self, name: str) -> Provider:
+        for p in self.providers:
+            if p.name == name:
+                return p
+        raise KeyError(name)
+
+    def dump(self) -> dict[str, Any]:
+        """The JSON-ready form with camelCase keys and duration strings (defaults omitted)."""
+        return self.model_dump(mode="json", by_alias=True, exclude_defaults=True)
+
+
+def _loc(err: dict[str, Any], model: type[BaseModel] = RoutingConfig) -> str:
+    parts: list[str] = []
+    for p in err["loc"]:
+        if isinstance(p, int):
+            parts.append(f"[{p}]")
+        else:
+            parts.append(("." if parts else "") + str(p))
+    return "".join(parts) or "(root)"
+
+
+def _format_errors(exc: ValidationError) -> str:
+    lines = [f"{_loc(e)}: {e['msg']}" for e in exc.errors(include_url=False)]
+    return "invalid routing config:\n  " + "\n  ".join(lines)
+
+
+def parse_config(data: dict[str, Any] | str | bytes) -> RoutingConfig:
+    """Validate a mapping (or YAML/JSON text) into a RoutingConfig, raising ConfigError."""
+    if isinstance(data, (str, bytes)):
+        try:
+            data = yaml.safe_load(data)
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"invalid routing config: not YAML/JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError("invalid routing config: the document must be a mapping")
+    try:
+        return RoutingConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_format_errors(exc)) from None
+
+
+def load_config(path: str | Path) -> RoutingConfig:
+    try:
+        text = Path(path).read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"cannot read config {path}: {exc.strerror}") from None
+    return parse_config(text)
+
+
+def config_hash(config: RoutingConfig) -> str:
+    """Stable short hash of the effective config (key order and formatting do not matter)."""
+    blob = orjson.dumps(config.model_dump(mode="json", by_alias=True), option=orjson.OPT_SORT_KEYS)
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+
