@@ -66,7 +66,7 @@ class Timeouts(_Model):
     """Per-provider timeouts. Every attempt is also bounded by what is left of the route's deadline."""
 
     connect: Duration = Field(5.0, description="Time to establish the TCP/TLS connection.")
-    first_token: Duration = Field(30.0, description="Time from sending the request to the first content-bearing chunk (streams) or to the response headers (non-streaming).")
+    first_token: Duration = Field(30.0, description="Streams: time from sending the request to the first content-bearing chunk; later failures cannot be hidden, earlier ones fail over invisibly.")
     stream_idle: Duration = Field(30.0, description="Longest silence allowed between two stream chunks before the stream counts as failed.")
     total: Duration = Field(300.0, description="Longest a single attempt may take, start to end.")
 

@@ -1,0 +1,190 @@
+"""Render one namespace's LLMProviders and RoutingPolicies into the proxies' routing config.
+
+Pure: objects in (plain dicts as the API returns them), config + credentials + per-object
+problems out. Why pure: every rule about what gets published (exclusion of broken objects, the
+last good config staying, byte-stable output) is then testable without a cluster, and the kopf
+handlers only move data between the API and this function.
+
+Rules:
+- provider name = LLMProvider metadata.name; route name = RoutingPolicy metadata.name;
+  routes are ordered by (spec.order, name); providers by name.
+- an object whose spec is invalid, or whose references (Secrets, LLMProviders) are missing, is
+  excluded and gets a problem naming the reason; a policy naming an excluded provider is excluded.
+- whatever remains is published if it is a valid `RoutingConfig`; otherwise nothing is published.
+- API keys are copied (still base64, never decoded) into the credentials Secret data under the
+  provider's name; the config refers to them as files under the mount path.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from detour_proxy import config as cfg
+
+from . import specs
+from .settings import OperatorSettings
+
+LLMP, RPOL = "LLMProvider", "RoutingPolicy"
+Key = tuple[str, str]  # (kind, name)
+
+
+@dataclass(frozen=True)
+class Problem:
+    """Why an object is not part of the config: the condition it fails, a reason and a message."""
+
+    condition: str  # Accepted | ResolvedRefs
+    reason: str
+    message: str
+
+
+@dataclass
+class RenderResult:
+    config: cfg.RoutingConfig | None = None
+    config_yaml: bytes | None = None
+    config_hash: str | None = None
+    credentials: dict[str, str] = field(default_factory=dict)  # provider name -> base64 key
+    problems: dict[Key, list[Problem]] = field(default_factory=dict)
+    included: set[Key] = field(default_factory=set)
+    error: str | None = None  # why nothing could be published
+
+    def add(self, key: Key, problem: Problem) -> None:
+        self.problems.setdefault(key, []).append(problem)
+
+
+def _errors(exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors(include_url=False):
+        loc = ".".join(str(p) for p in err["loc"]) or "spec"
+        parts.append(f"{loc}: {err['msg']}")
+    return "; ".join(parts)
+
+
+def _live(objs: Iterable[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    """Objects not being deleted, sorted by name (input order must not matter)."""
+    alive = [o for o in objs if not o.get("metadata", {}).get("deletionTimestamp")]
+    return sorted(alive, key=lambda o: o["metadata"]["name"])
+
+
+def _validate(model: type[BaseModel], data: Any) -> tuple[BaseModel | None, str | None]:
+    try:
+        return model.model_validate(data or {}), None
+    except ValidationError as exc:
+        return None, _errors(exc)
+
+
+def _provider(obj: Mapping[str, Any], secrets: Mapping[str, Mapping[str, str]],
+              settings: OperatorSettings, result: RenderResult) -> dict[str, Any] | None:
+    name = obj["metadata"]["name"]
+    key = (LLMP, name)
+    spec, err = _validate(specs.LLMProviderSpec, obj.get("spec"))
+    if spec is None:
+        result.add(key, Problem("Accepted", "InvalidSpec", err or "invalid spec"))
+        return None
+    data = spec.model_dump(mode="json", by_alias=True, exclude_defaults=True, exclude={"api_key_secret_ref"})
+    data["name"] = name
+    ref = spec.api_key_secret_ref  # type: ignore[attr-defined]
+    if ref is None and spec.type is not cfg.ProviderType.openai_compatible:  # type: ignore[attr-defined]
+        result.add(key, Problem("Accepted", "InvalidSpec",
+                                "spec.apiKeySecretRef is required unless type is openai-compatible"))
+        return None
+    if ref is not None:
+        data["apiKey"] = {"file": f"{settings.credentials_mount_path.rstrip('/')}/{name}"}
+    provider, err = _validate(cfg.Provider, data)
+    if provider is None:
+        result.add(key, Problem("Accepted", "InvalidSpec", err or "invalid provider"))
+        return None
+    if ref is not None:
+        secret = secrets.get(ref.name)
+        if secret is None:
+            result.add(key, Problem("ResolvedRefs", "SecretNotFound", f"Secret {ref.name!r} not found"))
+            return None
+        if ref.key not in secret or not secret[ref.key]:
+            result.add(key, Problem("ResolvedRefs", "SecretKeyNotFound",
+                                    f"Secret {ref.name!r} has no key {ref.key!r}"))
+            return None
+        result.credentials[name] = secret[ref.key]
+    return data
+
+
+def _route(obj: Mapping[str, Any], providers: set[str], excluded: set[str], result: RenderResult,
+           ) -> tuple[int, str, dict[str, Any]] | None:
+    name = obj["metadata"]["name"]
+    key = (RPOL, name)
+    spec, err = _validate(specs.RoutingPolicySpec, obj.get("spec"))
+    if spec is None:
+        result.add(key, Problem("Accepted", "InvalidSpec", err or "invalid spec"))
+        return None
+    data = spec.model_dump(mode="json", by_alias=True, exclude_defaults=True, exclude={"order", "targets"})
+    data["name"] = name
+    targets = []
+    for t in spec.targets:  # type: ignore[attr-defined]
+        td = t.model_dump(mode="json", by_alias=True, exclude_defaults=True, exclude={"provider_ref"})
+        targets.append({"provider": t.provider_ref, **td})
+    data["targets"] = targets
+    route, err = _validate(cfg.Route, data)
+    if route is None:
+        result.add(key, Problem("Accepted", "InvalidSpec", err or "invalid route"))
+        return None
+    refs = sorted({t["provider"] for t in targets})
+    missing = [r for r in refs if r not in providers]
+    if missing:
+        result.add(key, Problem("ResolvedRefs", "ProviderNotFound", "LLMProvider not found: " + ", ".join(missing)))
+        return None
+    broken = [r for r in refs if r in excluded]
+    if broken:
+        result.add(key, Problem("ResolvedRefs", "ProviderNotReady", "LLMProvider not ready: " + ", ".join(broken)))
+        return None
+    return spec.order, name, data  # type: ignore[attr-defined]
+
+
+def canonical_yaml(config: cfg.RoutingConfig, namespace: str) -> bytes:
+    """Byte-stable YAML: defaults omitted, keys sorted, lists in their semantic order."""
+    header = f"# Rendered by detour-operator from LLMProviders and RoutingPolicies in namespace {namespace}.\n"
+    body = yaml.safe_dump(config.dump(), sort_keys=True, default_flow_style=False, allow_unicode=True, width=1000)
+    return (header + body).encode()
+
+
+def render(providers: Iterable[Mapping[str, Any]], policies: Iterable[Mapping[str, Any]],
+           secrets: Mapping[str, Mapping[str, str]], settings: OperatorSettings,
+           namespace: str = "default") -> RenderResult:
+    """Render one namespace. `secrets` maps Secret name -> its `data` (base64 values)."""
+    result = RenderResult()
+    live_providers = _live(providers)
+    rendered: list[dict[str, Any]] = []
+    for obj in live_providers:
+        data = _provider(obj, secrets, settings, result)
+        if data is not None:
+            rendered.append(data)
+            result.included.add((LLMP, data["name"]))
+    known = {o["metadata"]["name"] for o in live_providers}
+    good = {p["name"] for p in rendered}
+    routes = []
+    for obj in _live(policies):
+        item = _route(obj, known, known - good, result)
+        if item is not None:
+            routes.append(item)
+    routes.sort(key=lambda r: (r[0], r[1]))
+    for _, name, _ in routes:
+        result.included.add((RPOL, name))
+    if not rendered or not routes:
+        result.error = "no valid " + ("LLMProvider" if not rendered else "RoutingPolicy")
+        result.included.clear()
+        result.credentials.clear()
+        return result
+    doc = {"providers": rendered, "routes": [r[2] for r in routes], **settings.global_config()}
+    try:
+        config = cfg.parse_config(doc)
+    except cfg.ConfigError as exc:
+        result.error = str(exc).replace("\n", " ")
+        result.included.clear()
+        result.credentials.clear()
+        return result
+    result.config = config
+    result.config_yaml = canonical_yaml(config, namespace)
+    result.config_hash = cfg.config_hash(config)
+    return result

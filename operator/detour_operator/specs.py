@@ -1,0 +1,114 @@
+"""Spec and status models of the Detour custom resources, derived from the routing-config models.
+
+Why derived: `detour_proxy.config` is the one schema. An LLMProvider spec *is* a `Provider`
+without `name` (metadata.name) and `apiKey` (a Secret reference instead); a RoutingPolicy spec
+*is* a `Route` without `name`, whose targets say `providerRef`, plus `order`. Building the models
+from the config models' fields means a new config field shows up in the CRDs (and in
+`crds/*.yaml`, checked by a test) without anyone remembering to add it.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, create_model
+from pydantic.alias_generators import to_camel
+
+from detour_proxy import config as cfg
+
+GROUP = "detour.dev"
+VERSION = "v1alpha1"
+API_VERSION = f"{GROUP}/{VERSION}"
+
+HttpStatus = Annotated[int, Field(ge=100, le=599)]
+
+
+def _derive(name: str, base: type[BaseModel], drop: set[str], doc: str, **extra: Any) -> type[BaseModel]:
+    """A model with `base`'s fields (same aliases, bounds, descriptions) minus `drop`, plus `extra`."""
+    fields: dict[str, Any] = {
+        fname: (finfo.annotation, finfo) for fname, finfo in base.model_fields.items() if fname not in drop
+    }
+    fields.update(extra)
+    model = create_model(name, __config__=base.model_config, __doc__=doc, **fields)
+    return model
+
+
+class SecretKeyRef(BaseModel):
+    """A key in a Secret of the same namespace."""
+
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True)
+
+    name: str = Field(..., min_length=1, max_length=253, description="Name of the Secret in the LLMProvider's namespace.")
+    key: str = Field(..., min_length=1, max_length=253, description="Key within the Secret that holds the API key.")
+
+
+LLMProviderSpec = _derive(
+    "LLMProviderSpec", cfg.Provider, {"name", "api_key"},
+    "One upstream LLM provider endpoint; the provider's name is the object's metadata.name.",
+    api_key_secret_ref=(SecretKeyRef | None, Field(None, description=(
+        "Secret key holding the provider API key; required unless type is openai-compatible. "
+        "The operator copies it into Secret detour-credentials, never into the ConfigMap."))),
+)
+
+PolicyTarget = _derive(
+    "PolicyTarget", cfg.Target, {"provider"},
+    "One provider/model pair the policy can send to.",
+    provider_ref=(str, Field(..., pattern=cfg.NAME_PATTERN, max_length=63,
+                             description="Name of an LLMProvider in the same namespace.")),
+)
+
+RoutingPolicySpec = _derive(
+    "RoutingPolicySpec", cfg.Route, {"name", "targets", "fallback_on_status_codes"},
+    "One route of the routing config; the route's name is the object's metadata.name.",
+    targets=(list[PolicyTarget], Field(..., min_length=1, max_length=32, description="Targets, in priority order for the priority strategy.")),  # type: ignore[valid-type]
+    fallback_on_status_codes=(list[HttpStatus], Field(
+        default_factory=lambda: [401, 403, 404, 408, 429, 500, 502, 503, 504],
+        description=cfg.Route.model_fields["fallback_on_status_codes"].description)),
+    order=(int, Field(0, ge=-1000000, le=1000000, description=(
+        "When several policies match a request, lower order is tried first; ties are broken by name."))),
+)
+
+# Fields of the config models the specs leave out on purpose (tests check nothing else is lost).
+PROVIDER_DROPPED = {"name", "api_key"}
+ROUTE_DROPPED = {"name"}
+TARGET_RENAMED = {"provider": "provider_ref"}
+
+
+class _Status(BaseModel):
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True)
+
+
+class Condition(_Status):
+    """A Kubernetes API convention condition."""
+
+    type: str = Field(..., description="Accepted, ResolvedRefs, Programmed, Ready or Available.")
+    status: Literal["True", "False", "Unknown"] = Field(..., description="True, False or Unknown.")
+    reason: str = Field(..., description="CamelCase reason for the condition's last transition.")
+    message: str = Field("", description="Human-readable details.")
+    last_transition_time: str = Field(..., description="When status last changed (RFC 3339).", json_schema_extra={"format": "date-time"})
+    observed_generation: int | None = Field(None, ge=0, description="metadata.generation the condition was computed for.")
+
+
+class ProviderHealth(_Status):
+    """Roll-up of the health that proxy pods publish in their `detour.dev/health` annotation."""
+
+    state: Literal["Healthy", "Degraded", "Unavailable", "Unknown"] = Field(..., description="Healthy, Degraded (some pods have an open breaker), Unavailable (all open) or Unknown (no fresh reports).")
+    breaker: str = Field("", description="Pods with an open breaker for this provider out of the pods reporting it, e.g. `2/3 open`.")
+    last_error: str | None = Field(None, description="Most recent error class seen by any pod, e.g. http_503.")
+    last_error_at: str | None = Field(None, description="When the most recent error happened (RFC 3339).")
+    requests: int = Field(0, ge=0, description="Requests in the health window, summed over pods.")
+    failure_ratio: float = Field(0.0, ge=0.0, le=1.0, description="Request-weighted failure ratio over the window.")
+    pods: int = Field(0, ge=0, description="Proxy pods with a fresh report for this provider.")
+
+
+class LLMProviderStatus(_Status):
+    observed_generation: int | None = Field(None, description="Last metadata.generation the operator processed.")
+    conditions: list[Condition] = Field(default_factory=list, description="Accepted, ResolvedRefs, Programmed, Ready, Available.")
+    config_hash: str | None = Field(None, description="Hash of the published routing config that includes this provider.")
+    health: ProviderHealth | None = Field(None, description="Health roll-up from the proxy pods.")
+
+
+class RoutingPolicyStatus(_Status):
+    observed_generation: int | None = Field(None, description="Last metadata.generation the operator processed.")
+    conditions: list[Condition] = Field(default_factory=list, description="Accepted, ResolvedRefs, Programmed, Ready.")
+    config_hash: str | None = Field(None, description="Hash of the published routing config that includes this policy.")

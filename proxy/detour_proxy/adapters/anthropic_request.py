@@ -1,0 +1,260 @@
+"""OpenAI chat request -> Anthropic Messages request.
+
+The two dialects model a conversation differently: Anthropic has a top-level `system`,
+strictly user/assistant turns (consecutive same-role turns merged), tool calls as
+`tool_use` content blocks and tool results as `tool_result` blocks *inside a user turn*
+(which must come before any other content of that turn). This module only reshapes; it does
+not judge content, so what Anthropic rejects (e.g. an unsupported image type) comes back as
+Anthropic's own 400.
+
+Choices worth knowing:
+- system/developer messages anywhere in the conversation are hoisted into `system`, joined
+  with a blank line, in order (Anthropic has no mid-conversation system turn).
+- Tool-call arguments that are not a JSON object are sent as `{"_raw_arguments": "<text>"}`
+  rather than `{}`, so the model still sees what it produced (nothing silently lost).
+- Empty and whitespace-only text blocks are dropped (Anthropic rejects them); a final
+  assistant turn is right-stripped (Anthropic rejects trailing whitespace there) and the
+  stripped text is returned so the stream decoder can avoid repeating it.
+- `temperature` is clamped to Anthropic's [0, 1]; `n > 1`, legacy `function` messages and
+  unknown content parts raise UnsupportedRequest. `response_format`, `logprobs`,
+  `presence/frequency_penalty`, `seed` have no Anthropic counterpart and are not sent.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import orjson
+
+from .base import UnsupportedRequest
+
+__all__ = ["to_anthropic", "tool_input"]
+
+_DATA_URL = re.compile(r"^data:([^;,]+)?((?:;[^;,]*)*?);base64,(.*)$", re.DOTALL)
+
+
+def _text_of(content: Any, where: str) -> list[str]:
+    """Texts of a string-or-parts content (system, developer, tool messages)."""
+    if content is None:
+        return []
+    if isinstance(content, str):
+        return [content]
+    if isinstance(content, list):
+        out = []
+        for part in content:
+            if isinstance(part, dict) and part.get("type") in ("text", "input_text") and isinstance(part.get("text"), str):
+                out.append(part["text"])
+            else:
+                raise UnsupportedRequest(f"{where}: only text content parts are supported")
+        return out
+    raise UnsupportedRequest(f"{where}: content must be a string or a list of parts")
+
+
+def _text_block(text: str) -> dict[str, Any] | None:
+    return {"type": "text", "text": text} if text and not text.isspace() else None
+
+
+def _image_block(part: dict[str, Any], where: str) -> dict[str, Any]:
+    iu = part.get("image_url")
+    url = iu.get("url") if isinstance(iu, dict) else iu
+    if not isinstance(url, str):
+        raise UnsupportedRequest(f"{where}: image_url.url must be a string")
+    m = _DATA_URL.match(url)
+    if m:
+        return {"type": "image", "source": {"type": "base64", "media_type": m.group(1) or "image/png",
+                                            "data": m.group(3)}}
+    if url.startswith(("http://", "https://")):
+        return {"type": "image", "source": {"type": "url", "url": url}}
+    raise UnsupportedRequest(f"{where}: image_url must be a base64 data URL or an http(s) URL")
+
+
+def _user_blocks(content: Any, where: str) -> list[dict[str, Any]]:
+    if content is None:
+        return []
+    if isinstance(content, str):
+        b = _text_block(content)
+        return [b] if b else []
+    if not isinstance(content, list):
+        raise UnsupportedRequest(f"{where}: content must be a string or a list of parts")
+    out = []
+    for part in content:
+        t = part.get("type") if isinstance(part, dict) else None
+        if t in ("text", "input_text", "refusal"):
+            b = _text_block(part.get("text") if t != "refusal" else part.get("refusal"))
+            if b:
+                out.append(b)
+        elif t == "image_url":
+            out.append(_image_block(part, where))
+        else:
+            raise UnsupportedRequest(f"{where}: content part type {t!r} is not supported by anthropic")
+    return out
+
+
+def tool_input(arguments: Any) -> dict[str, Any]:
+    """OpenAI's JSON-string arguments -> Anthropic's `input` object (see module docstring)."""
+    if isinstance(arguments, dict):
+        return arguments
+    if arguments is None or (isinstance(arguments, str) and not arguments.strip()):
+        return {}
+    if isinstance(arguments, str):
+        try:
+            value = orjson.loads(arguments)
+        except orjson.JSONDecodeError:
+            return {"_raw_arguments": arguments}
+        if isinstance(value, dict):
+            return value
+        return {"_raw_arguments": arguments}
+    return {"_raw_arguments": orjson.dumps(arguments).decode()}
+
+
+def _tool_use_blocks(tool_calls: Any, where: str) -> list[dict[str, Any]]:
+    if not isinstance(tool_calls, list):
+        raise UnsupportedRequest(f"{where}: tool_calls must be a list")
+    out = []
+    for j, tc in enumerate(tool_calls):
+        fn = tc.get("function") if isinstance(tc, dict) else None
+        if not isinstance(fn, dict) or not isinstance(fn.get("name"), str) or not isinstance(tc.get("id"), str):
+            raise UnsupportedRequest(f"{where}.tool_calls[{j}]: needs id and function.name")
+        out.append({"type": "tool_use", "id": tc["id"], "name": fn["name"], "input": tool_input(fn.get("arguments"))})
+    return out
+
+
+def _tool_result_block(msg: dict[str, Any], where: str) -> dict[str, Any]:
+    tid = msg.get("tool_call_id")
+    if not isinstance(tid, str):
+        raise UnsupportedRequest(f"{where}: tool message needs tool_call_id")
+    texts = [t for t in _text_of(msg.get("content"), where) if t]
+    block: dict[str, Any] = {"type": "tool_result", "tool_use_id": tid}
+    if len(texts) == 1:
+        block["content"] = texts[0]
+    elif texts:
+        block["content"] = [{"type": "text", "text": t} for t in texts]
+    return block
+
+
+def _tool(t: Any, i: int) -> dict[str, Any]:
+    fn = t.get("function") if isinstance(t, dict) and t.get("type", "function") == "function" else None
+    if not isinstance(fn, dict) or not isinstance(fn.get("name"), str):
+        raise UnsupportedRequest(f"tools[{i}]: only function tools with a name are supported")
+    schema = fn.get("parameters")
+    if not isinstance(schema, dict) or not schema:
+        schema = {"type": "object", "properties": {}}
+    elif "type" not in schema:
+        schema = {"type": "object", **schema}
+    out: dict[str, Any] = {"name": fn["name"], "input_schema": schema}
+    if isinstance(fn.get("description"), str) and fn["description"]:
+        out["description"] = fn["description"]
+    return out
+
+
+def _tool_choice(tc: Any) -> dict[str, Any] | None:
+    if tc is None:
+        return None
+    if tc == "auto":
+        return {"type": "auto"}
+    if tc == "none":
+        return {"type": "none"}
+    if tc == "required":
+        return {"type": "any"}
+    if isinstance(tc, dict) and tc.get("type") == "function" and isinstance(tc.get("function"), dict):
+        return {"type": "tool", "name": tc["function"]["name"]}
+    raise UnsupportedRequest(f"tool_choice {tc!r} is not supported")
+
+
+def to_anthropic(body: dict[str, Any], model: str, stream: bool, max_tokens_default: int,
+                 prefill: str | None = None) -> tuple[dict[str, Any], str]:
+    """Translate; returns (Anthropic request dict, whitespace stripped from the final assistant turn).
+
+    `prefill` (continuation) is appended to the conversation as assistant text.
+    """
+    msgs = body.get("messages")
+    if not isinstance(msgs, list):
+        raise UnsupportedRequest("messages must be a list")
+    if (body.get("n") or 1) > 1:
+        raise UnsupportedRequest("anthropic returns one choice: n > 1 is not supported")
+    system: list[str] = []
+    turns: list[tuple[str, list[dict[str, Any]]]] = []
+
+    def add(role: str, blocks: list[dict[str, Any]]) -> None:
+        if not blocks:
+            return
+        if turns and turns[-1][0] == role:
+            turns[-1][1].extend(blocks)
+        else:
+            turns.append((role, list(blocks)))
+
+    for i, m in enumerate(msgs):
+        where = f"messages[{i}]"
+        if not isinstance(m, dict):
+            raise UnsupportedRequest(f"{where}: must be an object")
+        role = m.get("role")
+        if role in ("system", "developer"):
+            system.extend(t for t in _text_of(m.get("content"), where) if t)
+        elif role == "user":
+            add("user", _user_blocks(m.get("content"), where))
+        elif role == "assistant":
+            blocks = _user_blocks(m.get("content"), where)
+            if m.get("tool_calls"):
+                blocks.extend(_tool_use_blocks(m["tool_calls"], where))
+            add("assistant", blocks)
+        elif role == "tool":
+            add("user", [_tool_result_block(m, where)])
+        else:
+            raise UnsupportedRequest(f"{where}: role {role!r} is not supported by anthropic")
+
+    if prefill:
+        add("assistant", [{"type": "text", "text": prefill}])
+
+    trimmed = ""
+    if turns and turns[-1][0] == "assistant":
+        blocks = turns[-1][1]
+        while blocks and blocks[-1]["type"] == "text":
+            text = blocks[-1]["text"]
+            stripped = text.rstrip()
+            trimmed = text[len(stripped):] + trimmed
+            if stripped:
+                blocks[-1] = {"type": "text", "text": stripped}
+                break
+            blocks.pop()
+        if not blocks:
+            turns.pop()
+
+    messages = []
+    for role, blocks in turns:
+        if role == "user" and len(blocks) > 1:
+            # tool_result blocks must open the user turn that answers a tool_use.
+            blocks = sorted(blocks, key=lambda b: b["type"] != "tool_result")
+        messages.append({"role": role, "content": blocks})
+
+    out: dict[str, Any] = {"model": model, "messages": messages}
+    mt = body.get("max_completion_tokens") or body.get("max_tokens") or max_tokens_default
+    out["max_tokens"] = int(mt)
+    if system:
+        out["system"] = "\n\n".join(system)
+    if body.get("temperature") is not None:
+        out["temperature"] = min(1.0, max(0.0, float(body["temperature"])))
+    if body.get("top_p") is not None:
+        out["top_p"] = float(body["top_p"])
+    stop = body.get("stop")
+    if isinstance(stop, str):
+        stop = [stop]
+    if isinstance(stop, list):
+        stops = [s for s in stop if isinstance(s, str) and s]
+        if stops:
+            out["stop_sequences"] = stops
+    if stream:
+        out["stream"] = True
+    if isinstance(body.get("user"), str) and body["user"]:
+        out["metadata"] = {"user_id": body["user"]}
+    tools = body.get("tools")
+    if tools:  # without tools, a tool_choice means nothing to Anthropic
+        out["tools"] = [_tool(t, i) for i, t in enumerate(tools)]
+        choice = _tool_choice(body.get("tool_choice"))
+        if body.get("parallel_tool_calls") is False:
+            choice = choice or {"type": "auto"}
+            if choice["type"] != "none":
+                choice["disable_parallel_tool_use"] = True
+        if choice is not None:
+            out["tool_choice"] = choice
+    return out, trimmed

@@ -1,0 +1,69 @@
+"""Process-wide state: the current `Gateway` plus what outlives config generations.
+
+Health, breakers, the retry budget, the upstream session and metrics live here for the
+life of the process. `install()` swaps in a new gateway in one assignment: a request reads
+`state.gateway` once when it starts and keeps that generation to the end.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from pathlib import Path
+from typing import Callable
+
+from .config import ConfigError, RoutingConfig, load_config
+from .metrics import Metrics
+from .policy import Clock, HealthRegistry, MonotonicClock, RetryBudget, TargetKey
+from .runtime import Gateway, build_gateway
+from .upstream import Upstream
+
+log = logging.getLogger("detour.state")
+
+
+class AppState:
+    def __init__(self, *, config_path: str | Path | None = None, clock: Clock | None = None,
+                 rng: random.Random | None = None, metrics: Metrics | None = None,
+                 upstream: Upstream | None = None) -> None:
+        self.config_path = Path(config_path) if config_path else None
+        self.clock: Clock = clock or MonotonicClock()
+        self.rng = rng or random.Random()
+        self.metrics = metrics or Metrics()
+        self.upstream = upstream or Upstream()
+        self.gateway: Gateway | None = None
+        self.registry: HealthRegistry | None = None
+        self.budget: RetryBudget | None = None
+        self.draining = False
+        self.reload_error: str | None = None
+        self.transition_hooks: list[Callable[[TargetKey, object, object], None]] = []
+
+    def _on_transition(self, key: TargetKey, old: object, new: object) -> None:
+        state = getattr(new, "value", str(new))
+        self.metrics.breaker_changed(key.provider, key.model, state)
+        log.warning("breaker %s/%s: %s -> %s", key.provider, key.model,
+                    getattr(old, "value", old), state)
+        for hook in self.transition_hooks:
+            hook(key, old, new)
+
+    def install(self, config: RoutingConfig) -> Gateway:
+        """Build a gateway for `config` and make it current (health state carries over)."""
+        if self.registry is None:
+            self.registry = HealthRegistry(config.health, self.clock, on_transition=self._on_transition)
+        if self.budget is None or (self.gateway is not None and self.gateway.config.retry_budget != config.retry_budget):
+            self.budget = RetryBudget(config.retry_budget, self.clock)
+        gw = build_gateway(config, registry=self.registry, budget=self.budget, metrics=self.metrics,
+                           rng=self.rng, clock=self.clock, previous=self.gateway)
+        self.gateway = gw
+        self.metrics.set_config(gw.hash)
+        return gw
+
+    def load_and_install(self) -> Gateway:
+        """Load the config file; an invalid file raises ConfigError and changes nothing."""
+        if self.config_path is None:
+            raise ConfigError("no config file")
+        config = load_config(self.config_path)
+        return self.install(config)
+
+    @property
+    def ready(self) -> bool:
+        return self.gateway is not None and not self.draining

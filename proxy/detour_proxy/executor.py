@@ -1,0 +1,234 @@
+"""The executor: runs what the planner decides, doing the I/O and the sleeping.
+
+The planner (pure) says "try target X after N s" or "give up"; this module sends the
+attempt through the upstream seam, turns what happened into an `Outcome`, reports it back
+and loops. Streams share the same loop shape in `streaming.py`; what both need lives here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+from .adapters import UpstreamError, UpstreamRequest
+from .errors import error_body
+from .policy import GiveUp, Outcome, OutcomeKind, RequestPlan, Try
+from .upstream import CONNECT_ERRORS, STREAM_ERRORS
+
+if TYPE_CHECKING:
+    from .app_state import AppState
+    from .runtime import RouteRuntime, TargetRuntime
+
+log = logging.getLogger("detour.executor")
+
+
+@dataclass(slots=True)
+class RequestContext:
+    """What one client request carries through the executor."""
+
+    request_id: str
+    route: RouteRuntime
+    body: dict[str, Any]
+    raw: bytes
+    kind: str                     # "chat" | "embeddings"
+    stream: bool
+    started: float
+    attempts: int = 0
+    target: TargetRuntime | None = None
+    errors: list[tuple[str, Outcome, UpstreamError | None]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class Reply:
+    status: int
+    headers: list[tuple[bytes, bytes]]
+    body: bytes
+
+
+def result_label(outcome: Outcome) -> str:
+    """Bounded metric label for an attempt's result."""
+    kind = outcome.kind
+    if kind is OutcomeKind.SUCCESS:
+        return "success"
+    if kind is OutcomeKind.HTTP_ERROR:
+        s = outcome.status or 0
+        return "http_429" if s == 429 else "http_5xx" if s >= 500 else "http_4xx"
+    if kind is OutcomeKind.CONNECT_ERROR:
+        return "connect"
+    if kind is OutcomeKind.TIMEOUT:
+        return "timeout"
+    return "stream"
+
+
+def note_decision(state: AppState, ctx: RequestContext, d: Try) -> None:
+    """Count retries, fallbacks and forced attempts as the planner decided them."""
+    tr = ctx.route.targets[d.index]
+    if d.reason == "retry" and ctx.errors:
+        tr.metrics.retries[_retry_reason(ctx.errors[-1][1])].inc()
+    elif d.reason == "fallback" and ctx.target is not None:
+        state.metrics.fallbacks.labels(ctx.route.route.name, ctx.target.target.provider, tr.target.provider).inc()
+    elif d.reason == "forced":
+        tr.metrics.forced.inc()
+
+
+def _retry_reason(outcome: Outcome) -> str:
+    k = outcome.kind
+    return ("status" if k is OutcomeKind.HTTP_ERROR else "connect" if k is OutcomeKind.CONNECT_ERROR
+            else "timeout" if k is OutcomeKind.TIMEOUT else "stream")
+
+
+def record(state: AppState, ctx: RequestContext, plan: RequestPlan, tr: TargetRuntime, outcome: Outcome,
+           err: UpstreamError | None) -> None:
+    """Report an attempt's outcome to the planner, metrics and the per-request error list."""
+    plan.record(outcome, state.clock.now())
+    tr.metrics.attempts[result_label(outcome)].inc()
+    if outcome.duration is not None:
+        tr.metrics.attempt_duration.observe(outcome.duration)
+    if not outcome.ok:
+        ctx.errors.append((tr.label, outcome, err))
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("attempt failed", extra={"request_id": ctx.request_id, "target": tr.label,
+                                               "error_class": outcome.error_class, "status": outcome.status})
+
+
+def observe_usage(tr: TargetRuntime, usage: Any) -> None:
+    if isinstance(usage, dict):
+        p, c = usage.get("prompt_tokens"), usage.get("completion_tokens")
+        if isinstance(p, int):
+            tr.metrics.prompt_tokens.inc(p)
+        if isinstance(c, int):
+            tr.metrics.completion_tokens.inc(c)
+
+
+def exception_outcome(exc: BaseException, started: float, now: float) -> tuple[Outcome, UpstreamError]:
+    """Classify a transport exception into an Outcome (and a client-safe error description)."""
+    dur = now - started
+    if isinstance(exc, TimeoutError):
+        return (Outcome(OutcomeKind.TIMEOUT, duration=dur, error_class="timeout", message="timed out"),
+                UpstreamError(504, "timeout", "upstream_timeout", "the provider did not answer in time", None))
+    if isinstance(exc, CONNECT_ERRORS):
+        return (Outcome(OutcomeKind.CONNECT_ERROR, duration=dur, error_class="connect", message=type(exc).__name__),
+                UpstreamError(502, "connection_error", "upstream_connect_error",
+                              f"cannot reach the provider ({type(exc).__name__})", None))
+    return (Outcome(OutcomeKind.STREAM_ERROR, duration=dur, error_class="stream", message=type(exc).__name__),
+            UpstreamError(502, "upstream_error", "upstream_read_error",
+                          f"the provider's response broke off ({type(exc).__name__})", None))
+
+
+def build_request(ctx: RequestContext, tr: TargetRuntime, stream: bool) -> UpstreamRequest:
+    prov = tr.provider
+    key = prov.api_key()
+    if ctx.kind == "embeddings":
+        req = prov.adapter.build_embeddings(ctx.body, tr.target.model, key)
+    else:
+        req = prov.adapter.build_chat(ctx.body, tr.target.model, stream, key, raw=ctx.raw)
+    req.headers["x-request-id"] = ctx.request_id
+    return req
+
+
+async def unary_attempt(state: AppState, ctx: RequestContext, tr: TargetRuntime,
+                        remaining: float) -> tuple[Outcome, bytes | None, UpstreamError | None]:
+    """One non-streaming attempt bounded by the provider's total timeout and the deadline."""
+    clock = state.clock
+    started = clock.now()
+    try:
+        req = build_request(ctx, tr, stream=False)
+        async with asyncio.timeout(min(tr.provider.config.timeouts.total, remaining)):
+            resp = await state.upstream.send(req, tr.provider.timeouts.unary)
+            try:
+                raw = await resp.read()
+            finally:
+                resp.release()
+    except (TimeoutError, *CONNECT_ERRORS, *STREAM_ERRORS) as exc:
+        outcome, err = exception_outcome(exc, started, clock.now())
+        return outcome, None, err
+    dur = clock.now() - started
+    status = resp.status
+    adapter = tr.provider.adapter
+    if 200 <= status < 300:
+        try:
+            out = adapter.parse_response(status, resp.headers, raw)
+            doc = orjson.loads(out)
+            if not isinstance(doc, dict):
+                raise ValueError("not an object")
+        except ValueError:
+            return (Outcome(OutcomeKind.STREAM_ERROR, status=status, duration=dur, error_class="malformed",
+                            message="malformed response body"),
+                    None, UpstreamError(502, "upstream_error", "malformed_response",
+                                        "the provider returned a malformed response body", None))
+        observe_usage(tr, doc.get("usage"))
+        return Outcome(OutcomeKind.SUCCESS, status=status, duration=dur), out, None
+    err = adapter.parse_error(status, resp.headers, raw)
+    return (Outcome(OutcomeKind.HTTP_ERROR, status=status, retry_after=err.retry_after, duration=dur,
+                    error_class=f"http_{status}", message=err.message), None, err)
+
+
+async def run_unary(state: AppState, ctx: RequestContext) -> Reply:
+    """Serve a non-streaming request: attempts until success, a final error, or the deadline."""
+    clock = state.clock
+    route = ctx.route
+    eligible = route.embeddings_eligible if ctx.kind == "embeddings" else None
+    plan = route.planner.begin(clock.now(), eligible=eligible)
+    last_err: UpstreamError | None = None
+    while True:
+        d = plan.next(clock.now())
+        if isinstance(d, GiveUp):
+            break
+        note_decision(state, ctx, d)
+        tr = route.targets[d.index]
+        try:
+            if d.delay > 0:
+                await asyncio.sleep(d.delay)
+            ctx.attempts += 1
+            outcome, body, err = await unary_attempt(state, ctx, tr, plan.deadline - clock.now())
+        except BaseException:
+            plan.abandon(clock.now())
+            raise
+        record(state, ctx, plan, tr, outcome, err)
+        ctx.target = tr
+        if outcome.ok and body is not None:
+            return Reply(200, [(b"content-type", b"application/json")], body)
+        last_err = err
+        if plan.budget_denied:
+            route.metrics.budget_rejections.inc(plan.budget_denied)
+            plan.budget_denied = 0
+    return failure_reply(ctx, d, last_err, no_eligible=eligible is not None and ctx.attempts == 0)
+
+
+def failure_reply(ctx: RequestContext, give_up: GiveUp, last_err: UpstreamError | None,
+                  no_eligible: bool = False) -> Reply:
+    """The client-facing error after the last attempt: the most meaningful status, a summary."""
+    headers = [(b"content-type", b"application/json")]
+    if give_up.reason == "not_retryable" and last_err is not None:
+        # The request itself was refused (e.g. 400): return the provider's verdict as is.
+        return Reply(last_err.status, headers, last_err.to_openai_body())
+    if ctx.attempts == 0:
+        if no_eligible:
+            msg = f"No target of route '{ctx.route.route.name}' can serve {ctx.kind} requests."
+            return Reply(400, headers, error_body(msg, "invalid_request_error", "unsupported_by_route"))
+        msg = f"Route '{ctx.route.route.name}' deadline passed before any attempt could start."
+        return Reply(504, headers, error_body(msg, "upstream_error", "deadline_exceeded"))
+    status = last_err.status if last_err is not None else 502
+    if give_up.reason == "deadline" and (last_err is None or last_err.type == "timeout"):
+        status = 504
+    summary = summarize(ctx)
+    msg = f"All attempts failed ({ctx.attempts} attempts, {give_up.reason}): {summary}"
+    if last_err is not None and last_err.message:
+        msg += f". Last error: {last_err.message}"
+    if last_err is not None and last_err.retry_after is not None and status in (429, 503):
+        headers.append((b"retry-after", str(max(1, round(last_err.retry_after))).encode()))
+    return Reply(status, headers, error_body(msg, "upstream_error", "all_targets_failed"))
+
+
+def summarize(ctx: RequestContext) -> str:
+    """'primary/gpt-4o-mini: http_503 x2; secondary/llama: connect' — labels only, no bodies."""
+    counts: dict[tuple[str, str], int] = {}
+    for label, outcome, _ in ctx.errors:
+        k = (label, outcome.error_class or outcome.kind.name.lower())
+        counts[k] = counts.get(k, 0) + 1
+    return "; ".join(f"{label}: {cls}" + (f" x{n}" if n > 1 else "") for (label, cls), n in counts.items())

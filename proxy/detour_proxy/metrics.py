@@ -1,0 +1,106 @@
+"""Prometheus metrics of the proxy: `detour_` prefix, base units, bounded labels.
+
+Labels are only config-defined names (route, provider, model) and small enums (outcome,
+result, reason): never a user, a key or prompt data. Label children for each route and
+target are bound once per config (`RouteMetrics`/`TargetMetrics`) so the hot path does a
+plain `inc()`/`observe()`, with no label lookups per request.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120)
+ATTEMPT_RESULTS = ("success", "http_4xx", "http_429", "http_5xx", "connect", "timeout", "stream")
+BREAKER_VALUES = {"closed": 0, "half-open": 1, "open": 2}
+
+
+class Metrics:
+    """All proxy metrics in one registry (one per app, so tests stay isolated)."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        r = self.registry = registry or CollectorRegistry()
+        self.requests = Counter("detour_requests", "Client requests by route and outcome.", ["route", "outcome"], registry=r)
+        self.request_duration = Histogram("detour_request_duration_seconds", "Client request duration, all attempts included.", ["route"], buckets=LATENCY_BUCKETS, registry=r)
+        self.ttft = Histogram("detour_time_to_first_token_seconds", "Time to the first content-bearing chunk of streams.", ["route", "provider"], buckets=LATENCY_BUCKETS, registry=r)
+        self.in_flight = Gauge("detour_in_flight_requests", "Client requests being served.", ["route"], registry=r)
+        self.attempts = Counter("detour_upstream_attempts", "Upstream attempts by result.", ["route", "provider", "model", "result"], registry=r)
+        self.attempt_duration = Histogram("detour_upstream_attempt_duration_seconds", "Upstream attempt duration.", ["provider"], buckets=LATENCY_BUCKETS, registry=r)
+        self.retries = Counter("detour_retries", "Same-target retries by reason.", ["route", "provider", "reason"], registry=r)
+        self.fallbacks = Counter("detour_fallbacks", "Moves from one target to the next.", ["route", "from_provider", "to_provider"], registry=r)
+        self.forced = Counter("detour_forced_attempts", "Attempts sent while every target was open (soonest cooldown).", ["route", "provider"], registry=r)
+        self.budget_rejections = Counter("detour_retry_budget_rejections", "Retries refused by the retry budget.", ["route"], registry=r)
+        self.breaker_state = Gauge("detour_breaker_state", "Breaker state per target: 0 closed, 1 half-open, 2 open.", ["provider", "model"], registry=r)
+        self.breaker_transitions = Counter("detour_breaker_transitions", "Breaker transitions.", ["provider", "model", "to"], registry=r)
+        self.streams_cut = Counter("detour_streams_cut", "Streams ended with an error event after tokens were delivered.", ["route", "provider"], registry=r)
+        self.continuations = Counter("detour_stream_continuations", "Streams continued on another target after a mid-stream failure.", ["route", "from_provider", "to_provider"], registry=r)
+        self.tokens = Counter("detour_tokens", "Tokens reported by providers' usage.", ["route", "provider", "direction"], registry=r)
+        self.config_reloads = Counter("detour_config_reloads", "Config reloads by result.", ["result"], registry=r)
+        self.config_info = Gauge("detour_config_info", "The active config (value 1, hash as label).", ["hash"], registry=r)
+        self.shared_publish = Counter("detour_shared_health_publish", "Health annotation publishes by result.", ["result"], registry=r)
+        self.shared_merge = Counter("detour_shared_health_merges", "Peer health entries merged into local state.", [], registry=r)
+        self.shared_api = Gauge("detour_shared_health_api_available", "1 when the Kubernetes API is reachable for shared health.", [], registry=r)
+        self.rejected = Counter("detour_rejected_requests", "Requests refused before routing, by HTTP status.", ["status"], registry=r)
+        self._config_hash: str | None = None
+
+    def set_config(self, hash_: str) -> None:
+        if self._config_hash is not None:
+            self.config_info.remove(self._config_hash)
+        self.config_info.labels(hash_).set(1)
+        self._config_hash = hash_
+
+    def breaker_changed(self, provider: str, model: str, new_state: str) -> None:
+        self.breaker_state.labels(provider, model).set(BREAKER_VALUES.get(new_state, 0))
+        self.breaker_transitions.labels(provider, model, new_state).inc()
+
+
+@dataclass(slots=True)
+class TargetMetrics:
+    """Children bound for one target of one route."""
+
+    attempts: dict[str, Counter]
+    retries: dict[str, Counter]
+    forced: Counter
+    ttft: Histogram
+    attempt_duration: Histogram
+    prompt_tokens: Counter
+    completion_tokens: Counter
+    streams_cut: Counter
+
+    @classmethod
+    def bind(cls, m: Metrics, route: str, provider: str, model: str) -> TargetMetrics:
+        return cls(
+            attempts={r: m.attempts.labels(route, provider, model, r) for r in ATTEMPT_RESULTS},
+            retries={r: m.retries.labels(route, provider, r) for r in ("status", "connect", "timeout", "stream")},
+            forced=m.forced.labels(route, provider),
+            ttft=m.ttft.labels(route, provider),
+            attempt_duration=m.attempt_duration.labels(provider),
+            prompt_tokens=m.tokens.labels(route, provider, "prompt"),
+            completion_tokens=m.tokens.labels(route, provider, "completion"),
+            streams_cut=m.streams_cut.labels(route, provider),
+        )
+
+
+@dataclass(slots=True)
+class RouteMetrics:
+    success: Counter
+    upstream_error: Counter
+    client_error: Counter
+    cancelled: Counter
+    duration: Histogram
+    in_flight: Gauge
+    budget_rejections: Counter
+
+    @classmethod
+    def bind(cls, m: Metrics, route: str) -> RouteMetrics:
+        return cls(
+            success=m.requests.labels(route, "success"),
+            upstream_error=m.requests.labels(route, "upstream_error"),
+            client_error=m.requests.labels(route, "client_error"),
+            cancelled=m.requests.labels(route, "cancelled"),
+            duration=m.request_duration.labels(route),
+            in_flight=m.in_flight.labels(route),
+            budget_rejections=m.budget_rejections.labels(route),
+        )

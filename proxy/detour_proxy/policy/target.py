@@ -1,0 +1,327 @@
+"""Per-target health: what the balancer and planner ask before sending anything.
+
+A `TargetState` combines everything known about one provider/model/endpoint: the sliding
+window of requests/failures/slow calls, the circuit breaker, an EWMA of latency, the number
+of attempts in flight, a sideline (a rate-limit reset the provider told us about), the open
+state imported from peer replicas, and the last error. `HealthRegistry` owns one per
+`TargetKey` and survives config reloads, so a reload does not forget that a target is down.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import NamedTuple
+
+from detour_proxy import config
+
+from .breaker import Admission, BreakerState, CircuitBreaker
+from .outcome import Outcome, OutcomeKind
+from .window import SlidingWindow
+
+__all__ = ["TargetKey", "TargetSnapshot", "TargetState", "HealthRegistry", "EWMA_ALPHA",
+           "SIDELINE_STATUSES"]
+
+#: Weight of the newest sample in the latency EWMA: reacts within a few calls, smooths noise.
+EWMA_ALPHA = 0.3
+#: Statuses whose Retry-After means "leave me alone until then" even if the breaker stays closed.
+SIDELINE_STATUSES = frozenset({429, 503})
+
+TransitionCallback = Callable[["TargetKey", BreakerState, BreakerState], None]
+
+
+class TargetKey(NamedTuple):
+    """Identity of a target across reloads: the same provider/model/endpoint keeps its health."""
+
+    provider: str
+    model: str
+    base_url: str
+
+
+@dataclass(frozen=True, slots=True)
+class TargetSnapshot:
+    """What the shared-health publisher and the operator status need about one target.
+
+    Times are on the engine's (monotonic) clock; the publisher converts them to wall time.
+    `open_until` is set only while the breaker is OPEN. `imported` is True when the current
+    open period was learned from a peer only, so a publisher can avoid echoing it back.
+    """
+
+    key: TargetKey
+    state: BreakerState
+    open_until: float | None
+    failure_ratio: float
+    requests: int
+    failures: int
+    slow: int
+    last_error: str | None
+    last_error_at: float | None
+    in_flight: int
+    ewma_latency: float | None
+    sideline_until: float | None
+    imported: bool
+
+
+class TargetState:
+    """Health and admission of one target. Every method takes `now`; nothing reads a clock."""
+
+    __slots__ = ("key", "health", "_window", "_breaker", "_consecutive", "in_flight",
+                 "ewma_latency", "_sideline_until", "last_error")
+
+    def __init__(self, key: TargetKey, health: config.Health,
+                 on_transition: TransitionCallback | None = None) -> None:
+        self.key = key
+        self.health = health
+        self._window = SlidingWindow(health.window, fields=3)  # requests, failures, slow
+        notify = None
+        if on_transition is not None:
+            def notify(old: BreakerState, new: BreakerState) -> None:
+                on_transition(key, old, new)
+        self._breaker = CircuitBreaker(health.breaker, notify)
+        self._consecutive = 0
+        self.in_flight = 0
+        self.ewma_latency: float | None = None
+        self._sideline_until = -math.inf
+        self.last_error: tuple[str, float] | None = None
+
+    def update_settings(self, health: config.Health) -> None:
+        """Apply new health settings; keeps the breaker state, resets the window only if its
+        length changed (old buckets would mean something else)."""
+        if health.window != self.health.window:
+            self._window = SlidingWindow(health.window, fields=3)
+        self.health = health
+        self._breaker.settings = health.breaker
+
+    # -- read ------------------------------------------------------------------------------
+    def breaker_state(self, now: float) -> BreakerState:
+        return self._breaker.state(now)
+
+    @property
+    def cooldown_until(self) -> float | None:
+        """End of the latest open period (None if never opened). Never decreases."""
+        u = self._breaker.cooldown_until
+        return None if u == -math.inf else u
+
+    @property
+    def sideline_until(self) -> float | None:
+        return None if self._sideline_until == -math.inf else self._sideline_until
+
+    @property
+    def consecutive_failures(self) -> int:
+        return self._consecutive
+
+    @property
+    def breaker(self) -> CircuitBreaker:
+        return self._breaker
+
+    def window_stats(self, now: float) -> tuple[int, int, int]:
+        r, f, s = self._window.totals(now)
+        return r, f, s
+
+    def admits(self, now: float) -> bool:
+        """Would `try_acquire(now)` succeed? Takes nothing."""
+        return now >= self._sideline_until and self._breaker.admits(now)
+
+    def available_at(self, now: float) -> float:
+        """When this target will next admit: `now` if it does, the end of the cooldown or
+        sideline, or +inf when half-open with every probe slot taken (unknown)."""
+        st = self._breaker.state(now)
+        at = now
+        if st is BreakerState.OPEN:
+            at = max(at, self._breaker.cooldown_until)
+        elif st is BreakerState.HALF_OPEN and not self._breaker.admits(now):
+            return math.inf
+        return max(at, self._sideline_until)
+
+    # -- admission ---------------------------------------------------------------------------
+    def acquire(self, now: float) -> Admission | None:
+        """Admit one attempt: a ticket (pass it to `record`/`release`) or None."""
+        if now < self._sideline_until:
+            return None
+        ticket = self._breaker.acquire(now)
+        if ticket is not None:
+            self.in_flight += 1
+        return ticket
+
+    def try_acquire(self, now: float) -> bool:
+        """Admission as a bool (half-open: takes a probe slot); increments `in_flight`."""
+        return self.acquire(now) is not None
+
+    def force_acquire(self, now: float) -> Admission:
+        """Admit bypassing breaker and sideline (the planner's `forced` try)."""
+        self.in_flight += 1
+        return self._breaker.force(now)
+
+    def _ticket(self, ticket: Admission | None) -> Admission | None:
+        # Without a ticket (bool API), an outcome seen while probes are out is taken as a probe's.
+        if ticket is None and self._breaker.probes_in_flight > 0:
+            return Admission("probe", self._breaker.epoch)
+        return ticket
+
+    def release(self, now: float, ticket: Admission | None = None) -> None:
+        """An admitted attempt was abandoned without an outcome: free it, count nothing."""
+        self._breaker.state(now)
+        self.in_flight = max(0, self.in_flight - 1)
+        self._breaker.release(self._ticket(ticket))
+
+    # -- outcomes ----------------------------------------------------------------------------
+    def _is_slow(self, outcome: Outcome) -> bool:
+        rule = self.health.slow_call
+        latency = outcome.latency
+        return rule is not None and latency is not None and latency > rule.threshold
+
+    def _observe_latency(self, latency: float | None) -> None:
+        if latency is None:
+            return
+        e = self.ewma_latency
+        self.ewma_latency = latency if e is None else EWMA_ALPHA * latency + (1 - EWMA_ALPHA) * e
+
+    def _should_trip(self, now: float) -> bool:
+        b = self.health.breaker
+        if self._consecutive >= b.consecutive_failures:
+            return True
+        requests, failures, slow = self._window.totals(now)
+        if requests < b.min_requests:
+            return False
+        eps = 1e-9
+        if failures + eps >= b.failure_ratio * requests:
+            return True
+        rule = self.health.slow_call
+        return rule is not None and slow + eps >= rule.ratio * requests
+
+    def record(self, outcome: Outcome, now: float, ticket: Admission | None = None) -> None:
+        """The attempt ended with `outcome`: release it and update window, EWMA and breaker.
+
+        Rules: request-caused errors (400/413/422) count for nothing. A probe success closes
+        the breaker (a slow probe, with a slow-call rule, is a failed probe: a brownout must
+        not flap back to full traffic); a probe failure re-opens with a doubled cooldown. In
+        CLOSED, a failure or slow call may trip the breaker. A 429/503 with Retry-After
+        sidelines the target, and a Retry-After while the breaker is open lengthens the
+        cooldown. Retry-After is honoured up to `maxCooldown` so one bogus header cannot take
+        a target out for a day.
+        """
+        state = self._breaker.state(now)
+        ticket = self._ticket(ticket)
+        probe = self._breaker.is_probe(ticket)
+        self.in_flight = max(0, self.in_flight - 1)
+        self._breaker.release(ticket)
+        if not outcome.ok and not outcome.counts_against_target:
+            return
+        slow = self._is_slow(outcome)
+        if outcome.ok:
+            self._window.add(now, 1, 0, int(slow))
+            self._consecutive = 0
+            self._observe_latency(outcome.latency)
+            if probe:
+                if slow:
+                    self._breaker.probe_failed(now)
+                else:
+                    self._close()
+            elif state is BreakerState.CLOSED and slow and self._should_trip(now):
+                self._breaker.trip(now)
+            return
+
+        self._window.add(now, 1, 1, int(slow))
+        self._consecutive += 1
+        self.last_error = (outcome.error_class, now)
+        if outcome.kind is OutcomeKind.TIMEOUT:
+            # A timeout is a latency signal too; a fast 503 is not (it would flatter the target).
+            self._observe_latency(outcome.latency)
+        hold = None
+        if outcome.retry_after is not None and outcome.retry_after > 0:
+            hold = now + min(outcome.retry_after, self.health.breaker.max_cooldown)
+            if outcome.status in SIDELINE_STATUSES:
+                self.sideline(hold)
+        if probe:
+            self._breaker.probe_failed(now, hold)
+        elif state is BreakerState.CLOSED:
+            if self._should_trip(now):
+                self._breaker.trip(now, hold)
+        elif state is BreakerState.OPEN and hold is not None:
+            self._breaker.extend(hold)
+
+    def _close(self) -> None:
+        self._window.reset()
+        self._consecutive = 0
+        self._breaker.close()
+
+    def sideline(self, until: float) -> None:
+        """Do not admit before `until` (a rate-limit reset); not a breaker state. Only lengthens."""
+        if until > self._sideline_until:
+            self._sideline_until = until
+
+    def import_open(self, until: float, now: float) -> bool:
+        """A peer's open breaker: open until min(until, now + maxCooldown); never shortens."""
+        return self._breaker.import_open(until, now)
+
+    def snapshot(self, now: float) -> TargetSnapshot:
+        st = self._breaker.state(now)
+        requests, failures, slow = self._window.totals(now)
+        err = self.last_error
+        return TargetSnapshot(
+            key=self.key, state=st,
+            open_until=self._breaker.cooldown_until if st is BreakerState.OPEN else None,
+            failure_ratio=(failures / requests) if requests else 0.0,
+            requests=requests, failures=failures, slow=slow,
+            last_error=err[0] if err else None, last_error_at=err[1] if err else None,
+            in_flight=self.in_flight, ewma_latency=self.ewma_latency,
+            sideline_until=self._sideline_until if self._sideline_until > now else None,
+            imported=st is BreakerState.OPEN and self._breaker.imported,
+        )
+
+    def __repr__(self) -> str:
+        return (f"TargetState({self.key.provider}/{self.key.model}, {self._breaker!r}, "
+                f"in_flight={self.in_flight}, ewma={self.ewma_latency})")
+
+
+class HealthRegistry:
+    """All target states of a proxy, keyed by `TargetKey`, created on demand.
+
+    `clock` is kept for callers that need "now" alongside the registry (the shared-health
+    publisher); the registry itself only uses the `now` it is given.
+    """
+
+    def __init__(self, health: config.Health, clock: object | None = None,
+                 on_transition: TransitionCallback | None = None) -> None:
+        self.health = health
+        self.clock = clock
+        self.on_transition = on_transition
+        self._states: dict[TargetKey, TargetState] = {}
+
+    def state(self, key: TargetKey) -> TargetState:
+        st = self._states.get(key)
+        if st is None:
+            st = self._states[key] = TargetState(key, self.health, self._notify)
+        return st
+
+    def get(self, key: TargetKey) -> TargetState | None:
+        return self._states.get(key)
+
+    def _notify(self, key: TargetKey, old: BreakerState, new: BreakerState) -> None:
+        # Looked up at call time so a callback installed after construction still fires.
+        if self.on_transition is not None:
+            self.on_transition(key, old, new)
+
+    def retain(self, keys: Iterable[TargetKey]) -> None:
+        """Forget targets no longer in the config (after a reload)."""
+        keep = set(keys)
+        for k in [k for k in self._states if k not in keep]:
+            del self._states[k]
+
+    def update_settings(self, health: config.Health) -> None:
+        self.health = health
+        for st in self._states.values():
+            st.update_settings(health)
+
+    def items(self) -> list[tuple[TargetKey, TargetState]]:
+        return list(self._states.items())
+
+    def snapshot(self, now: float) -> list[TargetSnapshot]:
+        return [st.snapshot(now) for st in self._states.values()]
+
+    def __len__(self) -> int:
+        return len(self._states)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._states

@@ -1,0 +1,81 @@
+"""Route matching, compiled once per config.
+
+Model patterns become one regex per route; when no route looks at headers or metadata the
+answer depends on the model alone and is cached (bounded, so arbitrary model names from
+clients cannot grow memory). Header and metadata conditions are checked only for routes
+that declare them, and metadata is parsed only if some route needs it.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+from typing import TYPE_CHECKING, Any, Mapping
+
+import orjson
+
+if TYPE_CHECKING:
+    from .runtime import RouteRuntime
+
+_CACHE_LIMIT = 4096
+
+
+class _CompiledRoute:
+    __slots__ = ("runtime", "model_re", "headers", "metadata")
+
+    def __init__(self, runtime: RouteRuntime) -> None:
+        m = runtime.route.match
+        self.runtime = runtime
+        self.model_re = re.compile("|".join(f"(?:{fnmatch.translate(p)})" for p in m.models)) if m.models else None
+        self.headers = tuple((k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in m.headers.items())
+        self.metadata = tuple(m.metadata.items())
+
+    def model_ok(self, model: str) -> bool:
+        return self.model_re is None or self.model_re.match(model) is not None
+
+
+class Router:
+    def __init__(self, routes: list[RouteRuntime]) -> None:
+        self._routes = [_CompiledRoute(r) for r in routes]
+        self.uses_headers = any(r.headers for r in self._routes)
+        self.uses_metadata = any(r.metadata for r in self._routes)
+        self._model_only = not (self.uses_headers or self.uses_metadata)
+        self._cache: dict[str, RouteRuntime | None] = {}
+
+    def match(self, model: str, headers: Mapping[bytes, bytes] | None = None,
+              body: dict[str, Any] | None = None) -> RouteRuntime | None:
+        if self._model_only:
+            try:
+                return self._cache[model]
+            except KeyError:
+                pass
+            found = next((r.runtime for r in self._routes if r.model_ok(model)), None)
+            if len(self._cache) < _CACHE_LIMIT:
+                self._cache[model] = found
+            return found
+        metadata = request_metadata(headers, body) if self.uses_metadata else {}
+        for r in self._routes:
+            if not r.model_ok(model):
+                continue
+            if r.headers and (headers is None or any(headers.get(k) != v for k, v in r.headers)):
+                continue
+            if r.metadata and any(metadata.get(k) is None or str(metadata.get(k)) != v for k, v in r.metadata):
+                continue
+            return r.runtime
+        return None
+
+
+def request_metadata(headers: Mapping[bytes, bytes] | None, body: dict[str, Any] | None) -> dict[str, Any]:
+    """Metadata from the `x-detour-metadata` JSON header, overlaid on the OpenAI `metadata` field."""
+    out: dict[str, Any] = {}
+    if body is not None and isinstance(body.get("metadata"), dict):
+        out.update(body["metadata"])
+    raw = headers.get(b"x-detour-metadata") if headers is not None else None
+    if raw:
+        try:
+            parsed = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            parsed = None
+        if isinstance(parsed, dict):
+            out.update(parsed)
+    return out

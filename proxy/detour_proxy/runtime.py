@@ -1,0 +1,125 @@
+"""Everything built once per config: providers with adapters and keys, routes with planners and
+bound metrics, and the compiled router. A reload builds a new `Gateway` and swaps it in one
+assignment; requests keep the `Gateway` they started with. Health state lives in the
+long-lived `HealthRegistry`, keyed by target identity, so it survives reloads.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from .adapters import Adapter, adapter_for
+from .config import Provider, Route, RoutingConfig, Target, config_hash
+from .credentials import ClientKeys, Credential
+from .metrics import Metrics, RouteMetrics, TargetMetrics
+from .policy import Clock, HealthRegistry, RetryBudget, RoutePlanner, TargetKey, TargetState
+from .router import Router
+from .upstream import UpstreamTimeouts
+
+
+@dataclass(slots=True)
+class ProviderRuntime:
+    config: Provider
+    adapter: Adapter
+    credential: Credential | None
+    timeouts: UpstreamTimeouts
+    can_continue: bool
+    supports_embeddings: bool
+
+    def api_key(self) -> str | None:
+        return self.credential.get() if self.credential is not None else None
+
+
+@dataclass(slots=True)
+class TargetRuntime:
+    index: int
+    target: Target
+    key: TargetKey
+    provider: ProviderRuntime
+    state: TargetState
+    metrics: TargetMetrics
+    label: str          # "provider/model": the x-detour-target header value
+
+
+@dataclass(slots=True)
+class RouteRuntime:
+    route: Route
+    targets: list[TargetRuntime]
+    planner: RoutePlanner
+    metrics: RouteMetrics
+    embeddings_eligible: Callable[[int], bool]
+    continue_eligible: Callable[[int], bool]
+
+
+@dataclass(slots=True)
+class Gateway:
+    """One immutable generation of the routing config, ready to serve."""
+
+    config: RoutingConfig
+    hash: str
+    providers: dict[str, ProviderRuntime]
+    routes: list[RouteRuntime]
+    router: Router
+    client_keys: ClientKeys | None
+    model_ids: list[str]
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def build_gateway(config: RoutingConfig, *, registry: HealthRegistry, budget: RetryBudget,
+                  metrics: Metrics, rng: random.Random, clock: Clock,
+                  previous: Gateway | None = None) -> Gateway:
+    """Build all per-config structures. Raises only for programming errors: config is validated."""
+    del clock  # planners take `now` from the executor; kept in the signature for symmetry
+    old_creds = {}
+    if previous is not None:
+        old_creds = {name: p.credential for name, p in previous.providers.items()}
+    providers: dict[str, ProviderRuntime] = {}
+    for p in config.providers:
+        adapter = adapter_for(p)
+        cred = None
+        if p.api_key is not None:
+            prev = old_creds.get(p.name)
+            # Keep the cached credential when its source did not change (no extra file reads).
+            cred = prev if prev is not None and prev.describe == repr(p.api_key) else Credential(p.api_key)
+        providers[p.name] = ProviderRuntime(
+            config=p, adapter=adapter, credential=cred,
+            timeouts=UpstreamTimeouts.build(p.timeouts.connect, p.timeouts.stream_idle),
+            can_continue=adapter.can_continue, supports_embeddings=adapter.supports("embeddings"),
+        )
+    registry.update_settings(config.health)
+    routes: list[RouteRuntime] = []
+    all_keys: list[TargetKey] = []
+    for route in config.routes:
+        targets: list[TargetRuntime] = []
+        for i, t in enumerate(route.targets):
+            prov = providers[t.provider]
+            key = TargetKey(t.provider, t.model, prov.config.base_url)
+            all_keys.append(key)
+            targets.append(TargetRuntime(
+                index=i, target=t, key=key, provider=prov, state=registry.state(key),
+                metrics=TargetMetrics.bind(metrics, route.name, t.provider, t.model),
+                label=f"{t.provider}/{t.model}",
+            ))
+        planner = RoutePlanner(route, [t.key for t in targets], registry, budget, rng)
+        emb = tuple(t.provider.supports_embeddings for t in targets)
+        cont = tuple(t.provider.can_continue for t in targets)
+        routes.append(RouteRuntime(
+            route=route, targets=targets, planner=planner,
+            metrics=RouteMetrics.bind(metrics, route.name),
+            embeddings_eligible=emb.__getitem__, continue_eligible=cont.__getitem__,
+        ))
+    registry.retain(all_keys)
+    for key in set(all_keys):
+        metrics.breaker_state.labels(key.provider, key.model)  # expose 0 (closed) from the start
+    model_ids: list[str] = []
+    for route in config.routes:
+        for m in route.match.models:
+            if not any(ch in m for ch in "*?[") and m not in model_ids:
+                model_ids.append(m)
+    client_keys = ClientKeys(list(config.client_auth.keys)) if config.client_auth else None
+    return Gateway(
+        config=config, hash=config_hash(config), providers=providers, routes=routes,
+        router=Router(routes), client_keys=client_keys, model_ids=model_ids,
+    )

@@ -1,0 +1,98 @@
+"""The one I/O seam to providers: a single shared aiohttp session with pooled keep-alive.
+
+Measured on one core, one shared aiohttp session is ~2.5x faster than httpx over an aiohttp
+transport and >10x a plain httpx client, so every upstream call in Detour goes through this
+module and nothing else opens connections. Tests can replace the seam by constructing
+`Upstream` with their own session.
+
+Timeouts: `connect` and `sock_read` (the stream idle timeout) are aiohttp's own timers, set
+once per provider; deadlines that move (first token, total, the route deadline) are applied
+by the caller with `asyncio.timeout_at`, so nothing here allocates a timer per chunk.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+
+from .adapters import UpstreamRequest
+
+__all__ = ["Upstream", "UpstreamTimeouts", "CONNECT_ERRORS", "STREAM_ERRORS"]
+
+# Errors before any response byte: the request may not have reached the provider.
+CONNECT_ERRORS: tuple[type[BaseException], ...] = (
+    aiohttp.ClientConnectorError,
+    aiohttp.ServerDisconnectedError,
+    aiohttp.ClientOSError,
+    ConnectionError,
+)
+# Errors while reading a response body or stream.
+STREAM_ERRORS: tuple[type[BaseException], ...] = (
+    aiohttp.ClientPayloadError,
+    aiohttp.ClientResponseError,
+    aiohttp.ServerDisconnectedError,
+    aiohttp.ClientOSError,
+    ConnectionError,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamTimeouts:
+    """aiohttp timeouts built once per provider (per config), not per request."""
+
+    unary: aiohttp.ClientTimeout
+    stream: aiohttp.ClientTimeout
+
+    @classmethod
+    def build(cls, connect: float, stream_idle: float) -> UpstreamTimeouts:
+        return cls(
+            unary=aiohttp.ClientTimeout(total=None, connect=connect),
+            stream=aiohttp.ClientTimeout(total=None, connect=connect, sock_read=stream_idle),
+        )
+
+
+class Upstream:
+    """Owns the shared session. `send` returns an open response; the caller reads and releases it."""
+
+    def __init__(self, session: aiohttp.ClientSession | None = None, *, pool_limit: int = 0,
+                 keepalive_timeout: float = 30.0) -> None:
+        self._session = session
+        self._pool_limit = pool_limit
+        self._keepalive = keepalive_timeout
+
+    async def start(self) -> None:
+        if self._session is None:
+            connector = aiohttp.TCPConnector(
+                limit=self._pool_limit, limit_per_host=0, keepalive_timeout=self._keepalive,
+                ttl_dns_cache=300, enable_cleanup_closed=True,
+            )
+            # auto_decompress stays on: clients get plain JSON whatever the provider compresses.
+            self._session = aiohttp.ClientSession(
+                connector=connector, skip_auto_headers=("User-Agent",), raise_for_status=False,
+                read_bufsize=2**16,
+            )
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            raise RuntimeError("upstream session not started")
+        return self._session
+
+    async def send(self, req: UpstreamRequest, timeout: aiohttp.ClientTimeout) -> aiohttp.ClientResponse:
+        """Send one request and return once the response headers arrived."""
+        return await self.session._request(  # noqa: SLF001 - skips a context-manager wrapper per call
+            req.method, req.url, data=req.body, headers=req.headers, timeout=timeout,
+            allow_redirects=False,
+        )
+
+
+def header_map(resp: aiohttp.ClientResponse) -> Any:
+    """Case-insensitive response headers (a CIMultiDictProxy), as adapters expect."""
+    return resp.headers
