@@ -19,6 +19,7 @@ Gaps filled (adapted from /work/shared/reference/kmock/kmock_realistic.py, plus 
 - NEW status subresource isolation for resources that declare `status`: a PATCH to `/status`
   changes only `.status`; a PATCH/POST to the main resource ignores `.status` (as the real API does).
 - NEW metadata.generation increments only when something outside metadata/status changes.
+- NEW Secret `stringData` is merged into base64 `data` on create/patch (kubectl apply sends it).
 - NEW CRDs are registered from their `apiextensions.k8s.io/v1` YAML (kind, plural, short names,
   subresources), so discovery is what kubectl/kopf would see from the real cluster.
 
@@ -37,6 +38,7 @@ Usage::
 from __future__ import annotations
 
 import asyncio
+import base64
 import copy
 import datetime
 import itertools
@@ -144,6 +146,16 @@ class RealisticEmulator(kmock.KubernetesEmulator):
                 return path == "/status" or path.startswith("/status/")
             data[:] = [op for op in data if op.get("op") == "test" or is_status(op) == to_status]
 
+    @staticmethod
+    def _secret_string_data(request: Any) -> None:
+        """The API server folds Secret stringData into base64 data and never stores stringData."""
+        data = request.data
+        if (request.resource is None or request.resource.plural != "secrets" or not isinstance(data, dict)
+                or not isinstance(data.get("stringData"), dict)):
+            return
+        encoded = {k: base64.b64encode(str(v).encode()).decode() for k, v in data.pop("stringData").items()}
+        data["data"] = {**(data.get("data") or {}), **encoded}
+
     async def _next_generation(self, request: Any) -> int | None:
         """The generation after this PATCH, if it changes anything outside metadata/status."""
         key = (request.resource, request.namespace, request.name)
@@ -163,6 +175,7 @@ class RealisticEmulator(kmock.KubernetesEmulator):
         if request.resource is not None and isinstance(request.data, (dict, list)):
             if request.action in (kmock.action.CREATE, kmock.action.UPDATE):
                 self._isolate_status(request)
+                self._secret_string_data(request)
             generation = None
             if request.action == kmock.action.UPDATE and request.subresource is None:
                 generation = await self._next_generation(request)

@@ -15,7 +15,11 @@ Choices worth knowing:
 - Empty and whitespace-only text blocks are dropped (Anthropic rejects them); a final
   assistant turn is right-stripped (Anthropic rejects trailing whitespace there) and the
   stripped text is returned so the stream decoder can avoid repeating it.
-- `temperature` is clamped to Anthropic's [0, 1]; `n > 1`, legacy `function` messages and
+- `temperature` is clamped to Anthropic's [0, 1]. Sampling parameters exist only up to
+  anthropic-version 2023-06-01: from 2026-10-21 the API rejects `temperature`/`top_p`
+  (even at defaults) and the SDK types no longer have them, so they are dropped there.
+  Some newer models reject `temperature` even on 2023-06-01; that comes back as their 400.
+- `n > 1`, legacy `function` messages and
   unknown content parts raise UnsupportedRequest. `response_format`, `logprobs`,
   `presence/frequency_penalty`, `seed` have no Anthropic counterpart and are not sent.
 """
@@ -163,10 +167,11 @@ def _tool_choice(tc: Any) -> dict[str, Any] | None:
 
 
 def to_anthropic(body: dict[str, Any], model: str, stream: bool, max_tokens_default: int,
-                 prefill: str | None = None) -> tuple[dict[str, Any], str]:
+                 prefill: str | None = None, sampling: bool = True) -> tuple[dict[str, Any], str]:
     """Translate; returns (Anthropic request dict, whitespace stripped from the final assistant turn).
 
-    `prefill` (continuation) is appended to the conversation as assistant text.
+    `prefill` (continuation) is appended to the conversation as assistant text. `sampling`
+    False drops `temperature`/`top_p`: API version 2026-10-21 rejects them with a 400.
     """
     msgs = body.get("messages")
     if not isinstance(msgs, list):
@@ -190,7 +195,7 @@ def to_anthropic(body: dict[str, Any], model: str, stream: bool, max_tokens_defa
             raise UnsupportedRequest(f"{where}: must be an object")
         role = m.get("role")
         if role in ("system", "developer"):
-            system.extend(t for t in _text_of(m.get("content"), where) if t)
+            system.extend(t for t in _text_of(m.get("content"), where) if t.strip())
         elif role == "user":
             add("user", _user_blocks(m.get("content"), where))
         elif role == "assistant":
@@ -232,9 +237,9 @@ def to_anthropic(body: dict[str, Any], model: str, stream: bool, max_tokens_defa
     out["max_tokens"] = int(mt)
     if system:
         out["system"] = "\n\n".join(system)
-    if body.get("temperature") is not None:
+    if sampling and body.get("temperature") is not None:
         out["temperature"] = min(1.0, max(0.0, float(body["temperature"])))
-    if body.get("top_p") is not None:
+    if sampling and body.get("top_p") is not None:
         out["top_p"] = float(body["top_p"])
     stop = body.get("stop")
     if isinstance(stop, str):

@@ -29,7 +29,10 @@ def is_retryable_status(status: int) -> bool:
     return status in (408, 409, 425, 429) or status >= 500
 
 
-@dataclass(frozen=True, slots=True)
+_SECRET_HEADERS = frozenset({"authorization", "api-key", "x-api-key", "proxy-authorization"})
+
+
+@dataclass(frozen=True, slots=True, repr=False)
 class UpstreamRequest:
     """One request ready to send. `body` is final bytes so the executor never re-serializes.
 
@@ -44,6 +47,11 @@ class UpstreamRequest:
     headers: dict[str, str]
     body: bytes
     prefix_trim: str = ""
+
+    def __repr__(self) -> str:  # requests end up in logs and tracebacks: never show a key
+        headers = {k: ("***" if k.lower() in _SECRET_HEADERS else v) for k, v in self.headers.items()}
+        return (f"UpstreamRequest(method={self.method!r}, url={self.url!r}, headers={headers!r}, "
+                f"body=<{len(self.body)} bytes>, prefix_trim={self.prefix_trim!r})")
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,7 +152,8 @@ class Adapter(Protocol):
     def parse_error(self, status: int, headers: Headers, raw: bytes, *, api_key: str | None = None,
                     now: float | None = None) -> UpstreamError: ...
     def rate_limits(self, headers: Headers, *, now: float | None = None) -> RateLimitInfo | None: ...
-    def stream_decoder(self, include_usage: bool = False, prefix_trim: str = "") -> StreamDecoder: ...
+    def stream_decoder(self, include_usage: bool = False, prefix_trim: str = "",
+                       model: str = "") -> StreamDecoder: ...
 
 
 class SSEEvent(NamedTuple):

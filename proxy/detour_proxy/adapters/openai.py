@@ -57,7 +57,7 @@ class OpenAIAdapter:
         base = provider.base_url.rstrip("/")
         self._chat_url = base + "/chat/completions"
         self._embeddings_url = base + "/embeddings"
-        self._headers = {"Content-Type": JSON, "Accept": JSON, **provider.headers}
+        self._headers = {"Content-Type": JSON, **provider.headers}
         self.continuation = provider.effective_continuation
         self.can_continue = self.continuation is not ContinuationMode.none
 
@@ -127,9 +127,11 @@ class OpenAIAdapter:
     def rate_limits(self, headers: Headers, *, now: float | None = None) -> RateLimitInfo | None:
         return parse_rate_limits(headers, now)
 
-    def stream_decoder(self, include_usage: bool = False, prefix_trim: str = "") -> OpenAIStreamDecoder:
-        # Pass-through: the upstream already honours the client's stream_options, and these
-        # adapters never trim a prefill, so both arguments exist only for interface symmetry.
+    def stream_decoder(self, include_usage: bool = False, prefix_trim: str = "",
+                       model: str = "") -> OpenAIStreamDecoder:
+        # Pass-through: the upstream already honours the client's stream_options, chunks carry
+        # their own model, and these adapters never trim a prefill, so the arguments exist only
+        # for interface symmetry.
         return OpenAIStreamDecoder(self.label)
 
 

@@ -218,7 +218,9 @@ class TargetState:
                     self._breaker.probe_failed(now)
                 else:
                     self._close()
-            elif state is BreakerState.CLOSED and slow and self._should_trip(now):
+            elif state is BreakerState.CLOSED and self._should_trip(now):
+                # Thresholds are judged on every counted call (as resilience4j does): the call
+                # that brings the window to minRequests may be the one that reveals the ratio.
                 self._breaker.trip(now)
             return
 

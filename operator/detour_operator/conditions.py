@@ -1,0 +1,93 @@
+"""Status conditions following the Kubernetes API conventions, computed purely.
+
+Why pure and separate: the rules (which condition is False for which problem, when
+lastTransitionTime moves, what Ready summarises) are the operator's user interface
+(`kubectl wait --for=condition=Ready`, `kubectl describe`), so they are unit-tested on their own.
+lastTransitionTime changes only when a condition's status flips; reason/message/observedGeneration
+may change without moving it.
+"""
+
+from __future__ import annotations
+
+import datetime
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from .render import Problem
+
+ORDER = ("Accepted", "ResolvedRefs", "Programmed", "Ready", "Available")
+
+
+def now_rfc3339() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def condition(ctype: str, status: bool | None, reason: str, message: str, generation: int | None) -> dict[str, Any]:
+    """One condition without lastTransitionTime (that is filled by `merge`)."""
+    return {"type": ctype, "status": "Unknown" if status is None else ("True" if status else "False"),
+            "reason": reason, "message": message, "observedGeneration": generation}
+
+
+def merge(old: Iterable[Mapping[str, Any]] | None, new: Iterable[dict[str, Any]], now: str) -> list[dict[str, Any]]:
+    """New conditions, keeping each old lastTransitionTime whose status did not flip.
+
+    Conditions of types not in `new` are kept as they were (another writer may own them,
+    e.g. the health timer owns Available), and the result is in a fixed type order.
+    """
+    previous = {c["type"]: c for c in (old or []) if isinstance(c, Mapping) and "type" in c}
+    out = {t: dict(c) for t, c in previous.items()}
+    for cond in new:
+        was = previous.get(cond["type"])
+        ltt = was.get("lastTransitionTime") if was and was.get("status") == cond["status"] else None
+        out[cond["type"]] = {**cond, "lastTransitionTime": ltt or now}
+    rank = {t: i for i, t in enumerate(ORDER)}
+    return [out[t] for t in sorted(out, key=lambda t: (rank.get(t, len(ORDER)), t))]
+
+
+def object_conditions(problems: list[Problem], included: bool, config_hash: str | None,
+                      render_error: str | None, generation: int | None) -> list[dict[str, Any]]:
+    """Accepted, ResolvedRefs, Programmed and the Ready summary for one LLMProvider/RoutingPolicy."""
+    by_cond = {p.condition: p for p in problems}
+    acc = by_cond.get("Accepted")
+    accepted = (condition("Accepted", False, acc.reason, acc.message, generation) if acc else
+                condition("Accepted", True, "Accepted", "spec is valid", generation))
+    refs = by_cond.get("ResolvedRefs")
+    if acc:
+        resolved = condition("ResolvedRefs", None, "InvalidSpec", "references not checked: the spec is invalid", generation)
+    elif refs:
+        resolved = condition("ResolvedRefs", False, refs.reason, refs.message, generation)
+    else:
+        resolved = condition("ResolvedRefs", True, "ResolvedRefs", "all references resolved", generation)
+    if included and config_hash:
+        programmed = condition("Programmed", True, "Programmed",
+                               f"included in routing config {config_hash} (ConfigMap detour-routing)", generation)
+    elif render_error:
+        programmed = condition("Programmed", False, "NoValidConfig",
+                               f"nothing published ({render_error}); the last good config stays", generation)
+    else:
+        programmed = condition("Programmed", False, "Excluded",
+                               "left out of the routing config; see Accepted and ResolvedRefs", generation)
+    parts = [accepted, resolved, programmed]
+    failing = next((c for c in parts if c["status"] != "True"), None)
+    ready = (condition("Ready", False, failing["reason"], f"{failing['type']}: {failing['message']}", generation)
+             if failing else condition("Ready", True, "Ready", programmed["message"], generation))
+    return parts + [ready]
+
+
+def available_condition(health: Mapping[str, Any] | None, generation: int | None) -> dict[str, Any]:
+    """LLMProvider `Available` from its health roll-up."""
+    state = (health or {}).get("state", "Unknown")
+    breaker = (health or {}).get("breaker", "")
+    if state == "Healthy":
+        return condition("Available", True, "Healthy", f"breakers: {breaker}", generation)
+    if state == "Degraded":
+        return condition("Available", True, "Degraded", f"breakers: {breaker}; some pods avoid this provider", generation)
+    if state == "Unavailable":
+        return condition("Available", False, "BreakersOpen", f"breakers: {breaker}", generation)
+    return condition("Available", None, "NoReports", "no fresh health reports from proxy pods", generation)
+
+
+def same_status(current: Mapping[str, Any] | None, desired: Mapping[str, Any]) -> bool:
+    """True when patching `desired` over `current` would change nothing (patch only on change)."""
+    current = current or {}
+    return all(current.get(k) == v for k, v in desired.items())

@@ -1,0 +1,114 @@
+"""kopf handlers: thin adapters from Kubernetes events to `reconcile.Reconciler`.
+
+Why this shape: every LLMProvider/RoutingPolicy/Secret event only means "namespace N may need
+re-rendering", so handlers unpack the event and ask the reconciler to re-render that namespace
+(serialized and coalesced per namespace). All state comes from kopf indexes, filled from the watch
+streams kopf already runs, so no handler lists objects from the API per event.
+
+Settings are read at import (`DETOUR_SETTINGS_FILE`), because kopf decorators need the health
+interval and the proxy pod selector when the module is loaded.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+import kopf
+
+from . import health, specs
+from .reconcile import Indexes, Reconciler, start_metrics
+from .settings import load_settings
+
+SETTINGS = load_settings()
+G, V = specs.GROUP, specs.VERSION
+LLMP, RPOL = "llmproviders", "routingpolicies"
+OWN_LABEL = {"app.kubernetes.io/managed-by": "detour-operator"}
+
+
+def _slim(body: Any, kind: str) -> dict[str, Any]:
+    """What the reconciler needs of an object (kept in the index; no managedFields etc.)."""
+    md = body.get("metadata", {})
+    return {"apiVersion": specs.API_VERSION, "kind": kind, "spec": dict(body.get("spec") or {}),
+            "status": dict(body.get("status") or {}),
+            "metadata": {k: md.get(k) for k in ("name", "namespace", "uid", "generation", "deletionTimestamp")}}
+
+
+@kopf.on.startup()
+async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: logging.Logger, **_: Any) -> None:
+    settings.persistence.finalizer = "detour.dev/finalizer"
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="detour.dev")
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix="detour.dev", key="last-handled-configuration")
+    settings.posting.level = logging.WARNING  # our own Events are explicit; no "handler succeeded" spam
+    settings.watching.server_timeout = 300
+    memo.detour = Reconciler(SETTINGS)
+    start_metrics(int(os.environ.get("DETOUR_OPERATOR_METRICS_PORT", "9090")), logger)
+
+
+@kopf.on.cleanup()
+async def cleanup(memo: kopf.Memo, **_: Any) -> None:
+    if getattr(memo, "detour", None) is not None:
+        memo.detour.close()
+
+
+# ---- indexes: the operator's view of the cluster ---------------------------------------------
+
+@kopf.index(G, V, LLMP)
+def providers_idx(namespace: str, body: kopf.Body, **_: Any) -> dict[str, Any]:
+    return {namespace: _slim(body, "LLMProvider")}
+
+
+@kopf.index(G, V, RPOL)
+def policies_idx(namespace: str, body: kopf.Body, **_: Any) -> dict[str, Any]:
+    return {namespace: _slim(body, "RoutingPolicy")}
+
+
+@kopf.index(G, V, LLMP)
+def secret_dependents_idx(namespace: str, name: str, spec: kopf.Spec, **_: Any) -> dict[Any, str] | None:
+    ref = spec.get("apiKeySecretRef") or {}
+    return {(namespace, ref["name"]): name} if ref.get("name") else None
+
+
+@kopf.index("v1", "secrets", labels={k: kopf.ABSENT for k in OWN_LABEL})
+def secrets_idx(namespace: str, name: str, body: kopf.Body, **_: Any) -> dict[Any, dict[str, str]] | None:
+    if body.get("type", "Opaque") != "Opaque":  # service-account tokens, TLS, helm releases: never API keys
+        return None
+    return {(namespace, name): dict(body.get("data") or {})}
+
+
+@kopf.index("v1", "pods", labels=SETTINGS.pod_labels(), annotations={health.ANNOTATION: kopf.PRESENT})
+def proxy_pods_idx(namespace: str, name: str, annotations: kopf.Annotations, **_: Any) -> dict[str, Any]:
+    return {namespace: {"name": name, "annotations": {health.ANNOTATION: annotations[health.ANNOTATION]}}}
+
+
+# ---- triggers ------------------------------------------------------------------------------
+
+@kopf.on.resume(G, V, LLMP)
+@kopf.on.create(G, V, LLMP)
+@kopf.on.update(G, V, LLMP)
+@kopf.on.delete(G, V, LLMP)
+async def provider_changed(namespace: str, memo: kopf.Memo, logger: logging.Logger, **kwargs: Any) -> None:
+    await memo.detour.request(namespace, "LLMProvider", Indexes.from_kwargs(kwargs), logger)
+
+
+@kopf.on.resume(G, V, RPOL)
+@kopf.on.create(G, V, RPOL)
+@kopf.on.update(G, V, RPOL)
+@kopf.on.delete(G, V, RPOL)
+async def policy_changed(namespace: str, memo: kopf.Memo, logger: logging.Logger, **kwargs: Any) -> None:
+    await memo.detour.request(namespace, "RoutingPolicy", Indexes.from_kwargs(kwargs), logger)
+
+
+@kopf.on.event("v1", "secrets", labels={k: kopf.ABSENT for k in OWN_LABEL})
+async def secret_changed(namespace: str, name: str, memo: kopf.Memo, logger: logging.Logger,
+                         secret_dependents_idx: kopf.Index, **kwargs: Any) -> None:
+    if (namespace, name) in secret_dependents_idx:  # only Secrets an LLMProvider references
+        indexes = Indexes.from_kwargs({"secret_dependents_idx": secret_dependents_idx, **kwargs})
+        await memo.detour.request(namespace, "Secret", indexes, logger)
+
+
+@kopf.timer(G, V, LLMP, interval=SETTINGS.health_interval, initial_delay=0.0)
+async def provider_health(namespace: str, name: str, memo: kopf.Memo, logger: logging.Logger, **kwargs: Any) -> None:
+    await memo.detour.health(namespace, name, Indexes.from_kwargs(kwargs), logger)

@@ -1,0 +1,96 @@
+"""Roll up the proxies' `detour.dev/health` Pod annotations into LLMProvider `status.health`.
+
+Pure: annotations and a wall-clock `now` in, status dicts out. The annotation format is the
+shared-health contract in docs/architecture.md. A pod's report is ignored when its `updated` is
+older than 3 x its `heartbeatSeconds` (the pod is gone or stuck; its view is no longer evidence).
+Numbers are rounded so that an unchanged picture produces an identical status (no patch churn).
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+ANNOTATION = "detour.dev/health"
+OPEN_STATES = {"open", "half-open"}
+
+
+def parse_time(text: Any) -> datetime.datetime | None:
+    if not isinstance(text, str):
+        return None
+    try:
+        t = datetime.datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return t if t.tzinfo else t.replace(tzinfo=datetime.timezone.utc)
+
+
+def parse_report(text: str | None) -> dict[str, Any] | None:
+    """A pod's health report, or None if absent/garbled/of an unknown version."""
+    if not text:
+        return None
+    try:
+        doc = json.loads(text)
+    except ValueError:
+        return None
+    if not isinstance(doc, dict) or doc.get("version") != 1 or not isinstance(doc.get("targets"), list):
+        return None
+    return doc
+
+
+def fresh(report: Mapping[str, Any], now: datetime.datetime) -> bool:
+    updated = parse_time(report.get("updated"))
+    heartbeat = report.get("heartbeatSeconds") or 10
+    if updated is None or not isinstance(heartbeat, (int, float)):
+        return False
+    return (now - updated).total_seconds() <= 3 * float(heartbeat)
+
+
+def rollup(reports: Iterable[Mapping[str, Any]], provider: str, now: datetime.datetime,
+           degraded_ratio: float = 0.5) -> dict[str, Any]:
+    """`status.health` of one provider from the fresh reports of all proxy pods."""
+    pods = opened = requests = 0
+    failures = 0.0
+    last: tuple[datetime.datetime, str, str] | None = None
+    for report in reports:
+        if not fresh(report, now):
+            continue
+        targets = [t for t in report["targets"] if isinstance(t, dict) and t.get("provider") == provider]
+        if not targets:
+            continue
+        pods += 1
+        opened += any(t.get("state") in OPEN_STATES for t in targets)
+        for t in targets:
+            n = int(t.get("requests") or 0)
+            requests += n
+            failures += float(t.get("failureRatio") or 0.0) * n
+            at = parse_time(t.get("lastErrorAt"))
+            if t.get("lastError") and at is not None and (last is None or at > last[0]):
+                last = (at, str(t["lastError"]), str(t["lastErrorAt"]))
+    ratio = round(failures / requests, 3) if requests else 0.0
+    if pods == 0:
+        state = "Unknown"
+    elif opened == pods:
+        state = "Unavailable"
+    elif opened or ratio >= degraded_ratio:
+        state = "Degraded"
+    else:
+        state = "Healthy"
+    # No None values: a merge patch would delete such keys, and the next comparison would differ.
+    health: dict[str, Any] = {"state": state, "breaker": f"{opened}/{pods} open", "requests": requests,
+                              "failureRatio": ratio, "pods": pods}
+    if last is not None:
+        health["lastError"], health["lastErrorAt"] = last[1], last[2]
+    return health
+
+
+def reports_from_pods(pods: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Parsed reports of pods given as objects with metadata.annotations."""
+    out = []
+    for pod in pods:
+        report = parse_report(((pod.get("metadata") or {}).get("annotations") or {}).get(ANNOTATION))
+        if report is not None:
+            out.append(report)
+    return out

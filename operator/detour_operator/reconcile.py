@@ -1,0 +1,212 @@
+"""Per-namespace reconcile: indexes -> render -> publish ConfigMap/Secret -> patch statuses -> Events.
+
+Why one reconciler per operator: every change in a namespace (a provider, a policy, a referenced
+Secret) can change every object's status there, so the unit of work is the namespace. Requests
+are serialized per namespace and coalesced: a request that arrives while a render runs is
+served by one later render that sees all changes so far (debounce without sleeping).
+
+Writes happen only on change: the ConfigMap/Secret are compared with what the API has, statuses
+with the last status we know (our own last write, else the index's view), so unchanged inputs
+cause no writes at all (no proxy reloads, no watch-event echo loops).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import datetime
+import logging
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import kopf
+import kubernetes
+from prometheus_client import Counter, start_http_server
+
+from . import conditions, health, manifests, render, specs
+from .settings import OperatorSettings
+
+RECONCILES = Counter("detour_operator_reconcile_total", "Namespace reconciles by trigger kind and result.",
+                     ["kind", "result"])
+ERRORS = Counter("detour_operator_reconcile_errors_total", "Reconciles that failed (and will be retried).")
+MERGE = "application/merge-patch+json"
+PLURAL = {"LLMProvider": "llmproviders", "RoutingPolicy": "routingpolicies"}
+_metrics_started = False
+
+
+def start_metrics(port: int, logger: logging.Logger) -> None:
+    global _metrics_started
+    if port and not _metrics_started:
+        start_http_server(port)
+        _metrics_started = True
+        logger.info("metrics on :%d/metrics", port)
+
+
+@dataclass
+class Indexes:
+    """The kopf indexes a reconcile reads (see handlers.py for what each holds)."""
+
+    providers: Any
+    policies: Any
+    secrets: Any
+    pods: Any
+
+    @classmethod
+    def from_kwargs(cls, kwargs: dict[str, Any]) -> Indexes:
+        return cls(kwargs["providers_idx"], kwargs["policies_idx"], kwargs["secrets_idx"], kwargs["proxy_pods_idx"])
+
+    def objects(self, index: Any, namespace: str) -> list[dict[str, Any]]:
+        return [dict(v) for v in index.get(namespace, [])]
+
+    def secret(self, namespace: str, name: str) -> dict[str, str] | None:
+        store = self.secrets.get((namespace, name))
+        return dict(next(iter(store))) if store else None
+
+
+def _api_client() -> kubernetes.client.ApiClient:
+    conf = kubernetes.client.Configuration()
+    try:
+        kubernetes.config.load_incluster_config(client_configuration=conf)
+    except kubernetes.config.ConfigException:
+        kubernetes.config.load_kube_config(config_file=os.environ.get("KUBECONFIG"), client_configuration=conf)
+    return kubernetes.client.ApiClient(conf)
+
+
+def _ref(obj: dict[str, Any]) -> dict[str, Any]:
+    """An Event's involvedObject."""
+    md = obj["metadata"]
+    return {"apiVersion": specs.API_VERSION, "kind": obj["kind"],
+            "metadata": {"name": md["name"], "namespace": md["namespace"], "uid": md["uid"]}}
+
+
+class Reconciler:
+    def __init__(self, settings: OperatorSettings, api: kubernetes.client.ApiClient | None = None) -> None:
+        self.settings = settings
+        self.api = api or _api_client()
+        self.core = kubernetes.client.CoreV1Api(self.api)
+        self.custom = kubernetes.client.CustomObjectsApi(self.api)
+        self.locks: dict[str, asyncio.Lock] = collections.defaultdict(asyncio.Lock)
+        self.dirty: set[str] = set()
+        self.statuses: dict[str, dict[str, Any]] = {}  # uid -> status as of our last write
+
+    def close(self) -> None:
+        self.api.close()
+
+    async def request(self, namespace: str, kind: str, indexes: Indexes, logger: logging.Logger) -> None:
+        """Re-render `namespace` once after this call; coalesces with renders queued behind a running one."""
+        self.dirty.add(namespace)
+        async with self.locks[namespace]:
+            if namespace not in self.dirty:
+                return  # a render that started after our request already covered it
+            self.dirty.discard(namespace)
+            try:
+                result = await self._reconcile(namespace, indexes, logger)
+            except Exception:
+                ERRORS.inc()
+                RECONCILES.labels(kind, "error").inc()
+                raise
+            RECONCILES.labels(kind, result).inc()
+
+    async def _reconcile(self, ns: str, idx: Indexes, logger: logging.Logger) -> str:
+        providers = idx.objects(idx.providers, ns)
+        policies = idx.objects(idx.policies, ns)
+        secrets: dict[str, dict[str, str]] = {}
+        for p in providers:
+            ref = (p.get("spec") or {}).get("apiKeySecretRef") or {}
+            if ref.get("name") and (data := idx.secret(ns, ref["name"])) is not None:
+                secrets[ref["name"]] = data
+        result = render.render(providers, policies, secrets, self.settings, ns)
+        outcome = "invalid"
+        if result.config is not None:
+            owners = manifests.owner_references(
+                o for o in providers + policies if (o["kind"], o["metadata"]["name"]) in result.included)
+            assert result.config_yaml is not None and result.config_hash is not None
+            changed = await self._publish(ns, [
+                manifests.secret(ns, result.credentials, owners),  # keys first: the config may name them
+                manifests.configmap(ns, result.config_yaml, result.config_hash, owners)])
+            outcome = "published" if changed else "unchanged"
+            if changed:
+                logger.info("published routing config %s to %s/%s", result.config_hash, ns, manifests.CONFIGMAP)
+        elif result.error:
+            logger.warning("nothing published in %s: %s (the last good config stays)", ns, result.error)
+        now = conditions.now_rfc3339()
+        for obj in providers + policies:
+            if obj["metadata"].get("deletionTimestamp"):
+                continue
+            key = (obj["kind"], obj["metadata"]["name"])
+            gen = obj["metadata"].get("generation")
+            conds = conditions.object_conditions(result.problems.get(key, []), key in result.included,
+                                                 result.config_hash, result.error, gen)
+            status = {"observedGeneration": gen,
+                      "configHash": result.config_hash if key in result.included else None}
+            await self._patch_status(obj, status, conds, now, logger, events=True)
+        return outcome
+
+    async def _publish(self, ns: str, desired: list[dict[str, Any]]) -> bool:
+        changed = False
+        for obj in desired:
+            name, kind = obj["metadata"]["name"], obj["kind"]
+            read = self.core.read_namespaced_config_map if kind == "ConfigMap" else self.core.read_namespaced_secret
+            try:
+                current = self.api.sanitize_for_serialization(await asyncio.to_thread(read, name, ns))
+            except kubernetes.client.ApiException as exc:
+                if exc.status != 404:
+                    raise
+                current = None
+            patch = manifests.diff(current, obj)
+            if patch is None:
+                continue
+            changed = True
+            if current is None:
+                create = (self.core.create_namespaced_config_map if kind == "ConfigMap"
+                          else self.core.create_namespaced_secret)
+                await asyncio.to_thread(create, ns, obj)
+            else:
+                update = (self.core.patch_namespaced_config_map if kind == "ConfigMap"
+                          else self.core.patch_namespaced_secret)
+                await asyncio.to_thread(update, name, ns, patch, _content_type=MERGE)
+        return changed
+
+    async def _patch_status(self, obj: dict[str, Any], status: dict[str, Any], new_conds: list[dict[str, Any]],
+                            now: str, logger: logging.Logger, events: bool = False) -> None:
+        """Merge conditions into the last known status and patch it if anything changed."""
+        md = obj["metadata"]
+        known = self.statuses.get(md["uid"]) or obj.get("status") or {}
+        merged = conditions.merge(known.get("conditions"), new_conds, now)
+        desired = {**status, "conditions": merged}
+        if conditions.same_status(known, desired):
+            return
+        body = {"status": desired}
+        fresh = await asyncio.to_thread(
+            self.custom.patch_namespaced_custom_object_status, specs.GROUP, specs.VERSION, md["namespace"],
+            PLURAL[obj["kind"]], md["name"], body, _content_type=MERGE)
+        self.statuses[md["uid"]] = dict(fresh.get("status") or desired)
+        if events:
+            self._post_events(obj, known.get("conditions") or [], merged)
+
+    def _post_events(self, obj: dict[str, Any], old: list[dict[str, Any]], new: list[dict[str, Any]]) -> None:
+        before = {c["type"]: c for c in old}
+        after = {c["type"]: c for c in new}
+        ready, was = after.get("Ready"), before.get("Ready")
+        if ready and (not was or (was["status"], was["reason"]) != (ready["status"], ready["reason"])):
+            if ready["status"] == "True":
+                kopf.event(_ref(obj), type="Normal", reason="Accepted", message="accepted and included in the routing config")
+            else:
+                kopf.event(_ref(obj), type="Warning", reason="Rejected", message=ready["message"])
+        prog, prog_was = after.get("Programmed"), before.get("Programmed")
+        if prog and prog["status"] == "True" and (not prog_was or prog_was.get("message") != prog["message"]):
+            kopf.event(_ref(obj), type="Normal", reason="Published", message=prog["message"])
+
+    async def health(self, ns: str, name: str, idx: Indexes, logger: logging.Logger) -> None:
+        """Roll up the proxy pods' health reports into one LLMProvider's status (timer)."""
+        async with self.locks[ns]:
+            obj = next((o for o in idx.objects(idx.providers, ns) if o["metadata"]["name"] == name), None)
+            if obj is None or obj["metadata"].get("deletionTimestamp"):
+                return
+            reports = health.reports_from_pods(idx.objects(idx.pods, ns))
+            now = datetime.datetime.now(datetime.timezone.utc)
+            rolled = health.rollup(reports, name, now, self.settings.degraded_failure_ratio)
+            gen = obj["metadata"].get("generation")
+            await self._patch_status(obj, {"health": rolled}, [conditions.available_condition(rolled, gen)],
+                                     conditions.now_rfc3339(), logger)

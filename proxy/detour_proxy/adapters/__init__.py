@@ -1,0 +1,35 @@
+"""Provider dialects: build upstream requests, translate responses, streams and errors.
+
+Pure code (no I/O): the executor sends what `build_*` returns and feeds what comes back to
+`parse_*` / `stream_decoder()`. Build one adapter per provider per config with
+`adapter_for(provider)` and reuse it; adapters precompute their URLs and static headers.
+"""
+
+from __future__ import annotations
+
+from ..config import Provider, ProviderType
+from .anthropic import AnthropicAdapter
+from .azure import AzureOpenAIAdapter
+from .base import (
+    Adapter, ContinuationUnsupported, RateLimitInfo, SSEEvent, SSEParser, StreamDecoder,
+    StreamEvent, UnsupportedRequest, UpstreamError, UpstreamRequest,
+)
+from .openai import OpenAIAdapter, OpenAIStreamDecoder
+
+__all__ = [
+    "adapter_for", "Adapter", "OpenAIAdapter", "AzureOpenAIAdapter", "AnthropicAdapter",
+    "UpstreamRequest", "UpstreamError", "RateLimitInfo", "StreamEvent", "StreamDecoder",
+    "OpenAIStreamDecoder", "SSEParser", "SSEEvent", "UnsupportedRequest", "ContinuationUnsupported",
+]
+
+_ADAPTERS = {
+    ProviderType.openai: OpenAIAdapter,
+    ProviderType.openai_compatible: OpenAIAdapter,
+    ProviderType.azure_openai: AzureOpenAIAdapter,
+    ProviderType.anthropic: AnthropicAdapter,
+}
+
+
+def adapter_for(provider: Provider) -> Adapter:
+    """The adapter for a provider's dialect (a new instance; callers keep it per config)."""
+    return _ADAPTERS[provider.type](provider)

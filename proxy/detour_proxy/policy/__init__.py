@@ -1,0 +1,27 @@
+"""Detour's policy engine: pure decisions about where and when to send an LLM call.
+
+Breakers, health windows, the retry budget, balancing and retry/fallback planning. Imports
+only the stdlib and `detour_proxy.config`, and never reads a clock: every call takes `now`,
+so the executor owns time and I/O and tests run on a `FakeClock`. See docs/architecture.md,
+"Policy engine API".
+"""
+
+from .backoff import backoff_cap, full_jitter, retry_delay
+from .balancer import order_targets, weighted_order
+from .breaker import Admission, BreakerState, CircuitBreaker
+from .budget import RetryBudget
+from .clock import Clock, FakeClock, MonotonicClock
+from .outcome import REQUEST_ERROR_STATUSES, Outcome, OutcomeKind, error_class_for
+from .planner import GiveUp, RequestPlan, RoutePlanner, Try
+from .target import HealthRegistry, TargetKey, TargetSnapshot, TargetState
+from .window import SlidingWindow
+
+__all__ = [
+    "Clock", "MonotonicClock", "FakeClock",
+    "Outcome", "OutcomeKind", "REQUEST_ERROR_STATUSES", "error_class_for",
+    "BreakerState", "Admission", "CircuitBreaker",
+    "TargetKey", "TargetState", "TargetSnapshot", "HealthRegistry",
+    "RetryBudget", "SlidingWindow",
+    "RoutePlanner", "RequestPlan", "Try", "GiveUp",
+    "order_targets", "weighted_order", "backoff_cap", "full_jitter", "retry_delay",
+]

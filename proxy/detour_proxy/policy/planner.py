@@ -1,0 +1,214 @@
+"""The planner: what to do next for one client request.
+
+`RoutePlanner` is built once per route per config; `begin()` starts a `RequestPlan` for one
+request. The executor loops: `step = plan.next(now)`; on a `Try` it sleeps `delay`, sends,
+then calls exactly one of `plan.record(outcome, now)` / `plan.abandon(now)`; on a `GiveUp` it
+answers the client (with `last` when there is one). The planner does no I/O and reads no
+clock, so every decision is reproducible from (config, health, seeded rng, times).
+
+Decision rules, in order, after an attempt:
+1. success -> GiveUp('success'). A status neither retried nor falling back (a 400 the request
+   caused) -> GiveUp('not_retryable'): another target would refuse it too.
+2. No attempt starts at or after the deadline -> GiveUp('deadline').
+3. Retry the same target (retry codes, connect errors, timeouts) while its tries <
+   `retry.attempts`, its wait (full jitter, at least an acceptable Retry-After) fits before
+   the deadline, it admits at the planned start, and the retry budget has room.
+4. Otherwise fall back: the next target in the order, not yet tried, eligible and admitting.
+   Each target gets one pass per request (no ping-pong between two failing targets).
+5. Nothing left -> GiveUp('exhausted') (or 'deadline' if the deadline is what stopped a retry).
+The first attempt of a request, when no target admits at all, is `forced` onto the target
+that will be available soonest: failing fast with no attempt is worse than one probe.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from detour_proxy import config
+
+from .backoff import retry_delay
+from .balancer import order_targets
+from .breaker import Admission
+from .budget import RetryBudget
+from .outcome import Outcome, OutcomeKind
+from .target import HealthRegistry, TargetKey
+
+__all__ = ["RoutePlanner", "RequestPlan", "Try", "GiveUp"]
+
+Eligible = Callable[[int], bool]
+_RETRY_KINDS = (OutcomeKind.CONNECT_ERROR, OutcomeKind.TIMEOUT)
+_FALLBACK_KINDS = (OutcomeKind.CONNECT_ERROR, OutcomeKind.TIMEOUT, OutcomeKind.STREAM_ERROR)
+
+
+@dataclass(frozen=True, slots=True)
+class Try:
+    """Send attempt number `attempt` (per target, 1-based) to target `index` after `delay`
+    seconds. reason: first | retry | fallback | forced. The target is already acquired."""
+
+    index: int
+    key: TargetKey
+    delay: float
+    attempt: int
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class GiveUp:
+    """Stop. reason: success | not_retryable | exhausted | deadline; `last` is the last outcome."""
+
+    reason: str
+    last: Outcome | None
+
+
+@dataclass(slots=True)
+class _Pending:
+    index: int
+    ticket: Admission
+
+
+class RoutePlanner:
+    """Plans requests on one route. `keys[i]` identifies `route.targets[i]`."""
+
+    def __init__(self, route: config.Route, keys: Sequence[TargetKey], registry: HealthRegistry,
+                 budget: RetryBudget, rng: random.Random | None = None) -> None:
+        if len(keys) != len(route.targets):
+            raise ValueError(f"route {route.name!r}: {len(route.targets)} targets but {len(keys)} keys")
+        self.route = route
+        self.keys = list(keys)
+        self.registry = registry
+        self.budget = budget
+        self.rng = rng if rng is not None else random.Random()
+
+    def begin(self, now: float, deadline: float | None = None,
+              eligible: Eligible | None = None) -> RequestPlan:
+        """Start a request: records it in the retry budget and fixes the visiting order."""
+        self.budget.record_request(now)
+        if deadline is None:
+            deadline = now + self.route.timeout
+        cands = [i for i in range(len(self.keys)) if eligible is None or eligible(i)]
+        states = [self.registry.state(k) for k in self.keys]
+        order = order_targets(self.route, states, now, self.rng, cands)
+        return RequestPlan(self, order, deadline)
+
+
+class RequestPlan:
+    """The retry/fallback state of one request. Not thread-safe; one per request."""
+
+    def __init__(self, planner: RoutePlanner, order: list[int], deadline: float) -> None:
+        self._p = planner
+        self.order = order
+        self.deadline = deadline
+        self.attempts: list[tuple[TargetKey, Outcome]] = []
+        self.budget_denied = 0
+        self.tries = 0                   # Try steps handed out
+        self._tried: dict[int, int] = {}  # index -> tries on it
+        self._current: int | None = None
+        self._last: Outcome | None = None
+        self._pending: _Pending | None = None
+        self._forced = False
+        self._result: GiveUp | None = None
+
+    # -- executor callbacks --------------------------------------------------------------
+    def record(self, outcome: Outcome, now: float) -> None:
+        pend = self._take_pending()
+        key = self._p.keys[pend.index]
+        self._p.registry.state(key).record(outcome, now, pend.ticket)
+        self.attempts.append((key, outcome))
+        self._last = outcome
+
+    def abandon(self, now: float) -> None:
+        """The attempt was cancelled (client gone, hedge lost): free it, count nothing.
+        A later `next()` moves on to the next target."""
+        pend = self._take_pending()
+        self._p.registry.state(self._p.keys[pend.index]).release(now, pend.ticket)
+        self._last = None
+
+    def _take_pending(self) -> _Pending:
+        if self._pending is None:
+            raise RuntimeError("no attempt in flight: record()/abandon() follow a Try")
+        pend, self._pending = self._pending, None
+        return pend
+
+    @property
+    def done(self) -> GiveUp | None:
+        return self._result
+
+    # -- deciding ------------------------------------------------------------------------
+    def _try(self, index: int, ticket: Admission, delay: float, reason: str) -> Try:
+        n = self._tried.get(index, 0) + 1
+        self._tried[index] = n
+        self._current = index
+        self._pending = _Pending(index, ticket)
+        self.tries += 1
+        return Try(index, self._p.keys[index], delay, n, reason)
+
+    def _give_up(self, reason: str, last: Outcome | None) -> GiveUp:
+        self._result = GiveUp(reason, last)
+        return self._result
+
+    def next(self, now: float, eligible: Eligible | None = None) -> Try | GiveUp:
+        """The next step. `eligible` narrows the targets for this step only (e.g. targets
+        able to continue a partly streamed answer)."""
+        if self._pending is not None:
+            raise RuntimeError("record() or abandon() the previous Try before next()")
+        if self._result is not None:
+            return self._result
+        p = self._p
+        ok = (lambda i: True) if eligible is None else eligible
+        states = p.registry
+
+        if self.tries == 0:
+            if now >= self.deadline:
+                return self._give_up("deadline", None)
+            for i in self.order:
+                if ok(i):
+                    ticket = states.state(p.keys[i]).acquire(now)
+                    if ticket is not None:
+                        return self._try(i, ticket, 0.0, "first")
+            cands = [i for i in self.order if ok(i)]
+            if not cands or self._forced:
+                return self._give_up("exhausted", None)
+            pos = {i: n for n, i in enumerate(self.order)}
+            best = min(cands, key=lambda i: (states.state(p.keys[i]).available_at(now), pos[i]))
+            self._forced = True
+            return self._try(best, states.state(p.keys[best]).force_acquire(now), 0.0, "forced")
+
+        last = self._last
+        route = p.route
+        if last is not None:
+            if last.ok:
+                return self._give_up("success", last)
+            if last.kind is OutcomeKind.HTTP_ERROR and not (
+                    last.status in route.retry.on_status_codes
+                    or last.status in route.fallback_on_status_codes):
+                return self._give_up("not_retryable", last)
+        if now >= self.deadline:
+            return self._give_up("deadline", last)
+
+        blocked_by_deadline = False
+        cur = self._current
+        if (last is not None and cur is not None and ok(cur)
+                and (last.kind in _RETRY_KINDS
+                     or (last.kind is OutcomeKind.HTTP_ERROR and last.status in route.retry.on_status_codes))
+                and self._tried.get(cur, 0) < route.retry.attempts):
+            delay = retry_delay(route.retry, self._tried[cur], last.retry_after, p.rng)
+            if delay is not None:
+                start = now + delay
+                state = states.state(p.keys[cur])
+                if start >= self.deadline:
+                    blocked_by_deadline = True
+                elif state.admits(start):
+                    if p.budget.try_spend(now):
+                        ticket = state.acquire(start)
+                        assert ticket is not None  # admits() just said so; nothing ran since
+                        return self._try(cur, ticket, delay, "retry")
+                    self.budget_denied += 1
+
+        for i in self.order:
+            if i not in self._tried and ok(i):
+                ticket = states.state(p.keys[i]).acquire(now)
+                if ticket is not None:
+                    return self._try(i, ticket, 0.0, "fallback")
+        return self._give_up("deadline" if blocked_by_deadline else "exhausted", last)

@@ -1,0 +1,127 @@
+"""The OpenAI surface: bad input gets an accurate status in the OpenAI error format."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import httpx
+import openai
+import pytest
+
+from support import ProxyServer, chat_body, two_provider_config
+
+
+@pytest.fixture()
+def proxy(primary, secondary):
+    cfg = two_provider_config(primary, secondary)
+    cfg["server"] = {"maxBodyBytes": 4096}
+    cfg["routes"].append({"name": "embed", "match": {"models": ["text-embedding-3-small"]},
+                          "targets": [{"provider": "primary", "model": "text-embedding-3-small"}]})
+    with ProxyServer(cfg) as p:
+        yield p
+
+
+def post(proxy, content: bytes | None = None, json=None, path="/chat/completions", **kw):
+    return httpx.post(proxy.v1 + path, content=content, json=json, timeout=10, **kw)
+
+
+def assert_openai_error(resp: httpx.Response, status: int, code: str | None = None) -> dict:
+    assert resp.status_code == status, resp.text
+    err = resp.json()["error"]
+    assert set(err) >= {"message", "type", "code"}
+    assert err["message"]
+    if code is not None:
+        assert err["code"] == code
+    return err
+
+
+def test_malformed_json_is_400(proxy):
+    assert_openai_error(post(proxy, b'{"model": "gpt-4o-mini", "messages": [', headers={"content-type": "application/json"}), 400, "invalid_json")
+
+
+def test_invalid_utf8_is_400(proxy):
+    assert_openai_error(post(proxy, b'{"model": "\xff\xfe", "messages": []}'), 400)
+
+
+def test_missing_model_is_400(proxy):
+    err = assert_openai_error(post(proxy, json={"messages": [{"role": "user", "content": "x"}]}), 400)
+    assert err["param"] == "model"
+
+
+def test_missing_messages_is_400(proxy):
+    err = assert_openai_error(post(proxy, json={"model": "gpt-4o-mini"}), 400)
+    assert err["param"] == "messages"
+
+
+def test_body_not_an_object_is_400(proxy):
+    assert_openai_error(post(proxy, json=[1, 2]), 400)
+
+
+def test_unknown_model_is_404(proxy):
+    assert_openai_error(post(proxy, json=chat_body("no-such-model")), 404, "model_not_found")
+    with pytest.raises(openai.NotFoundError):
+        openai.OpenAI(base_url=proxy.v1, api_key="x", max_retries=0).chat.completions.create(
+            model="no-such-model", messages=[{"role": "user", "content": "x"}])
+
+
+def test_glob_route_matches(proxy, primary):
+    r = post(proxy, json=chat_body("chat-anything"))
+    assert r.status_code == 200
+    assert r.headers["x-detour-target"] == "primary/gpt-4o-mini"
+
+
+def test_body_over_limit_is_413(proxy):
+    big = chat_body(text="x" * 10_000)
+    assert_openai_error(post(proxy, json=big), 413, "request_too_large")
+
+
+def test_body_over_limit_without_content_length_is_413(proxy):
+    def gen():
+        for _ in range(10):
+            yield b" " * 1000
+    assert_openai_error(post(proxy, gen()), 413, "request_too_large")
+
+
+def test_embeddings(proxy):
+    c = openai.OpenAI(base_url=proxy.v1, api_key="x", max_retries=0)
+    res = c.embeddings.create(model="text-embedding-3-small", input=["a", "b"])
+    assert len(res.data) == 2 and res.data[0].embedding
+
+
+def test_models_lists_routed_models(proxy):
+    ids = [m.id for m in openai.OpenAI(base_url=proxy.v1, api_key="x").models.list()]
+    assert ids == ["gpt-4o-mini", "text-embedding-3-small"]
+
+
+def test_health_ready_and_metrics(proxy):
+    assert httpx.get(proxy.url + "/healthz").status_code == 200
+    ready = httpx.get(proxy.url + "/readyz")
+    assert ready.status_code == 200 and ready.json()["configHash"] == proxy.state.gateway.hash
+    post(proxy, json=chat_body())
+    text = httpx.get(proxy.url + "/metrics").text
+    assert 'detour_requests_total{outcome="success",route="chat"} 1.0' in text
+    assert "SECRET" not in text
+
+
+def test_client_auth(primary, secondary):
+    cfg = two_provider_config(primary, secondary)
+    cfg["clientAuth"] = {"keys": [{"value": "client-key-1"}]}
+    with ProxyServer(cfg) as p:
+        assert_openai_error(post(p, json=chat_body()), 401, "invalid_api_key")
+        assert_openai_error(post(p, json=chat_body(), headers={"authorization": "Bearer wrong"}), 401)
+        ok = openai.OpenAI(base_url=p.v1, api_key="client-key-1", max_retries=0).chat.completions.create(
+            model="gpt-4o-mini", messages=[{"role": "user", "content": "x"}])
+        assert ok.choices[0].message.content
+    # The provider receives the provider key, not the client's key.
+    assert primary.stats()["lastRequest"]["headers"].get("authorization") != "Bearer client-key-1"
+
+
+def test_invalid_config_is_rejected_at_start_naming_the_field(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("providers:\n  - name: p\n    baseURL: http://127.0.0.1:1/v1\n"
+                   "routes:\n  - name: r\n    targets: [{provider: p, model: m}]\n    timeout: soon\n")
+    proc = subprocess.run([sys.executable, "-m", "detour_proxy", "--config", str(bad), "--port", "0"],
+                          capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 2
+    assert "routes[0].timeout" in proc.stderr and "invalid duration" in proc.stderr

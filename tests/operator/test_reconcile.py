@@ -1,0 +1,196 @@
+"""The operator end to end: real kopf against the emulated API server, objects applied with kubectl
+and the official client, outcomes awaited by polling the server (bounded, no fixed sleeps)."""
+
+from __future__ import annotations
+
+import base64
+from typing import Any
+
+import kubernetes
+import yaml
+from conftest import EXAMPLES, NS, G, V, kubectl, wait_for
+from prometheus_client import REGISTRY
+
+from detour_operator import render as rnd
+from detour_operator.handlers import SETTINGS
+from detour_proxy.config import parse_config
+
+PLAIN_KEYS = ["sk-example-openai-key", "example-azure-key", "sk-ant-example-key"]
+
+
+def get(custom: Any, plural: str, name: str) -> dict[str, Any]:
+    return custom.get_namespaced_custom_object(G, V, NS, plural, name)
+
+
+def cond(obj: dict[str, Any], ctype: str) -> dict[str, Any] | None:
+    return next((c for c in (obj.get("status") or {}).get("conditions", []) if c["type"] == ctype), None)
+
+
+def ready(custom: Any, plural: str, name: str, status: str = "True") -> dict[str, Any] | None:
+    obj = get(custom, plural, name)
+    c = cond(obj, "Ready")
+    ok = c and c["status"] == status and obj["status"].get("observedGeneration") == obj["metadata"]["generation"]
+    return obj if ok else None
+
+
+def apply_examples(k8s: Any, custom: Any) -> None:
+    kubectl(k8s, "apply", "--validate=false", "-f", str(EXAMPLES))
+    for plural, name in [("llmproviders", "openai"), ("llmproviders", "azure"), ("llmproviders", "anthropic"),
+                         ("routingpolicies", "chat")]:
+        wait_for(lambda: ready(custom, plural, name), 10, what=f"{plural}/{name} Ready")
+
+
+def configmap(core: Any) -> Any:
+    return core.read_namespaced_config_map("detour-routing", NS)
+
+
+def reconciles() -> float:
+    total = 0.0
+    for metric in REGISTRY.collect():
+        if metric.name == "detour_operator_reconcile":
+            total += sum(s.value for s in metric.samples if s.name == "detour_operator_reconcile_total")
+    return total
+
+
+def test_examples_publish_config_and_credentials(k8s, operator, core, custom):
+    apply_examples(k8s, custom)
+    cm = configmap(core)
+    docs = [d for p in sorted(EXAMPLES.glob("*.yaml")) for d in yaml.safe_load_all(p.read_text()) if d]
+    expected = rnd.render([d for d in docs if d["kind"] == "LLMProvider"],
+                          [d for d in docs if d["kind"] == "RoutingPolicy"],
+                          {"llm-keys": {k: base64.b64encode(v.encode()).decode()
+                                        for k, v in docs[-1]["stringData"].items()}}, SETTINGS, NS)
+    assert cm.data["config.yaml"].encode() == expected.config_yaml
+    assert cm.metadata.annotations["detour.dev/config-hash"] == expected.config_hash
+    config = parse_config(cm.data["config.yaml"])
+    assert [p.name for p in config.providers] == ["anthropic", "azure", "openai"]
+    assert config.provider("openai").api_key.file == "/etc/detour/credentials/openai"
+    assert {(o.kind, o.name) for o in cm.metadata.owner_references} == {
+        ("LLMProvider", "anthropic"), ("LLMProvider", "azure"), ("LLMProvider", "openai"), ("RoutingPolicy", "chat")}
+
+    secret = core.read_namespaced_secret("detour-credentials", NS)
+    assert {k: base64.b64decode(v).decode() for k, v in secret.data.items()} == {
+        "openai": "sk-example-openai-key", "azure": "example-azure-key", "anthropic": "sk-ant-example-key"}
+
+    chat = get(custom, "routingpolicies", "chat")
+    assert chat["status"]["configHash"] == expected.config_hash
+    assert {c["type"]: c["status"] for c in chat["status"]["conditions"]} == {
+        "Accepted": "True", "ResolvedRefs": "True", "Programmed": "True", "Ready": "True"}
+    assert expected.config_hash in cond(chat, "Programmed")["message"]
+
+    # kubectl wait works, by short name too
+    out = kubectl(k8s, "wait", "--for=condition=Ready", "llmp/openai", "rpol/chat", "--timeout=10s")
+    assert "condition met" in out.stdout
+
+    # Events for accept and publish were posted
+    events = wait_for(lambda: {e.reason for e in core.list_namespaced_event(NS).items} >= {"Accepted", "Published"}
+                      and core.list_namespaced_event(NS).items, 5, what="events")
+    assert any(e.involved_object.name == "chat" and e.reason == "Published" for e in events)
+
+    # keys never leave the Secrets: not in the ConfigMap, statuses, events or the operator's log
+    statuses = [str(get(custom, "llmproviders", n).get("status")) for n in ("openai", "azure", "anthropic")]
+    haystacks = [cm.data["config.yaml"], *statuses, str([e.message for e in events]), operator.output]
+    for key in PLAIN_KEYS:
+        for text in haystacks:
+            assert key not in text and base64.b64encode(key.encode()).decode() not in text
+
+
+def test_missing_provider_keeps_last_good_config_and_recovers(k8s, operator, core, custom):
+    apply_examples(k8s, custom)
+    good = configmap(core).data["config.yaml"]
+
+    # a second policy naming a provider that does not exist: excluded, the rest still published
+    custom.create_namespaced_custom_object(G, V, NS, "routingpolicies", {
+        "apiVersion": f"{G}/{V}", "kind": "RoutingPolicy", "metadata": {"name": "batch"},
+        "spec": {"order": 20, "targets": [{"providerRef": "mistral", "model": "mistral-large"}]}})
+    batch = wait_for(lambda: ready(custom, "routingpolicies", "batch", "False"), 10)
+    rr = cond(batch, "ResolvedRefs")
+    assert rr["status"] == "False" and rr["reason"] == "ProviderNotFound" and "mistral" in rr["message"]
+    assert cond(batch, "Accepted")["status"] == "True"
+    assert configmap(core).data["config.yaml"] == good
+
+    # break the only valid policy too: nothing valid remains, so nothing is published
+    custom.patch_namespaced_custom_object(G, V, NS, "routingpolicies", "chat", {
+        "spec": {"targets": [{"providerRef": "openai", "model": "gpt-4o-mini"}, {"providerRef": "nope", "model": "x"}]}})
+    chat = wait_for(lambda: (o := get(custom, "routingpolicies", "chat"))["status"]["observedGeneration"] == 2 and o, 10)
+    assert chat["metadata"]["generation"] == 2
+    assert cond(chat, "ResolvedRefs")["status"] == "False" and "nope" in cond(chat, "ResolvedRefs")["message"]
+    assert cond(chat, "Ready")["status"] == "False"
+    openai = wait_for(lambda: (o := get(custom, "llmproviders", "openai")) and
+                      cond(o, "Programmed")["reason"] == "NoValidConfig" and o, 10)
+    assert "last good config stays" in cond(openai, "Programmed")["message"]
+    assert configmap(core).data["config.yaml"] == good
+
+    # fix both: the missing provider appears (no key needed for openai-compatible), chat is repaired
+    custom.create_namespaced_custom_object(G, V, NS, "llmproviders", {
+        "apiVersion": f"{G}/{V}", "kind": "LLMProvider", "metadata": {"name": "mistral"},
+        "spec": {"type": "openai-compatible", "baseURL": "http://vllm.default.svc:8000/v1"}})
+    custom.patch_namespaced_custom_object(G, V, NS, "routingpolicies", "chat", {
+        "spec": {"targets": [{"providerRef": "openai", "model": "gpt-4o-mini"}, {"providerRef": "mistral", "model": "m"}]}})
+    for plural, name in [("routingpolicies", "batch"), ("routingpolicies", "chat"), ("llmproviders", "mistral")]:
+        wait_for(lambda: ready(custom, plural, name), 10, what=f"{name} recovers")
+    config = parse_config(configmap(core).data["config.yaml"])
+    assert [r.name for r in config.routes] == ["chat", "batch"]  # by order, then name
+    assert config.provider("mistral").api_key is None
+
+
+def test_deleting_a_provider_rerenders(k8s, operator, core, custom):
+    apply_examples(k8s, custom)
+    custom.create_namespaced_custom_object(G, V, NS, "routingpolicies", {
+        "apiVersion": f"{G}/{V}", "kind": "RoutingPolicy", "metadata": {"name": "embeddings"},
+        "spec": {"match": {"models": ["text-embedding-*"]}, "targets": [{"providerRef": "openai", "model": "te-3"}]}})
+    wait_for(lambda: ready(custom, "routingpolicies", "embeddings"), 10)
+
+    kubectl(k8s, "delete", "llmp", "anthropic", "--wait=false")
+    wait_for(lambda: "anthropic" not in configmap(core).data["config.yaml"], 10, what="re-render without anthropic")
+    config = parse_config(configmap(core).data["config.yaml"])
+    assert [p.name for p in config.providers] == ["azure", "openai"]
+    assert [r.name for r in config.routes] == ["embeddings"]
+    assert set(core.read_namespaced_secret("detour-credentials", NS).data) == {"azure", "openai"}
+    chat = wait_for(lambda: ready(custom, "routingpolicies", "chat", "False"), 10)
+    assert "anthropic" in cond(chat, "ResolvedRefs")["message"]
+
+    def gone() -> bool:
+        try:
+            get(custom, "llmproviders", "anthropic")
+        except kubernetes.client.ApiException as exc:
+            return exc.status == 404
+        return False
+    wait_for(gone, 10, what="finalizer released")
+
+
+def test_secret_change_rerenders_dependents_only_on_change(k8s, operator, core, custom):
+    apply_examples(k8s, custom)
+    cm_writes = k8s.history("v1/configmaps", NS, "detour-routing")
+    secret_writes = k8s.history("v1/secrets", NS, "detour-credentials")
+    status_writes = k8s.history(f"{G}/{V}/llmproviders", NS, "openai")
+
+    # unchanged inputs: a metadata-only change triggers a reconcile that writes nothing
+    before = reconciles()
+    custom.patch_namespaced_custom_object(G, V, NS, "llmproviders", "openai", {"metadata": {"labels": {"team": "a"}}})
+    wait_for(lambda: reconciles() > before, 10, what="a reconcile")
+    assert k8s.history("v1/configmaps", NS, "detour-routing") == cm_writes
+    assert k8s.history("v1/secrets", NS, "detour-credentials") == secret_writes
+    obj = get(custom, "llmproviders", "openai")
+    assert obj["metadata"]["generation"] == 1  # labels do not bump the generation
+    # the label patch and kopf's bookkeeping annotation, but no status write
+    assert k8s.history(f"{G}/{V}/llmproviders", NS, "openai") <= status_writes + 2
+
+    # a new key in the referenced Secret reaches detour-credentials; the config itself is unchanged
+    new_key = base64.b64encode(b"sk-rotated").decode()
+    core.patch_namespaced_secret("llm-keys", NS, {"data": {"openai": new_key}})
+    wait_for(lambda: core.read_namespaced_secret("detour-credentials", NS).data["openai"] == new_key, 10)
+    assert k8s.history("v1/configmaps", NS, "detour-routing") == cm_writes
+
+    # a Secret nobody references does not trigger a reconcile
+    before = reconciles()
+    core.create_namespaced_secret(NS, {"metadata": {"name": "unrelated"}, "data": {"x": "eQ=="}})
+    custom.patch_namespaced_custom_object(G, V, NS, "llmproviders", "azure", {"metadata": {"labels": {"t": "b"}}})
+    wait_for(lambda: reconciles() > before, 10)
+    assert reconciles() == before + 1
+
+    # deleting the referenced key: ResolvedRefs=False naming Secret and key
+    core.patch_namespaced_secret("llm-keys", NS, {"data": {"anthropic": None}})
+    obj = wait_for(lambda: ready(custom, "llmproviders", "anthropic", "False"), 10)
+    rr = cond(obj, "ResolvedRefs")
+    assert rr["reason"] == "SecretKeyNotFound" and "llm-keys" in rr["message"] and "anthropic" in rr["message"]

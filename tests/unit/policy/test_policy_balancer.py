@@ -1,0 +1,140 @@
+"""Ordering strategies, checked as distributions over a seeded RNG."""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+
+import pytest
+
+from detour_proxy import config
+from detour_proxy.policy import HealthRegistry, Outcome, TargetKey, order_targets, weighted_order
+
+N = 4000
+
+
+def route(strategy: str, *targets: dict, tolerance: float = 0.2) -> config.Route:
+    return config.Route(name="r", strategy=strategy, latency_tolerance=tolerance,
+                        targets=[config.Target(provider=f"p{i}", model="m", **t) for i, t in enumerate(targets)])
+
+
+def states(r: config.Route, health: config.Health | None = None):
+    reg = HealthRegistry(health or config.Health())
+    return [reg.state(TargetKey(t.provider, t.model, f"https://{t.provider}")) for t in r.targets]
+
+
+def firsts(r, sts, seed=7, n=N, now=0.0):
+    rng = random.Random(seed)
+    return Counter(order_targets(r, sts, now, rng)[0] for _ in range(n))
+
+
+def test_weighted_order_is_a_permutation_and_zero_is_last():
+    rng = random.Random(1)
+    for _ in range(200):
+        out = weighted_order([0, 1, 2, 3], [0, 3, 1, 2], rng)
+        assert sorted(out) == [0, 1, 2, 3] and out[-1] == 0
+
+
+def test_priority_ascending_with_weighted_ties():
+    r = route("priority", {"priority": 1}, {"priority": 0, "weight": 3}, {"priority": 0, "weight": 1},
+              {"priority": 2})
+    sts = states(r)
+    rng = random.Random(3)
+    orders = [order_targets(r, sts, 0.0, rng) for _ in range(N)]
+    assert all(o[2:] == [0, 3] for o in orders)
+    share = sum(o[0] == 1 for o in orders) / N
+    assert share == pytest.approx(0.75, abs=0.03)
+
+
+def test_weighted_distribution_follows_weights():
+    r = route("weighted", {"weight": 1}, {"weight": 2}, {"weight": 7}, {"weight": 0})
+    c = firsts(r, states(r))
+    assert c[3] == 0
+    for i, w in enumerate((0.1, 0.2, 0.7)):
+        assert c[i] / N == pytest.approx(w, abs=0.03)
+    rng = random.Random(5)
+    assert all(order_targets(r, states(r), 0.0, rng)[-1] == 3 for _ in range(100))
+
+
+def _set_ewma(sts, values):
+    for st, v in zip(sts, values):
+        st.ewma_latency = v
+
+
+def test_latency_band_shares_traffic():
+    r = route("latency", {}, {}, {}, tolerance=0.2)
+    sts = states(r)
+    _set_ewma(sts, [1.0, 1.15, 3.0])
+    c = firsts(r, sts)
+    assert c[2] == 0
+    assert c[0] / N == pytest.approx(0.5, abs=0.03) and c[1] / N == pytest.approx(0.5, abs=0.03)
+    rng = random.Random(1)
+    assert all(order_targets(r, sts, 0.0, rng)[2] == 2 for _ in range(100))
+
+
+def test_latency_outside_band_follows_by_ewma_and_tolerance_zero_herds():
+    r = route("latency", {}, {}, {}, {}, tolerance=0.0)
+    sts = states(r)
+    _set_ewma(sts, [5.0, 1.0, 3.0, 2.0])
+    rng = random.Random(2)
+    assert {tuple(order_targets(r, sts, 0.0, rng)) for _ in range(50)} == {(1, 3, 2, 0)}
+
+
+def test_latency_unknown_targets_are_explored():
+    r = route("latency", {}, {}, {})
+    sts = states(r)
+    _set_ewma(sts, [1.0, None, 9.0])
+    c = firsts(r, sts)
+    assert c[1] / N == pytest.approx(0.5, abs=0.03) and c[2] == 0
+
+
+def test_latency_band_ignores_targets_that_do_not_admit():
+    r = route("latency", {}, {}, {})
+    sts = states(r, config.Health(breaker=config.Breaker(consecutive_failures=1)))
+    _set_ewma(sts, [1.0, 2.0, 2.2])
+    assert sts[0].try_acquire(0.0)
+    sts[0].record(Outcome.http(503), 0.0)  # opens: the fastest target is out
+    c = firsts(r, sts, now=1.0)
+    assert c[0] == 0
+    assert c[1] / N == pytest.approx(0.5, abs=0.03)
+    rng = random.Random(4)
+    assert all(order_targets(r, sts, 1.0, rng)[-1] == 0 for _ in range(50))
+
+
+def test_least_busy_power_of_two_prefers_less_busy():
+    r = route("least-busy", {}, {}, {})
+    sts = states(r)
+    for st, n in zip(sts, (0, 5, 10)):
+        st.in_flight = n
+    c = firsts(r, sts)
+    # p2c: the least busy wins whenever sampled (2/3), the middle one when paired with the busiest
+    assert c[0] / N == pytest.approx(2 / 3, abs=0.03)
+    assert c[1] / N == pytest.approx(1 / 3, abs=0.03)
+    assert c[2] == 0
+    rng = random.Random(9)
+    for _ in range(100):
+        o = order_targets(r, sts, 0.0, rng)
+        assert o[1:] == sorted(o[1:], key=lambda i: sts[i].in_flight)
+
+
+def test_least_busy_skips_targets_that_do_not_admit():
+    r = route("least-busy", {}, {}, {})
+    sts = states(r, config.Health(breaker=config.Breaker(consecutive_failures=1)))
+    assert sts[0].try_acquire(0.0)
+    sts[0].record(Outcome.http(503), 0.0)
+    sts[1].in_flight = 4
+    rng = random.Random(2)
+    orders = [order_targets(r, sts, 1.0, rng) for _ in range(200)]
+    # with two admissible targets p2c always compares both: the idle one leads, the open one is last
+    assert all(o == [2, 1, 0] for o in orders)
+
+
+@pytest.mark.parametrize("strategy", ["priority", "weighted", "latency", "least-busy"])
+def test_candidates_and_determinism(strategy):
+    r = route(strategy, {"weight": 2}, {"priority": 1}, {"weight": 5}, {})
+    sts = states(r)
+    a = [order_targets(r, sts, 0.0, rng, [0, 2, 3]) for rng in [random.Random(11)] for _ in range(20)]
+    b = [order_targets(r, sts, 0.0, rng, [0, 2, 3]) for rng in [random.Random(11)] for _ in range(20)]
+    assert a == b
+    assert all(sorted(o) == [0, 2, 3] for o in a)
+    assert len({tuple(o) for o in a}) > 1  # it does vary
