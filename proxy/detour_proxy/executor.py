@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from .adapters import UpstreamError, UpstreamRequest
+from .adapters import UnsupportedRequest, UpstreamError, UpstreamRequest
 from .errors import error_body
 from .policy import GiveUp, Outcome, OutcomeKind, RequestPlan, Try
 from .upstream import CONNECT_ERRORS, STREAM_ERRORS
@@ -40,7 +40,7 @@ class RequestContext:
     attempts: int = 0
     target: TargetRuntime | None = None
     errors: list[tuple[str, Outcome, UpstreamError | None]] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
+    unsupported: str | None = None   # why a target could not take this request (no attempt sent)
 
 
 @dataclass(slots=True)
@@ -163,7 +163,7 @@ async def unary_attempt(state: AppState, ctx: RequestContext, tr: TargetRuntime,
                                         "the provider returned a malformed response body", None))
         observe_usage(tr, doc.get("usage"))
         return Outcome(OutcomeKind.SUCCESS, status=status, duration=dur), out, None
-    err = adapter.parse_error(status, resp.headers, raw)
+    err = adapter.parse_error(status, resp.headers, raw, api_key=tr.provider.api_key())
     return (Outcome(OutcomeKind.HTTP_ERROR, status=status, retry_after=err.retry_after, duration=dur,
                     error_class=f"http_{status}", message=err.message), None, err)
 
@@ -186,6 +186,9 @@ async def run_unary(state: AppState, ctx: RequestContext) -> Reply:
                 await asyncio.sleep(d.delay)
             ctx.attempts += 1
             outcome, body, err = await unary_attempt(state, ctx, tr, plan.deadline - clock.now())
+        except UnsupportedRequest as exc:
+            skip_unsupported(state, ctx, plan, tr, exc)
+            continue
         except BaseException:
             plan.abandon(clock.now())
             raise
@@ -197,19 +200,28 @@ async def run_unary(state: AppState, ctx: RequestContext) -> Reply:
         if plan.budget_denied:
             route.metrics.budget_rejections.inc(plan.budget_denied)
             plan.budget_denied = 0
-    return failure_reply(ctx, d, last_err, no_eligible=eligible is not None and ctx.attempts == 0)
+    return failure_reply(ctx, d, last_err)
 
 
-def failure_reply(ctx: RequestContext, give_up: GiveUp, last_err: UpstreamError | None,
-                  no_eligible: bool = False) -> Reply:
+def skip_unsupported(state: AppState, ctx: RequestContext, plan: RequestPlan, tr: TargetRuntime,
+                     exc: UnsupportedRequest) -> None:
+    """A target that cannot express this request (e.g. n>1 on Anthropic) is skipped, not failed."""
+    plan.abandon(state.clock.now())
+    ctx.attempts -= 1
+    ctx.unsupported = f"{tr.label} cannot serve this request: {exc}"
+
+
+def failure_reply(ctx: RequestContext, give_up: GiveUp, last_err: UpstreamError | None) -> Reply:
     """The client-facing error after the last attempt: the most meaningful status, a summary."""
     headers = [(b"content-type", b"application/json")]
     if give_up.reason == "not_retryable" and last_err is not None:
         # The request itself was refused (e.g. 400): return the provider's verdict as is.
         return Reply(last_err.status, headers, last_err.to_openai_body())
     if ctx.attempts == 0:
-        if no_eligible:
-            msg = f"No target of route '{ctx.route.route.name}' can serve {ctx.kind} requests."
+        route = ctx.route
+        if ctx.unsupported or (ctx.kind == "embeddings"
+                               and not any(map(route.embeddings_eligible, range(len(route.targets))))):
+            msg = ctx.unsupported or f"No target of route '{ctx.route.route.name}' can serve {ctx.kind} requests."
             return Reply(400, headers, error_body(msg, "invalid_request_error", "unsupported_by_route"))
         msg = f"Route '{ctx.route.route.name}' deadline passed before any attempt could start."
         return Reply(504, headers, error_body(msg, "upstream_error", "deadline_exceeded"))

@@ -18,8 +18,9 @@ from typing import TYPE_CHECKING, Any, Awaitable, Callable
 import orjson
 
 from .adapters import StreamEvent, UpstreamError
+from .adapters import UnsupportedRequest
 from .executor import (RequestContext, build_request, exception_outcome, failure_reply, note_decision,
-                       observe_usage, record)
+                       observe_usage, record, skip_unsupported)
 from .policy import GiveUp, Outcome, OutcomeKind
 from .upstream import CONNECT_ERRORS, STREAM_ERRORS
 
@@ -143,6 +144,9 @@ async def run_stream(state: AppState, ctx: RequestContext, send: Send) -> str:
                 await asyncio.sleep(d.delay)
             ctx.attempts += 1
             outcome, err = await _attempt(state, ctx, tr, plan.deadline, relay, include_usage, failed)
+        except UnsupportedRequest as exc:
+            skip_unsupported(state, ctx, plan, tr, exc)
+            continue
         except BaseException:
             plan.abandon(clock.now())
             raise
@@ -191,7 +195,7 @@ async def _attempt(state: AppState, ctx: RequestContext, tr: TargetRuntime, dead
             resp = await state.upstream.send(req, prov.timeouts.stream)
             if resp.status != 200:
                 raw = await resp.read()
-                err = adapter.parse_error(resp.status, resp.headers, raw)
+                err = adapter.parse_error(resp.status, resp.headers, raw, api_key=prov.api_key())
                 return (Outcome(OutcomeKind.HTTP_ERROR, status=resp.status, retry_after=err.retry_after,
                                 duration=clock.now() - started, error_class=f"http_{resp.status}",
                                 message=err.message), err)

@@ -75,7 +75,23 @@ class OpenAIAPI:
             ("POST", "/v1/chat/completions", self.chat),
             ("POST", "/v1/embeddings", self.embeddings),
             ("GET", "/v1/models", self.list_models),
+            # Azure OpenAI shape: the deployment in the path, api-version required.
+            ("POST", "/openai/deployments/{deployment}/chat/completions", self._azure(self.chat)),
+            ("POST", "/openai/deployments/{deployment}/embeddings", self._azure(self.embeddings)),
         ]
+
+    def _azure(self, handler):
+        """Serve Azure deployment URLs with the OpenAI handlers (model = deployment)."""
+
+        async def azure_handler(ctx: "Ctx") -> web.StreamResponse:
+            if not ctx.request.query.get("api-version"):
+                return self.error(400, "invalid_request_error", "api-version query parameter is required",
+                                  ctx.headers)
+            if isinstance(ctx.body, dict):
+                ctx.body = {**ctx.body, "model": ctx.request.match_info["deployment"]}
+            return await handler(ctx)
+
+        return azure_handler
 
     # -- errors ---------------------------------------------------------------------
     def default_error_type(self, status: int) -> str:

@@ -585,3 +585,15 @@ def test_notes_explain_the_first_provider_and_request() -> None:
     assert [o["kind"] for o in objs] == ["LLMProvider", "RoutingPolicy"]
     nodeport_notes = render_notes({"proxy": {"service": {"type": "NodePort", "nodePort": 30080}}})
     assert "localhost:8080" in nodeport_notes and "port-forward" not in nodeport_notes
+
+
+def test_names_fit_dns_labels_for_the_longest_release_name() -> None:
+    long_release = "r" * 53  # Helm's maximum release name length
+    docs = render_docs(FULL_VALUES, name=long_release, namespace="prod")
+    for doc in docs:
+        name = doc["metadata"]["name"]
+        assert re.fullmatch(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?", name), name
+        if doc["kind"] not in ("ConfigMap", "Secret", "Role", "ClusterRole", "RoleBinding", "ClusterRoleBinding", "Pod"):
+            assert len(name) <= 63, f"{doc['kind']} {name}"
+        for value in doc["metadata"]["labels"].values():
+            assert len(str(value)) <= 63

@@ -175,6 +175,6 @@ def test_client_disconnect_cancels_upstream_request(primary, secondary):
         with pytest.raises(httpx.ReadTimeout):
             httpx.post(proxy.v1 + "/chat/completions", json=chat_body(), timeout=0.5)
         # The proxy drops its upstream connection: the simulator sees the request abandoned.
-        stats = primary.wait("requestsClientClosed", 1, timeout=2)
+        stats = primary.wait("clientClosed", 1, timeout=2)
         assert stats["inFlight"] == 0
     assert secondary.requests() == 0

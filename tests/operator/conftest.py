@@ -55,8 +55,16 @@ def operator(k8s: K8sEmulator) -> Iterator[Any]:
         emu = k8s.emulator
         wait_for(lambda: len(emu[emu.action.WATCH, emu.resource(LLMP_RES)]) and
                  len(emu[emu.action.WATCH, emu.resource(RPOL_RES)]), 10, what="kopf watching the CRDs")
+        runner.forbidden = []  # strings that must never appear in the operator's log (see forbid_in_log)
         yield runner
     assert runner.exception is None, runner.output
+    leaked = [s for s in runner.forbidden if s in runner.output]
+    assert not leaked, f"secret material in the operator log: {len(leaked)} value(s)"
+
+
+def forbid_in_log(runner: Any, *values: str) -> None:
+    """Assert (when the operator stops) that none of `values` was ever logged; kopf's log is complete only then."""
+    runner.forbidden.extend(values)
 
 
 @pytest.fixture()

@@ -8,7 +8,7 @@ from typing import Any
 
 import kubernetes
 import yaml
-from conftest import EXAMPLES, NS, G, V, kubectl, wait_for
+from conftest import EXAMPLES, NS, G, V, forbid_in_log, kubectl, wait_for
 from prometheus_client import REGISTRY
 
 from detour_operator import render as rnd
@@ -89,10 +89,12 @@ def test_examples_publish_config_and_credentials(k8s, operator, core, custom):
 
     # keys never leave the Secrets: not in the ConfigMap, statuses, events or the operator's log
     statuses = [str(get(custom, "llmproviders", n).get("status")) for n in ("openai", "azure", "anthropic")]
-    haystacks = [cm.data["config.yaml"], *statuses, str([e.message for e in events]), operator.output]
+    haystacks = [cm.data["config.yaml"], *statuses, str([e.message for e in events])]
     for key in PLAIN_KEYS:
+        encoded = base64.b64encode(key.encode()).decode()
         for text in haystacks:
-            assert key not in text and base64.b64encode(key.encode()).decode() not in text
+            assert key not in text and encoded not in text
+        forbid_in_log(operator, key, encoded)  # checked over the complete --verbose log at shutdown
 
 
 def test_missing_provider_keeps_last_good_config_and_recovers(k8s, operator, core, custom):

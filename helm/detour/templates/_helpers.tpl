@@ -151,3 +151,8 @@ against detour_proxy.config / detour_operator.settings.
 {{- $total -}}
 {{- end -}}
 {{- end }}
+
+{{/* The operator's metrics Service (a DNS-1035 label: at most 63 chars). */}}
+{{- define "detour.operator.metricsServiceName" -}}
+{{- printf "%s-operator-metrics" (include "detour.fullname" . | trunc 46 | trimSuffix "-") }}
+{{- end }}

@@ -166,6 +166,12 @@ def _tool_choice(tc: Any) -> dict[str, Any] | None:
     raise UnsupportedRequest(f"tool_choice {tc!r} is not supported")
 
 
+def _number(kind: type, value: Any, name: str) -> Any:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise UnsupportedRequest(f"{name} must be a number")
+    return kind(value)
+
+
 def to_anthropic(body: dict[str, Any], model: str, stream: bool, max_tokens_default: int,
                  prefill: str | None = None, sampling: bool = True) -> tuple[dict[str, Any], str]:
     """Translate; returns (Anthropic request dict, whitespace stripped from the final assistant turn).
@@ -233,14 +239,14 @@ def to_anthropic(body: dict[str, Any], model: str, stream: bool, max_tokens_defa
         messages.append({"role": role, "content": blocks})
 
     out: dict[str, Any] = {"model": model, "messages": messages}
-    mt = body.get("max_completion_tokens") or body.get("max_tokens") or max_tokens_default
-    out["max_tokens"] = int(mt)
+    out["max_tokens"] = _number(int, body.get("max_completion_tokens") or body.get("max_tokens")
+                                or max_tokens_default, "max_tokens")
     if system:
         out["system"] = "\n\n".join(system)
     if sampling and body.get("temperature") is not None:
-        out["temperature"] = min(1.0, max(0.0, float(body["temperature"])))
+        out["temperature"] = min(1.0, max(0.0, _number(float, body["temperature"], "temperature")))
     if sampling and body.get("top_p") is not None:
-        out["top_p"] = float(body["top_p"])
+        out["top_p"] = _number(float, body["top_p"], "top_p")
     stop = body.get("stop")
     if isinstance(stop, str):
         stop = [stop]

@@ -194,6 +194,8 @@ def test_continuation_none_mode(provider):
     {"messages": [{"role": "user", "content": [{"type": "input_audio", "input_audio": {}}]}]},
     {"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "ftp://x"}}]}]},
     {"messages": "hello"},
+    {"messages": [{"role": "user", "content": "x"}], "max_tokens": "many"},
+    {"messages": [{"role": "user", "content": "x"}], "temperature": "hot"},
 ])
 def test_unsupported_requests(anth, src):
     with pytest.raises(UnsupportedRequest):

@@ -1,0 +1,87 @@
+"""Health roll-up end to end: fake proxy Pods publish `detour.dev/health`; LLMProvider status and
+the Health/Breaker printer columns show it (columns resolved by kubectl with the CRD's JSONPaths)."""
+
+from __future__ import annotations
+
+import datetime
+import json
+from typing import Any
+
+import yaml
+from conftest import CRDS, NS, G, V, kubectl, wait_for
+from test_reconcile import apply_examples, cond, get
+
+PROXY_LABELS = {"app.kubernetes.io/component": "proxy"}
+
+
+def stamp(seconds_ago: float = 0.0) -> str:
+    t = datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(seconds=seconds_ago)
+    return t.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def report(pod: str, targets: list[dict[str, Any]], age: float = 0.0) -> str:
+    return json.dumps({"version": 1, "pod": pod, "updated": stamp(age), "heartbeatSeconds": 10, "targets": targets})
+
+
+def target(provider: str, state: str, requests: int, ratio: float, error: str | None = None, at: str = "") -> dict:
+    t = {"provider": provider, "model": "m", "endpoint": "3f2a9c1e", "state": state,
+         "requests": requests, "failureRatio": ratio}
+    if error:
+        t.update(lastError=error, lastErrorAt=at)
+    return t
+
+
+def pod(core: Any, name: str, annotation: str, labels: dict[str, str] = PROXY_LABELS) -> None:
+    core.create_namespaced_pod(NS, {
+        "metadata": {"name": name, "labels": labels, "annotations": {"detour.dev/health": annotation}},
+        "spec": {"containers": [{"name": "proxy", "image": "detour-proxy"}]}})
+
+
+def columns(kind_file: str) -> str:
+    crd = yaml.safe_load(next(p for p in CRDS if p.name == kind_file).read_text())
+    cols = crd["spec"]["versions"][0]["additionalPrinterColumns"]
+    return ",".join(f"{c['name'].upper()}:{c['jsonPath']}" for c in cols if c["type"] != "date")
+
+
+def test_pod_health_shows_in_status_and_printer_columns(k8s, operator, core, custom):
+    apply_examples(k8s, custom)
+    err_at = stamp(5)
+    pod(core, "proxy-a", report("proxy-a", [target("openai", "open", 40, 0.6, "http_503", err_at),
+                                            target("anthropic", "closed", 10, 0.0)]))
+    pod(core, "proxy-b", report("proxy-b", [target("openai", "closed", 60, 0.1, "timeout", stamp(30)),
+                                            target("anthropic", "closed", 30, 0.0)]))
+    # a stale report (3 x heartbeat old) and a pod that is not a proxy are both ignored
+    pod(core, "proxy-old", report("proxy-old", [target("openai", "open", 99, 1.0)], age=31))
+    pod(core, "other", report("other", [target("openai", "open", 99, 1.0)]), labels={"app": "other"})
+
+    openai = wait_for(lambda: (o := get(custom, "llmproviders", "openai"))["status"].get("health", {}).get("pods") == 2
+                      and o, 10, what="openai health from two pods")
+    assert openai["status"]["health"] == {"state": "Degraded", "breaker": "1/2 open", "requests": 100,
+                                          "failureRatio": 0.3, "pods": 2, "lastError": "http_503",
+                                          "lastErrorAt": err_at}
+    available = cond(openai, "Available")
+    assert available["status"] == "True" and available["reason"] == "Degraded"
+    assert cond(openai, "Ready")["status"] == "True"  # health does not change config readiness
+    anthropic = wait_for(lambda: (o := get(custom, "llmproviders", "anthropic"))["status"]["health"]["pods"] == 2
+                         and o, 10)
+    assert anthropic["status"]["health"]["state"] == "Healthy"
+    assert get(custom, "llmproviders", "azure")["status"]["health"]["state"] == "Unknown"
+
+    # kubectl evaluates the CRD's printer-column JSONPaths (custom-columns uses the same JSONPath engine)
+    out = kubectl(k8s, "get", "llmp", "-o", f"custom-columns=NAME:.metadata.name,{columns('llmproviders.detour.dev.yaml')}")
+    rows = {line.split()[0]: line.split() for line in out.stdout.splitlines()[1:]}
+    assert out.stdout.split()[:5] == ["NAME", "TYPE", "READY", "HEALTH", "BREAKER"]
+    assert rows["openai"][1:] == ["openai", "True", "Degraded", "1/2", "open"]
+    assert rows["anthropic"][1:] == ["anthropic", "True", "Healthy", "0/2", "open"]
+    out = kubectl(k8s, "get", "rpol", "-o", f"custom-columns=NAME:.metadata.name,{columns('routingpolicies.detour.dev.yaml')}")
+    assert out.stdout.splitlines()[1].split() == ["chat", "priority", "openai,azure,anthropic", "True"] or \
+        out.stdout.splitlines()[1].split() == ["chat", "<none>", "openai,azure,anthropic", "True"]
+
+    # the second pod opens its breaker too: Unavailable, Available=False
+    core.patch_namespaced_pod("proxy-b", NS, {"metadata": {"annotations": {"detour.dev/health": report(
+        "proxy-b", [target("openai", "open", 60, 0.9, "http_503", err_at)])}}})
+    openai = wait_for(lambda: (o := get(custom, "llmproviders", "openai"))["status"]["health"]["state"] == "Unavailable"
+                      and o, 10)
+    assert openai["status"]["health"]["breaker"] == "2/2 open"
+    assert cond(openai, "Available")["status"] == "False"
+    assert openai["status"]["observedGeneration"] == openai["metadata"]["generation"]
