@@ -20,6 +20,8 @@ Gaps filled (adapted from /work/shared/reference/kmock/kmock_realistic.py, plus 
   changes only `.status`; a PATCH/POST to the main resource ignores `.status` (as the real API does).
 - NEW metadata.generation increments only when something outside metadata/status changes.
 - NEW Secret `stringData` is merged into base64 `data` on create/patch (kubectl apply sends it).
+- NEW Namespace objects `default` and `kube-system` exist from the start, as in a real cluster
+  (kopf with `--namespace` waits until it sees the namespace listed).
 - NEW CRDs are registered from their `apiextensions.k8s.io/v1` YAML (kind, plural, short names,
   subresources), so discovery is what kubectl/kopf would see from the real cluster.
 
@@ -309,6 +311,11 @@ class K8sEmulator:
             for doc in yaml.safe_load_all(path.read_text()):
                 if doc and doc.get("kind") == "CustomResourceDefinition":
                     self._kmock.register_crd(doc)
+        for ns in ("default", "kube-system"):
+            self._kmock.objects["v1/namespaces", None, ns] = {
+                "apiVersion": "v1", "kind": "Namespace", "status": {"phase": "Active"},
+                "metadata": {"name": ns, "uid": str(uuid.uuid4()), "resourceVersion": self._kmock._bump(),
+                             "creationTimestamp": _now(), "labels": {"kubernetes.io/metadata.name": ns}}}
         self.server = kmock.Server(self._kmock, port=self.port)
         await self.server.__aenter__()
 
@@ -352,7 +359,11 @@ class K8sEmulator:
 
 
 def wait_for(predicate: Any, timeout: float = 10.0, interval: float = 0.02, what: str = "") -> Any:
-    """Poll `predicate` until it returns something truthy; bounded, for outcome-based test waits."""
+    """Poll `predicate` until it returns something truthy; bounded, for outcome-based test waits.
+
+    `what` describes the awaited outcome in the TimeoutError; a callable is evaluated then (e.g. to
+    show the object's current status).
+    """
     deadline = time.monotonic() + timeout
     last_exc: Exception | None = None
     while True:
@@ -363,9 +374,50 @@ def wait_for(predicate: Any, timeout: float = 10.0, interval: float = 0.02, what
         except Exception as exc:  # e.g. 404 before the object exists
             last_exc = exc
         if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out waiting for {what or predicate}: last error {last_exc!r}")
+            raise TimeoutError(f"timed out waiting for {what() if callable(what) else what or predicate}: last error {last_exc!r}")
         time.sleep(interval)
 
+
+# ------------------------------------------------------------------------------------------------
+# Shared-health helpers (added for issue 4: multi-proxy tests). Kept separate from the classes
+# above so the operator suites are unaffected. Pods are created over HTTP like any client would
+# (the server assigns uid/resourceVersion); label-selector watches, fieldSelector `!=`, and
+# merge-patching pod annotations already work through RealisticEmulator.
+# ------------------------------------------------------------------------------------------------
+
+def create_pod(k8s: K8sEmulator, name: str, labels: dict[str, str] | None = None,
+               namespace: str | None = None, phase: str = "Running") -> dict[str, Any]:
+    """Create a minimal Pod (one container, `status.phase`) and return what the server stored."""
+    import httpx
+
+    ns = namespace or k8s.namespace
+    body = {"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": name, "namespace": ns, "labels": dict(labels or {})},
+            "spec": {"containers": [{"name": "proxy", "image": "detour:test"}]},
+            "status": {"phase": phase}}
+    r = httpx.post(f"{k8s.url}/api/v1/namespaces/{ns}/pods", json=body, timeout=10)
+    r.raise_for_status()
+    return r.json()
+
+
+def pod_annotation(k8s: K8sEmulator, name: str, key: str, namespace: str | None = None) -> str | None:
+    """One annotation of a Pod as stored server-side (None if the Pod or the key is absent)."""
+    obj = k8s.object(kmock.resource("v1/pods"), namespace or k8s.namespace, name)  # type: ignore[arg-type]
+    return ((obj or {}).get("metadata", {}).get("annotations") or {}).get(key)
+
+
+def api_requests(k8s: K8sEmulator) -> list[tuple[str, str, str, str]]:
+    """Every request the server got so far as `(method, action, resource plural, object name)`,
+    read in the server loop: count them to measure the API load of a set of clients."""
+    async def collect() -> list[tuple[str, str, str, str]]:
+        out = []
+        for req in list(k8s.emulator):
+            out.append((str(getattr(req.method, "value", req.method) or ""),
+                        str(getattr(req.action, "value", req.action) or ""),
+                        req.resource.plural if req.resource is not None else "",
+                        req.name or ""))
+        return out
+    return k8s.call(collect())
 
 if __name__ == "__main__":  # standalone: python tests/k8s_emulator.py PORT KUBECONFIG [CRD.yaml...]
     with K8sEmulator(sys.argv[2], port=int(sys.argv[1]), crds=sys.argv[3:]) as k:

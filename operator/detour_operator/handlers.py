@@ -80,7 +80,7 @@ def secrets_idx(namespace: str, name: str, body: kopf.Body, **_: Any) -> dict[An
 
 @kopf.index("v1", "pods", labels=SETTINGS.pod_labels(), annotations={health.ANNOTATION: kopf.PRESENT})
 def proxy_pods_idx(namespace: str, name: str, annotations: kopf.Annotations, **_: Any) -> dict[str, Any]:
-    return {namespace: {"name": name, "annotations": {health.ANNOTATION: annotations[health.ANNOTATION]}}}
+    return {namespace: {"metadata": {"name": name, "annotations": {health.ANNOTATION: annotations[health.ANNOTATION]}}}}
 
 
 # ---- triggers ------------------------------------------------------------------------------

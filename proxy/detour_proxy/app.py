@@ -54,8 +54,11 @@ def create_app(state: AppState, *, on_startup: list[Hook] | None = None,
                 await hook(state)
             await state.upstream.close()
 
+    # FastAPI's own OpenTelemetry layer (0.16x) is off: it would check the global providers on
+    # every request (~3 us, hot path included); Detour's spans come from `tracing`.
     app = FastAPI(title="Detour", version=__version__, lifespan=lifespan,
-                  description="OpenAI-compatible reliability gateway for LLM calls.")
+                  description="OpenAI-compatible reliability gateway for LLM calls.",
+                  telemetry={"tracing": False, "metrics": False, "logs": False})
     app.state.detour = state
     app.add_middleware(HotPath, endpoints=OpenAIEndpoints(state))
 

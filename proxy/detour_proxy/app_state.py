@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import random
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 from .config import ConfigError, RoutingConfig, load_config
 from .metrics import Metrics
@@ -36,6 +36,7 @@ class AppState:
         self.draining = False
         self.reload_error: str | None = None
         self.transition_hooks: list[Callable[[TargetKey, object, object], None]] = []
+        self.services: dict[str, Any] = {}  # background services by name (reload, shared health)
 
     def _on_transition(self, key: TargetKey, old: object, new: object) -> None:
         state = getattr(new, "value", str(new))

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import uvicorn
 
+from . import tracing
 from .app import create_app
 from .app_state import AppState
 from .config import ConfigError
@@ -34,6 +35,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     setup_logging(args.log_level, access_log=not args.no_access_log)
+    tracing.setup_from_env()   # OpenTelemetry only when OTEL_EXPORTER_OTLP_*ENDPOINT is set
     state = AppState(config_path=args.config)
     if Path(args.config).exists() or not args.wait_for_config:
         try:

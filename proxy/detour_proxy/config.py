@@ -143,6 +143,8 @@ class Strategy(str, Enum):
 
 
 class Backoff(_Model):
+    """Exponential backoff between retries of the same target, with full jitter."""
+
     initial: Duration = Field(0.1, description="Backoff cap before the first retry; full jitter picks a wait in [0, cap].")
     max: Duration = Field(2.0, description="Largest backoff cap.")
     multiplier: float = Field(2.0, ge=1.0, le=10.0, description="Growth of the cap per retry.")
@@ -213,6 +215,8 @@ class SlowCall(_Model):
 
 
 class Health(_Model):
+    """Per-target health: the sliding window, the circuit breaker and the optional slow-call rule."""
+
     window: Duration = Field(60.0, description="Sliding window of per-target statistics.")
     breaker: Breaker = Field(default_factory=Breaker)
     slow_call: SlowCall | None = Field(None, description="Optional slow-call rule.")
@@ -233,6 +237,8 @@ class ClientAuth(_Model):
 
 
 class Server(_Model):
+    """Limits of the HTTP server facing Detour's clients."""
+
     max_body_bytes: int = Field(10 * 1024 * 1024, ge=1024, description="Largest accepted request body (413 beyond).")
     drain_timeout: Duration = Field(30.0, description="On shutdown, how long in-flight requests may finish.")
 

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from .adapters import UnsupportedRequest, UpstreamError, UpstreamRequest
+from . import tracing, usage
 from .errors import error_body
 from .policy import GiveUp, Outcome, OutcomeKind, RequestPlan, Try
 from .upstream import CONNECT_ERRORS, STREAM_ERRORS
@@ -41,6 +42,8 @@ class RequestContext:
     target: TargetRuntime | None = None
     errors: list[tuple[str, Outcome, UpstreamError | None]] = field(default_factory=list)
     unsupported: str | None = None   # why a target could not take this request (no attempt sent)
+    trace: Any = None                # tracing.RequestTrace when OpenTelemetry tracing is on
+    status: int = 0                  # streams: the status of an error reply sent before any chunk
 
 
 @dataclass(slots=True)
@@ -65,35 +68,41 @@ def result_label(outcome: Outcome) -> str:
     return "stream"
 
 
-def note_decision(state: AppState, ctx: RequestContext, d: Try) -> None:
-    """Count retries, fallbacks and forced attempts as the planner decided them."""
+def note_decision(state: AppState, ctx: RequestContext, d: Try | GiveUp, plan: RequestPlan) -> None:
+    """Count retries, fallbacks, forced attempts and budget refusals as the planner decided them.
+    Called right after every `plan.next()`, before acting on its answer."""
+    if plan.budget_denied:
+        ctx.route.metrics.budget_rejections.inc(plan.budget_denied)
+        plan.budget_denied = 0
+    if isinstance(d, GiveUp):
+        return
     tr = ctx.route.targets[d.index]
+    tracing.start_attempt(ctx, d, tr)
     if d.reason == "retry" and ctx.errors:
-        tr.metrics.retries[_retry_reason(ctx.errors[-1][1])].inc()
+        tr.metrics.retries[result_label(ctx.errors[-1][1])].inc()
     elif d.reason == "fallback" and ctx.target is not None:
         state.metrics.fallbacks.labels(ctx.route.route.name, ctx.target.target.provider, tr.target.provider).inc()
     elif d.reason == "forced":
         tr.metrics.forced.inc()
 
 
-def _retry_reason(outcome: Outcome) -> str:
-    k = outcome.kind
-    return ("status" if k is OutcomeKind.HTTP_ERROR else "connect" if k is OutcomeKind.CONNECT_ERROR
-            else "timeout" if k is OutcomeKind.TIMEOUT else "stream")
-
-
 def record(state: AppState, ctx: RequestContext, plan: RequestPlan, tr: TargetRuntime, outcome: Outcome,
            err: UpstreamError | None) -> None:
     """Report an attempt's outcome to the planner, metrics and the per-request error list."""
-    plan.record(outcome, state.clock.now())
-    tr.metrics.attempts[result_label(outcome)].inc()
+    plan.record(outcome, state.clock.now(), tr.index)
+    result = result_label(outcome)
+    tr.metrics.attempts[result].inc()
+    tracing.end_attempt(ctx, outcome, result)
     if outcome.duration is not None:
         tr.metrics.attempt_duration.observe(outcome.duration)
     if not outcome.ok:
         ctx.errors.append((tr.label, outcome, err))
-        if log.isEnabledFor(logging.DEBUG):
-            log.debug("attempt failed", extra={"request_id": ctx.request_id, "target": tr.label,
-                                               "error_class": outcome.error_class, "status": outcome.status})
+    if log.isEnabledFor(logging.DEBUG):
+        log.debug("attempt", extra={"fields": {
+            "request_id": ctx.request_id, "route": ctx.route.route.name, "target": tr.label,
+            "attempt": ctx.attempts, "result": result, "status": outcome.status,
+            "error_class": outcome.error_class or None,
+            "latency_ms": round(outcome.duration * 1000, 2) if outcome.duration is not None else None}})
 
 
 def observe_usage(tr: TargetRuntime, usage: Any) -> None:
@@ -136,10 +145,12 @@ async def unary_attempt(state: AppState, ctx: RequestContext, tr: TargetRuntime,
     """One non-streaming attempt bounded by the provider's total timeout and the deadline."""
     clock = state.clock
     started = clock.now()
+    meter = usage.reserve(tr, ctx, started)
     try:
         req = build_request(ctx, tr, stream=False)
         async with asyncio.timeout(min(tr.provider.config.timeouts.total, remaining)):
             resp = await state.upstream.send(req, tr.provider.timeouts.unary)
+            usage.check_rate_headers(tr, resp.headers, clock.now())
             try:
                 raw = await resp.read()
             finally:
@@ -162,6 +173,7 @@ async def unary_attempt(state: AppState, ctx: RequestContext, tr: TargetRuntime,
                     None, UpstreamError(502, "upstream_error", "malformed_response",
                                         "the provider returned a malformed response body", None))
         observe_usage(tr, doc.get("usage"))
+        usage.settle(meter, doc.get("usage"))
         return Outcome(OutcomeKind.SUCCESS, status=status, duration=dur), out, None
     err = adapter.parse_error(status, resp.headers, raw, api_key=tr.provider.api_key())
     return (Outcome(OutcomeKind.HTTP_ERROR, status=status, retry_after=err.retry_after, duration=dur,
@@ -170,6 +182,9 @@ async def unary_attempt(state: AppState, ctx: RequestContext, tr: TargetRuntime,
 
 async def run_unary(state: AppState, ctx: RequestContext) -> Reply:
     """Serve a non-streaming request: attempts until success, a final error, or the deadline."""
+    if ctx.route.route.hedge is not None:  # opt-in per route; one attribute test otherwise
+        from .hedging import run_hedged
+        return await run_hedged(state, ctx)
     clock = state.clock
     route = ctx.route
     eligible = route.embeddings_eligible if ctx.kind == "embeddings" else None
@@ -177,9 +192,9 @@ async def run_unary(state: AppState, ctx: RequestContext) -> Reply:
     last_err: UpstreamError | None = None
     while True:
         d = plan.next(clock.now())
+        note_decision(state, ctx, d, plan)
         if isinstance(d, GiveUp):
             break
-        note_decision(state, ctx, d)
         tr = route.targets[d.index]
         try:
             if d.delay > 0:
@@ -197,9 +212,6 @@ async def run_unary(state: AppState, ctx: RequestContext) -> Reply:
         if outcome.ok and body is not None:
             return Reply(200, [(b"content-type", b"application/json")], body)
         last_err = err
-        if plan.budget_denied:
-            route.metrics.budget_rejections.inc(plan.budget_denied)
-            plan.budget_denied = 0
     return failure_reply(ctx, d, last_err)
 
 
@@ -207,6 +219,7 @@ def skip_unsupported(state: AppState, ctx: RequestContext, plan: RequestPlan, tr
                      exc: UnsupportedRequest) -> None:
     """A target that cannot express this request (e.g. n>1 on Anthropic) is skipped, not failed."""
     plan.abandon(state.clock.now())
+    tracing.end_attempt(ctx, None, "unsupported")
     ctx.attempts -= 1
     ctx.unsupported = f"{tr.label} cannot serve this request: {exc}"
 

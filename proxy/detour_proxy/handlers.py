@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from . import tracing
 from .errors import ClientError, bad_request, model_not_found, not_ready, too_large, unauthorized
 from .executor import RequestContext, run_unary
 from .streaming import run_stream
@@ -26,6 +27,7 @@ if TYPE_CHECKING:
 
 access_log = logging.getLogger("detour.access")
 _REQUEST_ID = re.compile(rb"^[A-Za-z0-9._:\-]{1,128}$")
+_CLIENT_FAULT = frozenset((400, 404, 413, 422))   # refused because of the request itself
 HOT_PATHS = {"/v1/chat/completions": "chat", "/v1/embeddings": "embeddings",
              "/chat/completions": "chat", "/embeddings": "embeddings"}
 BODY_READ_TIMEOUT = 30.0
@@ -87,6 +89,7 @@ class OpenAIEndpoints:
                              stream=stream, started=started)
         rm = route.metrics
         rm.in_flight.inc()
+        tracing.start_request(ctx)
         task = asyncio.current_task()
         gone = asyncio.Event()
         watcher = asyncio.get_running_loop().create_task(_watch_disconnect(receive, task, gone))
@@ -95,15 +98,19 @@ class OpenAIEndpoints:
         try:
             if stream:
                 outcome = await run_stream(state, ctx, send)
-                status = 200
+                status = ctx.status or 200
+                if status in _CLIENT_FAULT:
+                    outcome = "client_error"
             else:
                 reply = await run_unary(state, ctx)
                 status = reply.status
-                outcome = "success" if status == 200 else "upstream_error"
+                outcome = ("success" if status == 200 else "client_error" if status in _CLIENT_FAULT
+                           else "upstream_error")
                 reply.headers.append((b"x-request-id", request_id.encode()))
                 reply.headers.append((b"x-detour-attempts", str(ctx.attempts).encode()))
                 if ctx.target is not None:
                     reply.headers.append((b"x-detour-target", ctx.target.label.encode()))
+                reply.headers.append((b"content-length", str(len(reply.body)).encode()))
                 await send({"type": "http.response.start", "status": status, "headers": reply.headers})
                 await send({"type": "http.response.body", "body": reply.body, "more_body": False})
         except asyncio.CancelledError:
@@ -116,7 +123,8 @@ class OpenAIEndpoints:
             elapsed = time.perf_counter() - started
             rm.duration.observe(elapsed)
             (rm.success if outcome == "success" else rm.cancelled if outcome == "cancelled"
-             else rm.upstream_error).inc()
+             else rm.client_error if outcome == "client_error" else rm.upstream_error).inc()
+            tracing.end_request(ctx, status, outcome)
             _log(request_id, route.route.name, ctx.target.label if ctx.target else None, ctx.attempts,
                  status, started, outcome, kind, stream)
 
@@ -189,7 +197,8 @@ def _parse(raw: bytes, kind: str) -> dict[str, Any]:
 
 async def _respond(send: Any, status: int, body: bytes, request_id: str) -> None:
     await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"), (b"x-request-id", request_id.encode())]})
+                "headers": [(b"content-type", b"application/json"), (b"x-request-id", request_id.encode()),
+                            (b"content-length", str(len(body)).encode())]})
     await send({"type": "http.response.body", "body": body, "more_body": False})
 
 

@@ -28,9 +28,10 @@ class Metrics:
         self.in_flight = Gauge("detour_in_flight_requests", "Client requests being served.", ["route"], registry=r)
         self.attempts = Counter("detour_upstream_attempts", "Upstream attempts by result.", ["route", "provider", "model", "result"], registry=r)
         self.attempt_duration = Histogram("detour_upstream_attempt_duration_seconds", "Upstream attempt duration.", ["provider"], buckets=LATENCY_BUCKETS, registry=r)
-        self.retries = Counter("detour_retries", "Same-target retries by reason.", ["route", "provider", "reason"], registry=r)
+        self.retries = Counter("detour_retries", "Same-target retries by the failed attempt's result (http_429, http_5xx, connect, ...).", ["route", "provider", "reason"], registry=r)
         self.fallbacks = Counter("detour_fallbacks", "Moves from one target to the next.", ["route", "from_provider", "to_provider"], registry=r)
         self.forced = Counter("detour_forced_attempts", "Attempts sent while every target was open (soonest cooldown).", ["route", "provider"], registry=r)
+        self.hedges = Counter("detour_hedges", "Hedged (duplicate) attempts sent because the first was slow.", ["route"], registry=r)
         self.budget_rejections = Counter("detour_retry_budget_rejections", "Retries refused by the retry budget.", ["route"], registry=r)
         self.breaker_state = Gauge("detour_breaker_state", "Breaker state per target: 0 closed, 1 half-open, 2 open.", ["provider", "model"], registry=r)
         self.breaker_transitions = Counter("detour_breaker_transitions", "Breaker transitions.", ["provider", "model", "to"], registry=r)
@@ -42,6 +43,8 @@ class Metrics:
         self.shared_publish = Counter("detour_shared_health_publish", "Health annotation publishes by result.", ["result"], registry=r)
         self.shared_merge = Counter("detour_shared_health_merges", "Peer health entries merged into local state.", [], registry=r)
         self.shared_api = Gauge("detour_shared_health_api_available", "1 when the Kubernetes API is reachable for shared health.", [], registry=r)
+        self.shared_peers = Gauge("detour_shared_health_peers", "Peer pods whose health annotation is fresh (updated within 3 heartbeats).", [], registry=r)
+        self.shared_ignored = Counter("detour_shared_health_ignored", "Peer health documents ignored, by reason (stale, invalid).", ["reason"], registry=r)
         self.rejected = Counter("detour_rejected_requests", "Requests refused before routing, by HTTP status.", ["status"], registry=r)
         self._config_hash: str | None = None
 
@@ -73,7 +76,7 @@ class TargetMetrics:
     def bind(cls, m: Metrics, route: str, provider: str, model: str) -> TargetMetrics:
         return cls(
             attempts={r: m.attempts.labels(route, provider, model, r) for r in ATTEMPT_RESULTS},
-            retries={r: m.retries.labels(route, provider, r) for r in ("status", "connect", "timeout", "stream")},
+            retries={r: m.retries.labels(route, provider, r) for r in ATTEMPT_RESULTS[1:]},
             forced=m.forced.labels(route, provider),
             ttft=m.ttft.labels(route, provider),
             attempt_duration=m.attempt_duration.labels(provider),
@@ -92,6 +95,7 @@ class RouteMetrics:
     duration: Histogram
     in_flight: Gauge
     budget_rejections: Counter
+    hedges: Counter
 
     @classmethod
     def bind(cls, m: Metrics, route: str) -> RouteMetrics:
@@ -103,4 +107,5 @@ class RouteMetrics:
             duration=m.request_duration.labels(route),
             in_flight=m.in_flight.labels(route),
             budget_rejections=m.budget_rejections.labels(route),
+            hedges=m.hedges.labels(route),
         )

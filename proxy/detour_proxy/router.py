@@ -27,7 +27,9 @@ class _CompiledRoute:
         m = runtime.route.match
         self.runtime = runtime
         self.model_re = re.compile("|".join(f"(?:{fnmatch.translate(p)})" for p in m.models)) if m.models else None
-        self.headers = tuple((k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in m.headers.items())
+        # Header names are lower-cased by ASGI servers; values are compared byte for byte (UTF-8:
+        # latin-1 would fail to build a gateway for a non-latin-1 value in the config).
+        self.headers = tuple((k.lower().encode(), v.encode()) for k, v in m.headers.items())
         self.metadata = tuple(m.metadata.items())
 
     def model_ok(self, model: str) -> bool:
@@ -59,14 +61,27 @@ class Router:
                 continue
             if r.headers and (headers is None or any(headers.get(k) != v for k, v in r.headers)):
                 continue
-            if r.metadata and any(metadata.get(k) is None or str(metadata.get(k)) != v for k, v in r.metadata):
+            if r.metadata and any(_meta_str(metadata.get(k)) != v for k, v in r.metadata):
                 continue
             return r.runtime
         return None
 
 
+def _meta_str(value: Any) -> str | None:
+    """A metadata value as the config writes it: strings as is, JSON scalars in JSON spelling
+    (`true`, `1`, `1.5`); null, objects and arrays never match."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return str(value)
+    return None
+
+
 def request_metadata(headers: Mapping[bytes, bytes] | None, body: dict[str, Any] | None) -> dict[str, Any]:
-    """Metadata from the `x-detour-metadata` JSON header, overlaid on the OpenAI `metadata` field."""
+    """Metadata from the `x-detour-metadata` JSON header, overlaid on the OpenAI `metadata` field
+    (the header wins on a key both set). A header that is not a JSON object is ignored."""
     out: dict[str, Any] = {}
     if body is not None and isinstance(body.get("metadata"), dict):
         out.update(body["metadata"])

@@ -14,7 +14,7 @@ from .adapters import Adapter, adapter_for
 from .config import Provider, Route, RoutingConfig, Target, config_hash
 from .credentials import ClientKeys, Credential
 from .metrics import Metrics, RouteMetrics, TargetMetrics
-from .policy import Clock, HealthRegistry, RetryBudget, RoutePlanner, TargetKey, TargetState
+from .policy import Clock, HealthRegistry, RetryBudget, RoutePlanner, TargetKey, TargetState, merge_limits
 from .router import Router
 from .upstream import UpstreamTimeouts
 
@@ -91,12 +91,15 @@ def build_gateway(config: RoutingConfig, *, registry: HealthRegistry, budget: Re
     registry.update_settings(config.health)
     routes: list[RouteRuntime] = []
     all_keys: list[TargetKey] = []
+    limits: dict[TargetKey, Any] = {}
     for route in config.routes:
         targets: list[TargetRuntime] = []
         for i, t in enumerate(route.targets):
             prov = providers[t.provider]
             key = TargetKey(t.provider, t.model, prov.config.base_url)
             all_keys.append(key)
+            if t.limits is not None:
+                limits[key] = merge_limits(limits.get(key), t.limits)
             targets.append(TargetRuntime(
                 index=i, target=t, key=key, provider=prov, state=registry.state(key),
                 metrics=TargetMetrics.bind(metrics, route.name, t.provider, t.model),
@@ -110,6 +113,8 @@ def build_gateway(config: RoutingConfig, *, registry: HealthRegistry, budget: Re
             metrics=RouteMetrics.bind(metrics, route.name),
             embeddings_eligible=emb.__getitem__, continue_eligible=cont.__getitem__,
         ))
+    # Rate limits live on the (long-lived) target states; each replica enforces its share.
+    registry.set_limits(limits, config.shared_health.replicas)
     registry.retain(all_keys)
     for key in set(all_keys):
         metrics.breaker_state.labels(key.provider, key.model)  # expose 0 (closed) from the start

@@ -19,6 +19,7 @@ import orjson
 
 from .adapters import StreamEvent, UpstreamError
 from .adapters import UnsupportedRequest
+from . import usage as usage_acct
 from .executor import (RequestContext, build_request, exception_outcome, failure_reply, note_decision,
                        observe_usage, record, skip_unsupported)
 from .policy import GiveUp, Outcome, OutcomeKind
@@ -135,9 +136,9 @@ async def run_stream(state: AppState, ctx: RequestContext, send: Send) -> str:
     failed: TargetRuntime | None = None
     while True:
         d = plan.next(clock.now(), eligible=route.continue_eligible if relay.started else None)
+        note_decision(state, ctx, d, plan)
         if isinstance(d, GiveUp):
             break
-        note_decision(state, ctx, d)
         tr = route.targets[d.index]
         try:
             if d.delay > 0:
@@ -152,9 +153,9 @@ async def run_stream(state: AppState, ctx: RequestContext, send: Send) -> str:
             raise
         record(state, ctx, plan, tr, outcome, err)
         ctx.target = tr
+        if outcome.ttft is not None:    # the first token came (also when the stream broke later)
+            tr.metrics.ttft.observe(outcome.ttft)
         if outcome.ok:
-            if outcome.ttft is not None:
-                tr.metrics.ttft.observe(outcome.ttft)
             return "success"
         last_err = err
         if relay.started:
@@ -167,6 +168,7 @@ async def run_stream(state: AppState, ctx: RequestContext, send: Send) -> str:
         reply = failure_reply(ctx, d, last_err)
         reply.headers.append((b"x-request-id", ctx.request_id.encode()))
         reply.headers.append((b"x-detour-attempts", str(ctx.attempts).encode()))
+        ctx.status = reply.status
         await send({"type": "http.response.start", "status": reply.status, "headers": reply.headers})
         await send({"type": "http.response.body", "body": reply.body, "more_body": False})
         return "upstream_error"
@@ -182,6 +184,7 @@ async def _attempt(state: AppState, ctx: RequestContext, tr: TargetRuntime, dead
     prov = tr.provider
     adapter = prov.adapter
     started = clock.now()
+    meter = usage_acct.reserve_stream(tr, ctx, started, relay.text)
     resp = None
     complete = False
     gate_passed = False
@@ -193,6 +196,7 @@ async def _attempt(state: AppState, ctx: RequestContext, tr: TargetRuntime, dead
             req = build_request(ctx, tr, stream=True)
         async with asyncio.timeout(max(0.0, min(prov.config.timeouts.first_token, deadline - started))) as tm:
             resp = await state.upstream.send(req, prov.timeouts.stream)
+            usage_acct.check_rate_headers(tr, resp.headers, clock.now())
             if resp.status != 200:
                 raw = await resp.read()
                 err = adapter.parse_error(resp.status, resp.headers, raw, api_key=prov.api_key())
@@ -257,6 +261,7 @@ async def _attempt(state: AppState, ctx: RequestContext, tr: TargetRuntime, dead
                                 f"no first token from {tr.label} in time", None)
         return outcome, err
     finally:
+        usage_acct.settle_stream(meter, relay.text)
         if resp is not None:
             if complete:
                 resp.release()

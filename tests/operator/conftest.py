@@ -88,3 +88,27 @@ def example_docs() -> list[dict[str, Any]]:
     for path in sorted(EXAMPLES.glob("*.yaml")):
         docs += [d for d in yaml.safe_load_all(path.read_text()) if d]
     return docs
+
+
+# ---- helpers shared by the operator suites ----
+
+def get(custom: Any, plural: str, name: str) -> dict[str, Any]:
+    return custom.get_namespaced_custom_object(G, V, NS, plural, name)
+
+
+def cond(obj: dict[str, Any], ctype: str) -> dict[str, Any] | None:
+    return next((c for c in (obj.get("status") or {}).get("conditions", []) if c["type"] == ctype), None)
+
+
+def ready(custom: Any, plural: str, name: str, status: str = "True") -> dict[str, Any] | None:
+    obj = get(custom, plural, name)
+    c = cond(obj, "Ready")
+    ok = c and c["status"] == status and obj["status"].get("observedGeneration") == obj["metadata"]["generation"]
+    return obj if ok else None
+
+
+def apply_examples(k8s: Any, custom: Any) -> None:
+    kubectl(k8s, "apply", "--validate=false", "-f", str(EXAMPLES))
+    for plural, name in [("llmproviders", "openai"), ("llmproviders", "azure"), ("llmproviders", "anthropic"),
+                         ("routingpolicies", "chat")]:
+        wait_for(lambda: ready(custom, plural, name), 10, what=f"{plural}/{name} Ready")

@@ -1,6 +1,7 @@
 """Detour's policy engine: pure decisions about where and when to send an LLM call.
 
-Breakers, health windows, the retry budget, balancing and retry/fallback planning. Imports
+Breakers, health windows, client-side rate limits, the retry budget, balancing and
+retry/fallback planning (with hedges). Imports
 only the stdlib and `detour_proxy.config`, and never reads a clock: every call takes `now`,
 so the executor owns time and I/O and tests run on a `FakeClock`. See docs/architecture.md,
 "Policy engine API".
@@ -13,7 +14,8 @@ from .budget import RetryBudget
 from .clock import Clock, FakeClock, MonotonicClock
 from .outcome import REQUEST_ERROR_STATUSES, Outcome, OutcomeKind, error_class_for
 from .planner import GiveUp, RequestPlan, RoutePlanner, Try
-from .target import HealthRegistry, TargetKey, TargetSnapshot, TargetState
+from .ratelimit import RateLimiter, Reservation, UsageLog, estimate_tokens
+from .target import HealthRegistry, TargetKey, TargetSnapshot, TargetState, merge_limits
 from .window import SlidingWindow
 
 __all__ = [
@@ -22,6 +24,7 @@ __all__ = [
     "BreakerState", "Admission", "CircuitBreaker",
     "TargetKey", "TargetState", "TargetSnapshot", "HealthRegistry",
     "RetryBudget", "SlidingWindow",
+    "RateLimiter", "Reservation", "UsageLog", "estimate_tokens", "merge_limits",
     "RoutePlanner", "RequestPlan", "Try", "GiveUp",
     "order_targets", "weighted_order", "backoff_cap", "full_jitter", "retry_delay",
 ]

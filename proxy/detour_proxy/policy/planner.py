@@ -18,6 +18,11 @@ Decision rules, in order, after an attempt:
 5. Nothing left -> GiveUp('exhausted') (or 'deadline' if the deadline is what stopped a retry).
 The first attempt of a request, when no target admits at all, is `forced` onto the target
 that will be available soonest: failing fast with no attempt is worse than one probe.
+
+Hedging (routes with `hedge`): while a Try is in flight the executor may ask `hedge(now)` for
+a duplicate on the next untried admissible target; it spends the retry budget, counts as
+that target's pass, and at most `hedge.maxExtra` are handed out per request. Every attempt
+in flight is reported with `record`/`abandon(now, index=...)` before the next `next()`.
 """
 
 from __future__ import annotations
@@ -45,7 +50,7 @@ _FALLBACK_KINDS = (OutcomeKind.CONNECT_ERROR, OutcomeKind.TIMEOUT, OutcomeKind.S
 @dataclass(frozen=True, slots=True)
 class Try:
     """Send attempt number `attempt` (per target, 1-based) to target `index` after `delay`
-    seconds. reason: first | retry | fallback | forced. The target is already acquired."""
+    seconds. reason: first | retry | fallback | forced | hedge. The target is already acquired."""
 
     index: int
     key: TargetKey
@@ -107,29 +112,78 @@ class RequestPlan:
         self._current: int | None = None
         self._last: Outcome | None = None
         self._pending: _Pending | None = None
+        self._hedges: dict[int, _Pending] = {}  # index -> hedge attempt in flight
+        self.hedged = 0                          # hedges handed out (bounded by hedge.maxExtra)
         self._forced = False
         self._result: GiveUp | None = None
 
     # -- executor callbacks --------------------------------------------------------------
-    def record(self, outcome: Outcome, now: float) -> None:
-        pend = self._take_pending()
+    def record(self, outcome: Outcome, now: float, index: int | None = None) -> None:
+        """Report the outcome of the pending Try (or, with `index`, of the attempt in flight
+        on that target: the main Try or a hedge). The last recorded attempt is the one the
+        next decision (retry it / fall back) is about."""
+        pend = self._take_pending(index)
         key = self._p.keys[pend.index]
         self._p.registry.state(key).record(outcome, now, pend.ticket)
         self.attempts.append((key, outcome))
         self._last = outcome
+        self._current = pend.index
 
-    def abandon(self, now: float) -> None:
+    def abandon(self, now: float, index: int | None = None) -> None:
         """The attempt was cancelled (client gone, hedge lost): free it, count nothing.
         A later `next()` moves on to the next target."""
-        pend = self._take_pending()
+        pend = self._take_pending(index)
         self._p.registry.state(self._p.keys[pend.index]).release(now, pend.ticket)
-        self._last = None
+        if self._last is None or not self._last.ok:  # a race's loser does not undo its winner
+            self._last = None
 
-    def _take_pending(self) -> _Pending:
-        if self._pending is None:
+    def _take_pending(self, index: int | None = None) -> _Pending:
+        if index is not None and index in self._hedges and (
+                self._pending is None or self._pending.index != index):
+            return self._hedges.pop(index)
+        if self._pending is None or (index is not None and self._pending.index != index):
             raise RuntimeError("no attempt in flight: record()/abandon() follow a Try")
         pend, self._pending = self._pending, None
         return pend
+
+    @property
+    def in_flight(self) -> list[int]:
+        """Targets with an attempt in flight (the pending Try first, then hedges)."""
+        out = [self._pending.index] if self._pending is not None else []
+        return out + list(self._hedges)
+
+    def hedge(self, now: float, eligible: Eligible | None = None) -> Try | None:
+        """A duplicate of the attempt in flight on the next target in the order that was not
+        tried yet, is eligible and admits at `now`; None if there is none, the route allows no
+        more (`hedge.maxExtra`), the deadline passed or the retry budget refuses (hedges add
+        load like retries do, so they spend it). The hedge is acquired; report it with
+        `record(outcome, now, index=try.index)` or `abandon(now, index=try.index)`."""
+        if self._pending is None and not self._hedges:
+            raise RuntimeError("hedge() duplicates an attempt in flight")
+        p = self._p
+        spec = p.route.hedge
+        if spec is None or self.hedged >= spec.max_extra or self._result is not None \
+                or now >= self.deadline:
+            return None
+        ok = (lambda i: True) if eligible is None else eligible
+        busy = set(self.in_flight)
+        for i in self.order:
+            if i in self._tried or i in busy or not ok(i):
+                continue
+            state = p.registry.state(p.keys[i])
+            if not state.admits(now):
+                continue
+            if not p.budget.try_spend(now):
+                self.budget_denied += 1
+                return None
+            ticket = state.acquire(now)
+            assert ticket is not None  # admits() just said so
+            self._tried[i] = self._tried.get(i, 0) + 1
+            self._hedges[i] = _Pending(i, ticket)
+            self.tries += 1
+            self.hedged += 1
+            return Try(i, p.keys[i], 0.0, self._tried[i], "hedge")
+        return None
 
     @property
     def done(self) -> GiveUp | None:
@@ -151,7 +205,7 @@ class RequestPlan:
     def next(self, now: float, eligible: Eligible | None = None) -> Try | GiveUp:
         """The next step. `eligible` narrows the targets for this step only (e.g. targets
         able to continue a partly streamed answer)."""
-        if self._pending is not None:
+        if self._pending is not None or self._hedges:
             raise RuntimeError("record() or abandon() the previous Try before next()")
         if self._result is not None:
             return self._result

@@ -18,10 +18,11 @@ from detour_proxy import config
 
 from .breaker import Admission, BreakerState, CircuitBreaker
 from .outcome import Outcome, OutcomeKind
+from .ratelimit import RateLimiter, Reservation
 from .window import SlidingWindow
 
 __all__ = ["TargetKey", "TargetSnapshot", "TargetState", "HealthRegistry", "EWMA_ALPHA",
-           "SIDELINE_STATUSES"]
+           "SIDELINE_STATUSES", "merge_limits"]
 
 #: Weight of the newest sample in the latency EWMA: reacts within a few calls, smooths noise.
 EWMA_ALPHA = 0.3
@@ -29,6 +30,18 @@ EWMA_ALPHA = 0.3
 SIDELINE_STATUSES = frozenset({429, 503})
 
 TransitionCallback = Callable[["TargetKey", BreakerState, BreakerState], None]
+
+
+def merge_limits(a: config.Limits | None, b: config.Limits | None) -> config.Limits | None:
+    """The stricter of two limits, field by field (None = no limit)."""
+    if a is None or b is None:
+        return a if b is None else b
+
+    def low(x: int | None, y: int | None) -> int | None:
+        return y if x is None else x if y is None else min(x, y)
+
+    return config.Limits(requests_per_minute=low(a.requests_per_minute, b.requests_per_minute),
+                         tokens_per_minute=low(a.tokens_per_minute, b.tokens_per_minute))
 
 
 class TargetKey(NamedTuple):
@@ -67,7 +80,7 @@ class TargetState:
     """Health and admission of one target. Every method takes `now`; nothing reads a clock."""
 
     __slots__ = ("key", "health", "_window", "_breaker", "_consecutive", "in_flight",
-                 "ewma_latency", "_sideline_until", "last_error")
+                 "ewma_latency", "_sideline_until", "last_error", "limiter")
 
     def __init__(self, key: TargetKey, health: config.Health,
                  on_transition: TransitionCallback | None = None) -> None:
@@ -84,6 +97,18 @@ class TargetState:
         self.ewma_latency: float | None = None
         self._sideline_until = -math.inf
         self.last_error: tuple[str, float] | None = None
+        #: Client-side rate limits (`Target.limits`); None = unlimited (the usual case).
+        self.limiter: RateLimiter | None = None
+
+    def set_limits(self, limits: config.Limits | None, replicas: int = 1) -> None:
+        """Apply `Target.limits` (this replica enforces limit / replicas); counts survive
+        reloads. None, or limits with neither field set, removes the limiter."""
+        if limits is None or (limits.requests_per_minute is None and limits.tokens_per_minute is None):
+            self.limiter = None
+        elif self.limiter is None:
+            self.limiter = RateLimiter(limits, replicas)
+        else:
+            self.limiter.configure(limits, replicas)
 
     def update_settings(self, health: config.Health) -> None:
         """Apply new health settings; keeps the breaker state, resets the window only if its
@@ -121,7 +146,8 @@ class TargetState:
 
     def admits(self, now: float) -> bool:
         """Would `try_acquire(now)` succeed? Takes nothing."""
-        return now >= self._sideline_until and self._breaker.admits(now)
+        return (now >= self._sideline_until and self._breaker.admits(now)
+                and (self.limiter is None or self.limiter.admits(now)))
 
     def available_at(self, now: float) -> float:
         """When this target will next admit: `now` if it does, the end of the cooldown or
@@ -132,6 +158,8 @@ class TargetState:
             at = max(at, self._breaker.cooldown_until)
         elif st is BreakerState.HALF_OPEN and not self._breaker.admits(now):
             return math.inf
+        if self.limiter is not None:
+            at = max(at, self.limiter.available_at(now))
         return max(at, self._sideline_until)
 
     # -- admission ---------------------------------------------------------------------------
@@ -139,9 +167,14 @@ class TargetState:
         """Admit one attempt: a ticket (pass it to `record`/`release`) or None."""
         if now < self._sideline_until:
             return None
+        lim = self.limiter
+        if lim is not None and not lim.admits(now):
+            return None
         ticket = self._breaker.acquire(now)
         if ticket is not None:
             self.in_flight += 1
+            if lim is not None:
+                lim.note_request(now)
         return ticket
 
     def try_acquire(self, now: float) -> bool:
@@ -149,9 +182,24 @@ class TargetState:
         return self.acquire(now) is not None
 
     def force_acquire(self, now: float) -> Admission:
-        """Admit bypassing breaker and sideline (the planner's `forced` try)."""
+        """Admit bypassing breaker, sideline and rate limits (the planner's `forced` try)."""
         self.in_flight += 1
+        if self.limiter is not None:
+            self.limiter.note_request(now)
         return self._breaker.force(now)
+
+    # -- token accounting (rate limits) -----------------------------------------------------
+    def reserve(self, tokens: int, now: float) -> Reservation | None:
+        """Count an attempt's estimated tokens against `tokensPerMinute` before it is sent;
+        None (nothing to settle) when the target has no token limit."""
+        lim = self.limiter
+        return lim.reserve(tokens, now) if lim is not None else None
+
+    @staticmethod
+    def settle(reservation: Reservation | None, actual: int | None) -> None:
+        """Correct a reservation with the tokens the provider reported (`usage`)."""
+        if reservation is not None:
+            reservation.settle(actual)
 
     def _ticket(self, ticket: Admission | None) -> Admission | None:
         # Without a ticket (bool API), an outcome seen while probes are out is taken as a probe's.
@@ -290,11 +338,44 @@ class HealthRegistry:
         self.clock = clock
         self.on_transition = on_transition
         self._states: dict[TargetKey, TargetState] = {}
+        self._limits: dict[TargetKey, config.Limits] = {}
+        #: `sharedHealth.replicas` from the config (used when no peers are visible).
+        self.configured_replicas: int | None = None
+        #: Proxy replicas seen through shared health (this one included); None = unknown.
+        self.peer_replicas: int | None = None
+
+    @property
+    def replicas(self) -> int:
+        """How many replicas share each target's limits: the shared-health peer count when
+        known, else `sharedHealth.replicas`, else 1."""
+        return self.peer_replicas or self.configured_replicas or 1
+
+    def set_limits(self, limits: dict[TargetKey, config.Limits],
+                   configured_replicas: int | None = None) -> None:
+        """Install `Target.limits` per target (after a reload). A key that several routes
+        name with different limits gets the smallest value of each field."""
+        self.configured_replicas = configured_replicas
+        self._limits = dict(limits)
+        self._apply_limits()
+
+    def set_peer_count(self, replicas: int | None) -> None:
+        """Shared health saw this many proxy replicas (self included); re-splits the limits."""
+        replicas = replicas if replicas is None or replicas >= 1 else None
+        if replicas != self.peer_replicas:
+            self.peer_replicas = replicas
+            self._apply_limits()
+
+    def _apply_limits(self) -> None:
+        n = self.replicas
+        for key, st in self._states.items():
+            st.set_limits(self._limits.get(key), n)
 
     def state(self, key: TargetKey) -> TargetState:
         st = self._states.get(key)
         if st is None:
             st = self._states[key] = TargetState(key, self.health, self._notify)
+            if key in self._limits:
+                st.set_limits(self._limits[key], self.replicas)
         return st
 
     def get(self, key: TargetKey) -> TargetState | None:

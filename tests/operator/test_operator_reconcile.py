@@ -8,7 +8,7 @@ from typing import Any
 
 import kubernetes
 import yaml
-from conftest import EXAMPLES, NS, G, V, forbid_in_log, kubectl, wait_for
+from conftest import EXAMPLES, NS, G, V, apply_examples, cond, forbid_in_log, get, kubectl, ready, wait_for
 from prometheus_client import REGISTRY
 
 from detour_operator import render as rnd
@@ -16,28 +16,6 @@ from detour_operator.handlers import SETTINGS
 from detour_proxy.config import parse_config
 
 PLAIN_KEYS = ["sk-example-openai-key", "example-azure-key", "sk-ant-example-key"]
-
-
-def get(custom: Any, plural: str, name: str) -> dict[str, Any]:
-    return custom.get_namespaced_custom_object(G, V, NS, plural, name)
-
-
-def cond(obj: dict[str, Any], ctype: str) -> dict[str, Any] | None:
-    return next((c for c in (obj.get("status") or {}).get("conditions", []) if c["type"] == ctype), None)
-
-
-def ready(custom: Any, plural: str, name: str, status: str = "True") -> dict[str, Any] | None:
-    obj = get(custom, plural, name)
-    c = cond(obj, "Ready")
-    ok = c and c["status"] == status and obj["status"].get("observedGeneration") == obj["metadata"]["generation"]
-    return obj if ok else None
-
-
-def apply_examples(k8s: Any, custom: Any) -> None:
-    kubectl(k8s, "apply", "--validate=false", "-f", str(EXAMPLES))
-    for plural, name in [("llmproviders", "openai"), ("llmproviders", "azure"), ("llmproviders", "anthropic"),
-                         ("routingpolicies", "chat")]:
-        wait_for(lambda: ready(custom, plural, name), 10, what=f"{plural}/{name} Ready")
 
 
 def configmap(core: Any) -> Any:
@@ -59,7 +37,7 @@ def test_examples_publish_config_and_credentials(k8s, operator, core, custom):
     expected = rnd.render([d for d in docs if d["kind"] == "LLMProvider"],
                           [d for d in docs if d["kind"] == "RoutingPolicy"],
                           {"llm-keys": {k: base64.b64encode(v.encode()).decode()
-                                        for k, v in docs[-1]["stringData"].items()}}, SETTINGS, NS)
+                                        for k, v in next(d for d in docs if d["kind"] == "Secret")["stringData"].items()}}, SETTINGS, NS)
     assert cm.data["config.yaml"].encode() == expected.config_yaml
     assert cm.metadata.annotations["detour.dev/config-hash"] == expected.config_hash
     config = parse_config(cm.data["config.yaml"])

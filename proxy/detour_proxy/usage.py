@@ -1,0 +1,121 @@
+"""Usage accounting on the hot path: provider rate-limit headers and token reservations.
+
+Two hooks the executors call around each upstream attempt:
+
+- `check_rate_headers(tr, headers, now)` on every response (success or error), right after
+  the headers arrived: when the provider says the remaining requests or tokens are 0, the
+  target is sidelined until the reset it announced (at most `maxCooldown`), so the next
+  request goes elsewhere before any 429 arrives. Cost when the provider sends no rate-limit
+  headers: two case-insensitive lookups in the response's header map. When it does (OpenAI
+  and Anthropic send them on every response) the remaining counts are compared with 0; the
+  full adapter parse (`adapter.rate_limits`) runs only for an exhausted budget.
+- `reserve(tr, ctx, now)` before an attempt and `settle(meter, usage)` after it, for targets
+  with `limits.tokensPerMinute`: prompt tokens are estimated from the request size
+  (bytes / 4) and corrected from the provider's `usage`. Streams are settled from the text
+  they delivered (estimate + chars / 4) because most streams carry no usage. A target
+  without a token limit costs one attribute test.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from .config import ProviderType
+from .policy import Reservation, estimate_tokens
+
+if TYPE_CHECKING:
+    from .executor import RequestContext
+    from .runtime import TargetRuntime
+
+__all__ = ["check_rate_headers", "reserve", "settle", "reserve_stream", "settle_stream",
+           "DEFAULT_RESET", "StreamMeter"]
+
+#: Sideline length when a provider reports an exhausted budget without a reset time.
+DEFAULT_RESET = 1.0
+
+_OPENAI_PROBES = ("x-ratelimit-remaining-requests", "x-ratelimit-remaining-tokens")
+_ANTHROPIC_PROBES = ("anthropic-ratelimit-requests-remaining", "anthropic-ratelimit-tokens-remaining",
+                     "anthropic-ratelimit-input-tokens-remaining", "anthropic-ratelimit-output-tokens-remaining")
+_PROBES = {t: (_ANTHROPIC_PROBES if t is ProviderType.anthropic else _OPENAI_PROBES) for t in ProviderType}
+
+
+def _exhausted(value: str) -> bool:
+    try:
+        return int(value) <= 0
+    except ValueError:
+        try:
+            return float(value) <= 0
+        except ValueError:
+            return False
+
+
+def check_rate_headers(tr: TargetRuntime, headers: Any, now: float) -> float | None:
+    """Sideline `tr` when its response says a rate-limit budget is exhausted.
+
+    Returns the sideline end (engine clock) or None. `headers` is a case-insensitive
+    mapping (aiohttp's CIMultiDictProxy)."""
+    prov = tr.provider
+    hit = False
+    for name in _PROBES[prov.config.type]:
+        v = headers.get(name)
+        if v is not None and _exhausted(v):
+            hit = True
+            break
+    if not hit:
+        return None
+    info = prov.adapter.rate_limits(headers)
+    if info is None:
+        return None
+    resets = []
+    if info.remaining_requests is not None and info.remaining_requests <= 0:
+        resets.append(info.reset_requests_s)
+    if info.remaining_tokens is not None and info.remaining_tokens <= 0:
+        resets.append(info.reset_tokens_s)
+    if not resets:
+        return None
+    wait = max(DEFAULT_RESET if r is None else r for r in resets)
+    state = tr.state
+    until = now + min(max(0.0, wait), state.health.breaker.max_cooldown)
+    state.sideline(until)
+    return until
+
+
+def reserve(tr: TargetRuntime, ctx: RequestContext, now: float) -> Reservation | None:
+    """Count the request's estimated prompt tokens against the target's token limit."""
+    lim = tr.state.limiter
+    if lim is None or lim.tpm is None:
+        return None
+    return lim.reserve(estimate_tokens(len(ctx.raw)), now)
+
+
+def settle(meter: Reservation | None, usage: Any) -> None:
+    """Correct a reservation from an OpenAI-shaped `usage` object (total, else prompt + completion)."""
+    if meter is None or not isinstance(usage, dict):
+        return
+    total = usage.get("total_tokens")
+    if not isinstance(total, int):
+        p, c = usage.get("prompt_tokens"), usage.get("completion_tokens")
+        total = (p if isinstance(p, int) else meter.estimate) + (c if isinstance(c, int) else 0)
+    meter.settle(total)
+
+
+class StreamMeter:
+    __slots__ = ("reservation", "mark")
+
+    def __init__(self, reservation: Reservation, mark: int) -> None:
+        self.reservation = reservation
+        self.mark = mark
+
+
+def reserve_stream(tr: TargetRuntime, ctx: RequestContext, now: float, delivered: list[str]) -> StreamMeter | None:
+    """`reserve` for a stream attempt; `delivered` is the relay's list of delivered texts."""
+    res = reserve(tr, ctx, now)
+    return None if res is None else StreamMeter(res, len(delivered))
+
+
+def settle_stream(meter: StreamMeter | None, delivered: list[str]) -> None:
+    """Settle a stream attempt: the prompt estimate plus ~chars/4 of the text it delivered."""
+    if meter is None:
+        return
+    chars = sum(len(t) for t in delivered[meter.mark:])
+    meter.reservation.settle(meter.reservation.estimate + chars // 4)

@@ -1,0 +1,63 @@
+"""Condition helpers: Kubernetes conventions, transition times, the Ready summary."""
+
+from __future__ import annotations
+
+from detour_operator import conditions as c
+from detour_operator.render import Problem
+
+
+def types(conds):
+    return {x["type"]: (x["status"], x["reason"]) for x in conds}
+
+
+def test_all_good_is_ready_with_the_hash():
+    conds = c.object_conditions([], True, "abc123", None, 3)
+    assert types(conds) == {"Accepted": ("True", "Accepted"), "ResolvedRefs": ("True", "ResolvedRefs"),
+                            "Programmed": ("True", "Programmed"), "Ready": ("True", "Ready")}
+    assert all(x["observedGeneration"] == 3 for x in conds)
+    assert "abc123" in conds[2]["message"]
+
+
+def test_missing_ref_makes_ready_false_with_the_reason():
+    conds = c.object_conditions([Problem("ResolvedRefs", "ProviderNotFound", "LLMProvider not found: x")],
+                                False, "abc", None, 1)
+    t = types(conds)
+    assert t["ResolvedRefs"] == ("False", "ProviderNotFound") and t["Programmed"] == ("False", "Excluded")
+    ready = conds[-1]
+    assert ready["status"] == "False" and ready["reason"] == "ProviderNotFound" and "not found: x" in ready["message"]
+
+
+def test_invalid_spec_leaves_refs_unknown_and_no_config_is_explained():
+    conds = c.object_conditions([Problem("Accepted", "InvalidSpec", "bad")], False, None, "no valid RoutingPolicy", 1)
+    t = types(conds)
+    assert t["Accepted"] == ("False", "InvalidSpec") and t["ResolvedRefs"][0] == "Unknown"
+    assert t["Programmed"] == ("False", "NoValidConfig") and t["Ready"] == ("False", "InvalidSpec")
+
+
+def test_last_transition_time_moves_only_when_status_flips():
+    first = c.merge(None, c.object_conditions([], True, "h1", None, 1), "T1")
+    second = c.merge(first, c.object_conditions([], True, "h2", None, 2), "T2")
+    assert {x["lastTransitionTime"] for x in second} == {"T1"}
+    assert second[2]["message"] != first[2]["message"]
+    third = c.merge(second, c.object_conditions([Problem("ResolvedRefs", "SecretNotFound", "s")], False, None, None, 2), "T3")
+    ltt = {x["type"]: x["lastTransitionTime"] for x in third}
+    assert ltt == {"Accepted": "T1", "ResolvedRefs": "T3", "Programmed": "T3", "Ready": "T3"}
+
+
+def test_merge_keeps_conditions_owned_by_others_in_a_fixed_order():
+    base = c.merge(None, [c.available_condition({"state": "Healthy", "breaker": "0/2 open"}, 1)], "T0")
+    merged = c.merge(base, c.object_conditions([], True, "h", None, 1), "T1")
+    assert [x["type"] for x in merged] == ["Accepted", "ResolvedRefs", "Programmed", "Ready", "Available"]
+    assert merged[-1]["lastTransitionTime"] == "T0"
+
+
+def test_available_from_health():
+    assert c.available_condition({"state": "Unavailable", "breaker": "2/2 open"}, 1)["status"] == "False"
+    assert c.available_condition({"state": "Degraded"}, 1)["status"] == "True"
+    assert c.available_condition(None, 1)["status"] == "Unknown"
+
+
+def test_same_status_is_a_subset_check():
+    assert c.same_status({"a": 1, "b": 2}, {"a": 1})
+    assert c.same_status({"a": 1}, {"b": None})
+    assert not c.same_status({"a": 1}, {"a": 2})

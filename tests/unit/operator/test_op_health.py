@@ -1,0 +1,53 @@
+"""Health roll-up from pod annotations."""
+
+from __future__ import annotations
+
+import datetime
+import json
+
+from detour_operator import health
+
+NOW = datetime.datetime(2026, 11, 25, 15, 0, 30, tzinfo=datetime.timezone.utc)
+
+
+def rep(pod, targets, updated="2026-11-25T15:00:20Z", hb=10):
+    return {"version": 1, "pod": pod, "updated": updated, "heartbeatSeconds": hb, "targets": targets}
+
+
+def t(provider, state="closed", requests=10, ratio=0.0, err=None, at=None):
+    d = {"provider": provider, "model": "m", "endpoint": "e", "state": state, "requests": requests, "failureRatio": ratio}
+    if err:
+        d.update(lastError=err, lastErrorAt=at)
+    return d
+
+
+def test_counts_open_pods_and_weights_the_failure_ratio():
+    reports = [rep("a", [t("p", "open", 30, 1.0, "http_503", "2026-11-25T15:00:10Z")]),
+               rep("b", [t("p", "closed", 70, 0.0, "timeout", "2026-11-25T14:59:00Z")]),
+               rep("c", [t("p", "half-open", 0, 0.0), t("other")])]
+    h = health.rollup(reports, "p", NOW)
+    assert h == {"state": "Degraded", "breaker": "2/3 open", "requests": 100, "failureRatio": 0.3, "pods": 3,
+                 "lastError": "http_503", "lastErrorAt": "2026-11-25T15:00:10Z"}
+
+
+def test_states():
+    assert health.rollup([], "p", NOW)["state"] == "Unknown"
+    assert health.rollup([rep("a", [t("p", "open")])], "p", NOW)["state"] == "Unavailable"
+    assert health.rollup([rep("a", [t("p")])], "p", NOW)["state"] == "Healthy"
+    assert health.rollup([rep("a", [t("p", requests=10, ratio=0.6)])], "p", NOW)["state"] == "Degraded"
+    assert health.rollup([rep("a", [t("other", "open")])], "p", NOW)["state"] == "Unknown"
+
+
+def test_stale_reports_are_ignored():
+    stale = rep("a", [t("p", "open")], updated="2026-11-25T14:59:59Z", hb=10)  # 31 s > 3 x 10 s
+    fresh = rep("b", [t("p")], updated="2026-11-25T15:00:00Z", hb=10)           # exactly 30 s
+    h = health.rollup([stale, fresh], "p", NOW)
+    assert h["pods"] == 1 and h["state"] == "Healthy" and "lastError" not in h
+
+
+def test_parsing_rejects_garbage_and_unknown_versions():
+    assert health.parse_report(None) is None
+    assert health.parse_report("{not json") is None
+    assert health.parse_report(json.dumps({"version": 2, "targets": []})) is None
+    pods = [{"metadata": {"annotations": {health.ANNOTATION: json.dumps(rep("a", []))}}}, {"metadata": {}}]
+    assert len(health.reports_from_pods(pods)) == 1

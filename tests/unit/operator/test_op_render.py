@@ -1,0 +1,106 @@
+"""render.render without a cluster: inclusion rules, problems, ordering, byte-stable output."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from detour_operator.render import LLMP, RPOL, render
+from detour_operator.settings import OperatorSettings
+from detour_proxy.config import parse_config
+
+S = OperatorSettings()
+KEYS = {"keys": {"openai": "c2stb3BlbmFp", "claude": "c2stY2xhdWRl"}}
+
+
+def llmp(name, **spec):
+    spec.setdefault("baseURL", "https://api.example.com/v1")
+    spec.setdefault("apiKeySecretRef", {"name": "keys", "key": name})
+    return {"kind": "LLMProvider", "metadata": {"name": name, "uid": f"u-{name}", "generation": 1}, "spec": spec}
+
+
+def rpol(name, *refs, order=0, **spec):
+    spec["targets"] = [{"providerRef": r, "model": f"{r}-model"} for r in refs]
+    spec["order"] = order
+    return {"kind": "RoutingPolicy", "metadata": {"name": name, "uid": f"u-{name}", "generation": 1}, "spec": spec}
+
+
+def test_renders_a_valid_config_with_key_files_and_credentials():
+    r = render([llmp("openai"), llmp("claude", type="anthropic")], [rpol("chat", "openai", "claude")], KEYS, S)
+    assert r.error is None and not r.problems
+    config = parse_config(r.config_yaml)
+    assert config == r.config
+    assert config.provider("claude").api_key.file == "/etc/detour/credentials/claude"
+    assert r.credentials == {"openai": "c2stb3BlbmFp", "claude": "c2stY2xhdWRl"}
+    assert b"c2st" not in r.config_yaml
+    assert r.included == {(LLMP, "openai"), (LLMP, "claude"), (RPOL, "chat")}
+
+
+def test_output_is_byte_identical_whatever_the_input_order():
+    providers = [llmp("openai"), llmp("claude", type="anthropic")]
+    policies = [rpol("b", "openai"), rpol("a", "claude"), rpol("z", "openai", order=-1)]
+    first = render(providers, policies, KEYS, S)
+    for _ in range(5):
+        random.shuffle(providers)
+        random.shuffle(policies)
+        again = render(providers, policies, KEYS, S)
+        assert again.config_yaml == first.config_yaml and again.config_hash == first.config_hash
+    assert [r.name for r in first.config.routes] == ["z", "a", "b"]  # (order, name)
+    assert [p.name for p in first.config.providers] == ["claude", "openai"]
+
+
+def test_mount_path_is_configurable():
+    r = render([llmp("openai")], [rpol("chat", "openai")], KEYS, OperatorSettings(credentialsMountPath="/keys/"))
+    assert r.config.provider("openai").api_key.file == "/keys/openai"
+
+
+@pytest.mark.parametrize("secrets, reason, words", [
+    ({}, "SecretNotFound", ["keys"]),
+    ({"keys": {"other": "eA=="}}, "SecretKeyNotFound", ["keys", "openai"]),
+])
+def test_missing_secret_excludes_the_provider_and_its_policies(secrets, reason, words):
+    r = render([llmp("openai")], [rpol("chat", "openai")], secrets, S)
+    (problem,) = r.problems[(LLMP, "openai")]
+    assert problem.condition == "ResolvedRefs" and problem.reason == reason
+    assert all(w in problem.message for w in words)
+    assert r.problems[(RPOL, "chat")][0].reason == "ProviderNotReady"
+    assert r.config is None and r.error and not r.credentials
+
+
+def test_missing_provider_is_named_and_the_rest_is_published():
+    r = render([llmp("openai")], [rpol("chat", "openai"), rpol("bad", "openai", "mistral", "zeta")], KEYS, S)
+    (problem,) = r.problems[(RPOL, "bad")]
+    assert problem.reason == "ProviderNotFound" and problem.message.endswith("mistral, zeta")
+    assert [route.name for route in r.config.routes] == ["chat"]
+    assert (RPOL, "bad") not in r.included
+
+
+def test_invalid_specs_are_not_accepted():
+    r = render([llmp("openai", type="gemini"), llmp("nokey", apiKeySecretRef=None)],
+               [rpol("chat", "openai", retry={"attempts": 99})], KEYS, S)
+    assert r.problems[(LLMP, "openai")][0].condition == "Accepted"
+    assert "apiKeySecretRef is required" in r.problems[(LLMP, "nokey")][0].message
+    assert "attempts" in r.problems[(RPOL, "chat")][0].message
+    assert r.config is None
+
+
+def test_openai_compatible_needs_no_key_and_deleting_objects_are_left_out():
+    vllm = llmp("vllm", type="openai-compatible", apiKeySecretRef=None)
+    gone = llmp("openai")
+    gone["metadata"]["deletionTimestamp"] = "2026-01-01T00:00:00Z"
+    r = render([vllm, gone], [rpol("chat", "vllm")], KEYS, S)
+    assert [p.name for p in r.config.providers] == ["vllm"] and r.config.providers[0].api_key is None
+    assert r.credentials == {}
+
+
+def test_global_settings_are_rendered():
+    s = OperatorSettings.model_validate({"health": {"window": "2m"}, "sharedHealth": {"enabled": True}})
+    r = render([llmp("openai")], [rpol("chat", "openai")], KEYS, s)
+    assert r.config.health.window == 120 and r.config.shared_health.enabled
+    assert b"window: 2m" in r.config_yaml
+
+
+def test_inline_client_keys_are_refused_in_settings():
+    with pytest.raises(ValueError):
+        OperatorSettings.model_validate({"clientAuth": {"keys": [{"value": "secret"}]}})

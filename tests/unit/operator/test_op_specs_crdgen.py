@@ -1,0 +1,52 @@
+"""Spec models derive from the config models; the JSON-Schema -> structural rewrite; settings; CLI."""
+
+from __future__ import annotations
+
+import pytest
+
+from detour_operator import cli, crdgen, specs
+from detour_operator.settings import load_settings
+from detour_proxy import config as cfg
+from detour_proxy._durations import DURATION_PATTERN
+
+
+def test_spec_fields_are_the_config_fields():
+    assert set(specs.LLMProviderSpec.model_fields) == set(cfg.Provider.model_fields) - specs.PROVIDER_DROPPED | {"api_key_secret_ref"}
+    assert set(specs.RoutingPolicySpec.model_fields) == set(cfg.Route.model_fields) - specs.ROUTE_DROPPED | {"order"}
+    assert set(specs.PolicyTarget.model_fields) == set(cfg.Target.model_fields) - {"provider"} | {"provider_ref"}
+    for name, field in specs.LLMProviderSpec.model_fields.items():
+        if name in cfg.Provider.model_fields:
+            assert field.description == cfg.Provider.model_fields[name].description
+
+
+def test_structural_rewrite():
+    defs = {"M": {"type": "object", "title": "M", "properties": {"a": {"type": "string"}}, "additionalProperties": False}}
+    node = {"anyOf": [{"$ref": "#/$defs/M"}, {"type": "null"}], "default": None, "description": "d"}
+    assert crdgen.structural(node, defs) == {"description": "d", "type": "object", "nullable": True,
+                                             "properties": {"a": {"type": "string"}}}
+    assert crdgen.structural({"type": "number", "exclusiveMinimum": 0}, {}) == {
+        "type": "number", "minimum": 0, "exclusiveMinimum": True}
+    dur = crdgen.structural({"type": "string", "pattern": DURATION_PATTERN, "default": 120.0}, {})
+    assert dur["description"] == "Defaults to 2m."
+    with pytest.raises(ValueError):
+        crdgen.structural({"anyOf": [{"type": "string"}, {"type": "integer"}]}, {})
+
+
+def test_settings_file(tmp_path, monkeypatch):
+    monkeypatch.delenv("DETOUR_SETTINGS_FILE", raising=False)
+    assert load_settings().proxy_pod_selector == "app.kubernetes.io/component=proxy"
+    path = tmp_path / "s.yaml"
+    path.write_text("retryBudget: {ratio: 0.5}\nproxyPodSelector: app=detour,tier=proxy\n")
+    monkeypatch.setenv("DETOUR_SETTINGS_FILE", str(path))
+    s = load_settings()
+    assert s.retry_budget.ratio == 0.5 and s.pod_labels() == {"app": "detour", "tier": "proxy"}
+    path.write_text("bogus: 1\n")
+    with pytest.raises(ValueError, match="invalid operator settings"):
+        load_settings()
+
+
+def test_cli_wraps_kopf_run():
+    assert cli.kopf_args([]) == ["run", "-m", "detour_operator.handlers", "--liveness=http://0.0.0.0:8081/healthz",
+                                 "--all-namespaces", "--peering=detour"]
+    args = cli.kopf_args(["-n", "a", "-n", "b", "--standalone"])
+    assert "--namespace=a" in args and "--namespace=b" in args and "--standalone" in args
