@@ -316,7 +316,11 @@ def parse_config(data: dict[str, Any] | str | bytes) -> RoutingConfig:
         try:
             data = yaml.safe_load(data)
         except yaml.YAMLError as exc:
-            raise ConfigError(f"invalid routing config: not YAML/JSON: {exc}") from None
+            # Only the problem and its position: the parser's snippet could quote an inline key.
+            mark = getattr(exc, "problem_mark", None)
+            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+            problem = getattr(exc, "problem", None) or "unparsable document"
+            raise ConfigError(f"invalid routing config: not YAML/JSON: {problem}{where}") from None
     if not isinstance(data, dict):
         raise ConfigError("invalid routing config: the document must be a mapping")
     try:

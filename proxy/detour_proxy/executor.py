@@ -92,7 +92,7 @@ def record(state: AppState, ctx: RequestContext, plan: RequestPlan, tr: TargetRu
     plan.record(outcome, state.clock.now(), tr.index)
     result = result_label(outcome)
     tr.metrics.attempts[result].inc()
-    tracing.end_attempt(ctx, outcome, result)
+    tracing.end_attempt(ctx, tr, outcome, result)
     if outcome.duration is not None:
         tr.metrics.attempt_duration.observe(outcome.duration)
     if not outcome.ok:
@@ -219,7 +219,7 @@ def skip_unsupported(state: AppState, ctx: RequestContext, plan: RequestPlan, tr
                      exc: UnsupportedRequest) -> None:
     """A target that cannot express this request (e.g. n>1 on Anthropic) is skipped, not failed."""
     plan.abandon(state.clock.now())
-    tracing.end_attempt(ctx, None, "unsupported")
+    tracing.end_attempt(ctx, tr, None, "unsupported")
     ctx.attempts -= 1
     ctx.unsupported = f"{tr.label} cannot serve this request: {exc}"
 

@@ -141,18 +141,20 @@ async def _watch_disconnect(receive: Any, task: asyncio.Task[Any] | None, gone: 
 
 
 async def _read_body(receive: Any, limit: int) -> bytes:
-    message = await receive()
-    if message["type"] == "http.disconnect":
-        raise ClientGone()
-    body = message.get("body", b"")
-    if not message.get("more_body"):
-        if len(body) > limit:
-            raise too_large(limit)
-        return body
-    chunks = [body]
-    size = len(body)
     try:
+        # The first receive is bounded too: a client that sends its headers and then no body
+        # (slowloris) would otherwise hold the request open forever (tests/resilience).
         async with asyncio.timeout(BODY_READ_TIMEOUT):
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                raise ClientGone()
+            body = message.get("body", b"")
+            if not message.get("more_body"):
+                if len(body) > limit:
+                    raise too_large(limit)
+                return body
+            chunks = [body]
+            size = len(body)
             while True:
                 message = await receive()
                 if message["type"] == "http.disconnect":

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING
 
+from . import tracing
 from .adapters import UnsupportedRequest, UpstreamError
 from .executor import Reply, failure_reply, note_decision, record, unary_attempt
 from .policy import GiveUp, Outcome
@@ -104,6 +105,7 @@ async def _race(state: AppState, ctx: RequestContext, plan: RequestPlan, first: 
                 except UnsupportedRequest as exc:
                     # This target cannot express the request: skipped, not failed.
                     plan.abandon(clock.now(), tr.index)
+                    tracing.end_attempt(ctx, tr, None, "unsupported")
                     ctx.attempts -= 1
                     ctx.unsupported = f"{tr.label} cannot serve this request: {exc}"
                     continue
@@ -129,3 +131,4 @@ async def _race(state: AppState, ctx: RequestContext, plan: RequestPlan, first: 
             now = clock.now()
             for tr in tasks.values():
                 plan.abandon(now, tr.index)
+                tracing.end_attempt(ctx, tr, None, "cancelled")

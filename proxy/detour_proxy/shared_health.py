@@ -32,6 +32,7 @@ in-cluster service account (server, CA, client certs, token, token refresh) into
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import ssl
@@ -341,6 +342,7 @@ class SharedHealthService:
         assert self.api is not None
         params = {"labelSelector": s.pod_selector, "fieldSelector": f"metadata.name!={self.pod}"}
         idle = max(60.0, 3 * s.heartbeat + 10)
+        loop = asyncio.get_running_loop()
         backoff = 0.0
         while True:
             try:
@@ -350,21 +352,30 @@ class SharedHealthService:
                 self.peers.retain((p.get("metadata") or {}).get("name", "") for p in items)
                 self._update_peer_gauge()
                 backoff = 0.0
+                quick = 0.0
                 while True:  # re-watch from the last resourceVersion until it is too old
                     gone = False
-                    async for ev in self.api.watch_pods(self.namespace, params, rv, idle):
-                        typ = ev.get("type")
-                        obj = ev.get("object") or {}
-                        if typ == "ERROR":
-                            gone = True  # 410 Gone (or another error): list again
-                            break
-                        new_rv = (obj.get("metadata") or {}).get("resourceVersion")
-                        if new_rv:
-                            rv = str(new_rv)
-                        if typ in ("ADDED", "MODIFIED", "DELETED"):
-                            self._on_pod(typ, obj)
+                    started = loop.time()
+                    async with contextlib.aclosing(
+                            self.api.watch_pods(self.namespace, params, rv, idle)) as events:
+                        async for ev in events:
+                            typ = ev.get("type")
+                            obj = ev.get("object") or {}
+                            if typ == "ERROR":
+                                gone = True  # 410 Gone (or another error): list again
+                                break
+                            new_rv = (obj.get("metadata") or {}).get("resourceVersion")
+                            if new_rv:
+                                rv = str(new_rv)
+                            if typ in ("ADDED", "MODIFIED", "DELETED"):
+                                self._on_pod(typ, obj)
                     if gone:
                         break
+                    # A server that ends watches at once must not be hammered with reconnects.
+                    quick = _backoff(quick) if loop.time() - started < 1.0 else 0.0
+                    if quick:
+                        await asyncio.sleep(quick)
+                await asyncio.sleep(0.2)  # ERROR (e.g. 410 Gone): list again, not in a tight loop
             except ApiError as exc:
                 self._set_available(False, f"watch pods: {exc.reason}")
                 backoff = _backoff(backoff)

@@ -34,13 +34,14 @@ _api: Any = None        # the `opentelemetry.trace` module once enabled
 
 
 class RequestTrace:
-    """The spans of one request (kept on `RequestContext.trace`)."""
+    """The spans of one request (kept on `RequestContext.trace`): open attempts by target index
+    (hedged routes run several at once)."""
 
-    __slots__ = ("span", "attempt", "context")
+    __slots__ = ("span", "attempts", "context")
 
     def __init__(self, span: Any, context: Any) -> None:
         self.span = span
-        self.attempt: Any = None
+        self.attempts: dict[int, Any] = {}
         self.context = context
 
 
@@ -106,8 +107,8 @@ def end_request(ctx: RequestContext, status: int, outcome: str) -> None:
     t = ctx.trace
     if t is None:
         return
-    if t.attempt is not None:          # cancelled mid-attempt (client gone)
-        _end_attempt(t, "cancelled", None, "")
+    for index in list(t.attempts):       # cancelled mid-attempt (client gone, hedge lost)
+        _end_attempt(t, index, "cancelled", None, "")
     span = t.span
     span.set_attribute("http.response.status_code", status)
     span.set_attribute("detour.outcome", outcome)
@@ -123,27 +124,40 @@ def start_attempt(ctx: RequestContext, d: Try, tr: TargetRuntime) -> None:
     t = ctx.trace
     if t is None:
         return
-    if t.attempt is not None:
-        _end_attempt(t, "abandoned", None, "")
-    t.attempt = _tracer.start_span(
-        "detour attempt", context=t.context, kind=_api.SpanKind.CLIENT,
-        start_time=time.time_ns() + int(d.delay * 1e9),   # after the planned backoff
-        attributes={"detour.request_id": ctx.request_id, "detour.route": ctx.route.route.name,
-                    "detour.target": tr.label, "detour.provider": tr.target.provider,
-                    "detour.model": tr.target.model, "detour.attempt": ctx.attempts + 1,
-                    "detour.target_try": d.attempt, "detour.reason": d.reason})
+    if d.index in t.attempts:
+        _end_attempt(t, d.index, "abandoned", None, "")
+    t.attempts[d.index] = _start_attempt(ctx, t, tr, d.reason, d.attempt, ctx.attempts + 1,
+                                         time.time_ns() + int(d.delay * 1e9))  # after the backoff
 
 
-def end_attempt(ctx: RequestContext, outcome: Outcome | None, result: str) -> None:
+def end_attempt(ctx: RequestContext, tr: TargetRuntime, outcome: Outcome | None, result: str) -> None:
     t = ctx.trace
-    if t is None or t.attempt is None:
+    if t is None:
         return
-    _end_attempt(t, result, outcome.status if outcome is not None else None,
+    if tr.index not in t.attempts:
+        if _tracer is None:
+            return
+        # Not seen starting (a hedge): open it now, back-dated by the attempt's duration.
+        dur = outcome.duration if outcome is not None and outcome.duration is not None else 0.0
+        t.attempts[tr.index] = _start_attempt(ctx, t, tr, "hedge", None, ctx.attempts,
+                                              time.time_ns() - int(dur * 1e9))
+    _end_attempt(t, tr.index, result, outcome.status if outcome is not None else None,
                  outcome.error_class if outcome is not None else "")
 
 
-def _end_attempt(t: RequestTrace, result: str, status: int | None, error_class: str) -> None:
-    span, t.attempt = t.attempt, None
+def _start_attempt(ctx: RequestContext, t: RequestTrace, tr: TargetRuntime, reason: str,
+                   target_try: int | None, number: int, start_ns: int) -> Any:
+    attrs = {"detour.request_id": ctx.request_id, "detour.route": ctx.route.route.name,
+             "detour.target": tr.label, "detour.provider": tr.target.provider,
+             "detour.model": tr.target.model, "detour.attempt": number, "detour.reason": reason}
+    if target_try is not None:
+        attrs["detour.target_try"] = target_try
+    return _tracer.start_span("detour attempt", context=t.context, kind=_api.SpanKind.CLIENT,
+                              start_time=start_ns, attributes=attrs)
+
+
+def _end_attempt(t: RequestTrace, index: int, result: str, status: int | None, error_class: str) -> None:
+    span = t.attempts.pop(index)
     span.set_attribute("detour.result", result)
     if status is not None:
         span.set_attribute("http.response.status_code", status)

@@ -63,7 +63,10 @@ def check_rate_headers(tr: TargetRuntime, headers: Any, now: float) -> float | N
             break
     if not hit:
         return None
-    info = prov.adapter.rate_limits(headers)
+    try:
+        info = prov.adapter.rate_limits(headers)
+    except (ValueError, TypeError, OverflowError):  # a provider's odd header must not fail the call
+        return None
     if info is None:
         return None
     resets = []

@@ -67,6 +67,7 @@ class ProxyProcess:
     def __init__(self, config_path: pathlib.Path, *extra: str, env: dict[str, str] | None = None,
                  log_path: pathlib.Path | None = None) -> None:
         self.port = free_port()
+        self.config_path = config_path
         self.log_path = log_path or config_path.with_name(f"proxy-{self.port}.log")
         self._log = open(self.log_path, "w")
         full_env = dict(os.environ)

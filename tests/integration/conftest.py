@@ -6,39 +6,26 @@ import pytest
 
 from support import Sim
 
+SIMS = {"primary": "openai", "secondary": "openai", "azure": "openai", "anthropic": "anthropic"}
+
 
 @pytest.fixture(scope="session")
 def sims():
-    started = {
-        "primary": Sim("primary"),
-        "secondary": Sim("secondary"),
-        "azure": Sim("azure"),
-        "anthropic": Sim("anthropic", "anthropic"),
-    }
+    started = {name: Sim(name, flavor) for name, flavor in SIMS.items()}
     yield started
     for s in started.values():
         s.stop()
 
 
-@pytest.fixture()
-def primary(sims):
-    sims["primary"].reset()
-    return sims["primary"]
+def _fresh(name: str):
+    @pytest.fixture()
+    def fixture(sims):
+        sims[name].reset()
+        return sims[name]
+    return fixture
 
 
-@pytest.fixture()
-def secondary(sims):
-    sims["secondary"].reset()
-    return sims["secondary"]
-
-
-@pytest.fixture()
-def azure(sims):
-    sims["azure"].reset()
-    return sims["azure"]
-
-
-@pytest.fixture()
-def anthropic_sim(sims):
-    sims["anthropic"].reset()
-    return sims["anthropic"]
+primary = _fresh("primary")
+secondary = _fresh("secondary")
+azure = _fresh("azure")
+anthropic_sim = _fresh("anthropic")

@@ -28,6 +28,7 @@ FAMILIES = {
     "detour_retries": ("counter", {"route", "provider", "reason"}),
     "detour_fallbacks": ("counter", {"route", "from_provider", "to_provider"}),
     "detour_forced_attempts": ("counter", {"route", "provider"}),
+    "detour_hedges": ("counter", {"route"}),
     "detour_retry_budget_rejections": ("counter", {"route"}),
     "detour_breaker_state": ("gauge", {"provider", "model"}),
     "detour_breaker_transitions": ("counter", {"provider", "model", "to"}),
@@ -39,6 +40,8 @@ FAMILIES = {
     "detour_shared_health_publish": ("counter", {"result"}),
     "detour_shared_health_merges": ("counter", set()),
     "detour_shared_health_api_available": ("gauge", set()),
+    "detour_shared_health_peers": ("gauge", set()),
+    "detour_shared_health_ignored": ("counter", {"reason"}),
 }
 
 
@@ -264,7 +267,7 @@ def test_label_values_are_config_names_and_enums_only(primary, secondary):
     config_names = {"chat", "primary", "secondary", "gpt-4o-mini", "llama-3-8b"}
     enums = {"success", "upstream_error", "client_error", "cancelled", "http_4xx", "http_429", "http_5xx",
              "connect", "timeout", "stream", "prompt", "completion", "closed", "half-open", "open",
-             "error", "ok", "failed", "invalid"}
+             "error", "stale", "invalid"}
     for (_, labels) in s:
         for key, value in labels:
             if key == "le":

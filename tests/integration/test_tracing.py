@@ -77,6 +77,23 @@ def test_spans_per_request_and_attempt_with_route_and_target(spans, primary, sec
         assert secret not in dump, f"{secret!r} in spans"
 
 
+def test_hedged_attempts_get_spans_too(spans, primary, secondary):
+    primary.faults(latency=1.0)                # slow: a hedge goes to the secondary and wins
+    with ProxyServer(two_provider_config(primary, secondary, hedge={"after": "100ms"})) as proxy:
+        r = httpx.post(proxy.v1 + "/chat/completions", json=chat_body(), timeout=10,
+                       headers={"x-request-id": "req-hedge"})
+        assert r.status_code == 200 and r.headers["x-detour-target"] == "secondary/llama-3-8b"
+    finished = spans.get_finished_spans()
+    req = next(s for s in finished if s.name == "detour chat")
+    mine = {a.attributes["detour.target"]: a for a in finished
+            if a.name == "detour attempt" and a.parent.span_id == req.context.span_id}
+    assert set(mine) == {"primary/gpt-4o-mini", "secondary/llama-3-8b"}
+    assert mine["secondary/llama-3-8b"].attributes["detour.reason"] == "hedge"
+    assert mine["secondary/llama-3-8b"].attributes["detour.result"] == "success"
+    assert mine["primary/gpt-4o-mini"].attributes["detour.result"] == "cancelled"   # lost the race
+    assert mine["secondary/llama-3-8b"].start_time >= mine["primary/gpt-4o-mini"].start_time
+
+
 def test_no_spans_after_disable(spans, primary, secondary):
     tracing.disable()
     with ProxyServer(two_provider_config(primary, secondary)) as proxy:

@@ -47,6 +47,17 @@ def test_60_rpm_target_gets_exactly_60_a_minute_and_the_rest_fall_back(primary, 
     assert secondary.requests() == 31
 
 
+def test_token_limit_estimates_then_corrects_from_usage(primary, secondary):
+    cfg = two_provider_config(primary, secondary)
+    cfg["routes"][0]["targets"][0]["limits"] = {"tokensPerMinute": 1000}
+    # ~2.4 kB body (estimated ~600 tokens) whose usage says 100 prompt + 8 completion tokens
+    body = {"text": "x" * 400, "user": "u" * 2000}
+    with ProxyServer(cfg, clock=FakeClock(0.0)) as proxy, httpx.Client(base_url=proxy.url, timeout=10) as c:
+        served = [post(c, **body).headers["x-detour-target"] for _ in range(14)]
+    # estimates alone would stop after 2 requests; corrected to 108 each, 10 fit (10 x 108 >= 1000)
+    assert served == ["primary/gpt-4o-mini"] * 10 + ["secondary/llama-3-8b"] * 4
+
+
 def test_sharedhealth_replicas_split_the_limit(primary, secondary):
     cfg = two_provider_config(primary, secondary)
     cfg["routes"][0]["targets"][0]["limits"] = {"requestsPerMinute": 30}

@@ -8,7 +8,7 @@ any sliding minute" holds exactly (it may admit slightly fewer, never more):
 - Events are kept in a short log of coalesced entries `[start, last, count]`. An event joins
   the newest entry when it is less than `granularity` after that entry's start; an entry
   leaves the window at `last + window`, i.e. no earlier than any event it holds. Memory is
-  bounded by `window / granularity` entries whatever the traffic.
+  bounded by `(window + slack) / granularity` entries whatever the traffic.
 - Requests are counted when a target admits an attempt (`note_request`). Tokens are
   reserved before the call from an estimate of the prompt (`reserve`) and corrected from
   the provider's `usage` once known (`Reservation.settle`); the correction is applied to
@@ -52,61 +52,91 @@ def estimate_tokens(size_bytes: int) -> int:
 
 
 class UsageLog:
-    """A sum of counts over the last `window` seconds, never under-counting."""
+    """A sum of counts over the last `window` seconds, never under-counting.
 
-    __slots__ = ("window", "granularity", "_entries", "_total")
+    Queries need not be monotonic: the planner checks a retry at its planned start
+    (`now + delay`) and then other requests at `now`. So an entry is only dropped once it
+    has been out of the window for `slack` more seconds; in between, a cursor marks the
+    prefix of entries that are expired at the last queried time and moves either way.
+    """
 
-    def __init__(self, window: float = WINDOW, granularity: float = GRANULARITY) -> None:
+    __slots__ = ("window", "granularity", "slack", "_entries", "_sum", "_cut", "_cut_sum",
+                 "_horizon")
+
+    def __init__(self, window: float = WINDOW, granularity: float = GRANULARITY,
+                 slack: float | None = None) -> None:
         self.window = float(window)
         self.granularity = float(granularity)
-        self._entries: deque[list[float]] = deque()  # [start, last, count]
-        self._total = 0.0
+        self.slack = self.window if slack is None else float(slack)
+        self._entries: deque[list[float]] = deque()  # [start, last, count]; `last` increases
+        self._sum = 0.0        # counts of every entry kept
+        self._cut = 0          # entries[:_cut] are out of the window at `_horizon`...
+        self._cut_sum = 0.0    # ...and hold this much
+        self._horizon = -math.inf
 
-    def _prune(self, now: float) -> None:
+    def _seek(self, now: float) -> None:
         entries = self._entries
         horizon = now - self.window
-        while entries and entries[0][1] <= horizon:
-            self._total -= entries.popleft()[2]
+        drop = horizon - self.slack
+        while entries and entries[0][1] <= drop:
+            c = entries.popleft()[2]
+            self._sum -= c
+            if self._cut > 0:
+                self._cut -= 1
+                self._cut_sum -= c
         if not entries:
-            self._total = 0.0  # no float drift when empty
+            self._sum = self._cut_sum = 0.0  # no float drift when empty
+            self._cut = 0
+        cut = self._cut
+        while cut < len(entries) and entries[cut][1] <= horizon:
+            self._cut_sum += entries[cut][2]
+            cut += 1
+        while cut > 0 and entries[cut - 1][1] > horizon:
+            cut -= 1
+            self._cut_sum -= entries[cut][2]
+        self._cut = cut
+        self._horizon = horizon
 
     def add(self, now: float, count: float) -> list[float]:
         """Count `count` at `now`; returns the entry holding it (for a later correction)."""
-        self._prune(now)
+        self._seek(now)
         entries = self._entries
-        if entries and now - entries[-1][0] < self.granularity:
+        if len(entries) > self._cut and now - entries[-1][0] < self.granularity:
             entry = entries[-1]
             entry[1] = max(entry[1], now)
             entry[2] += count
         else:
             entry = [now, now, count]
             entries.append(entry)
-        self._total += count
+        self._sum += count
         return entry
 
     def adjust(self, entry: list[float], delta: float) -> None:
-        """Correct a count added earlier; a no-op if its entry already left the window."""
-        if delta == 0:
+        """Correct a count added earlier; a no-op once its entry was dropped."""
+        if delta == 0 or not self._entries or entry[1] < self._entries[0][1]:
             return
-        if self._entries and self._entries[0][1] <= entry[1]:  # still in the log
-            new = max(0.0, entry[2] + delta)
-            self._total += new - entry[2]
-            entry[2] = new
+        new = max(0.0, entry[2] + delta)
+        d = new - entry[2]
+        entry[2] = new
+        self._sum += d
+        if entry[1] <= self._horizon:  # inside the expired prefix
+            self._cut_sum += d
 
     def total(self, now: float) -> float:
-        self._prune(now)
-        return max(0.0, self._total)
+        self._seek(now)
+        return max(0.0, self._sum - self._cut_sum)
 
     def free_at(self, now: float, limit: float) -> float:
         """The earliest time at which the total drops below `limit` (`now` if it is already)."""
-        self._prune(now)
-        excess = self._total - limit
+        self._seek(now)
+        excess = self._sum - self._cut_sum - limit
         if excess < 0:
             return now
-        for start, last, count in self._entries:
-            excess -= count
+        entries = self._entries
+        for i in range(self._cut, len(entries)):
+            excess -= entries[i][2]
             if excess < 0:
-                return last + self.window
+                return entries[i][1] + self.window
         return now  # unreachable unless counts are zero
 
     def __len__(self) -> int:
