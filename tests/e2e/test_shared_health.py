@@ -206,7 +206,8 @@ def test_outage_seen_by_one_pod_reaches_the_others_recovers_and_a_silent_peer_is
     waited = time.monotonic() - t_stop
     print(f"frozen pod 3 ignored by pods 1-2 after {waited:.2f}s (3 heartbeats = {3 * HEARTBEAT}s)")
     # Its last publish was at most one heartbeat before the freeze: not dropped before 3 lapsed.
-    assert waited >= 2 * HEARTBEAT - 0.1, "a peer must not be dropped before its heartbeats lapse"
+    # (the exact 3-heartbeat rule is unit-tested; here only: not dropped at the first missed beat)
+    assert waited >= 1.5 * HEARTBEAT, "a peer must not be dropped before its heartbeats lapse"
 
     # A late write carrying pod 3's stale timestamp and an open A: ignored (checked by the counter,
     # then by the traffic still reaching A); the same claim with a fresh timestamp is imported.
