@@ -236,8 +236,11 @@ def failure_reply(ctx: RequestContext, give_up: GiveUp, last_err: UpstreamError 
                                and not any(map(route.embeddings_eligible, range(len(route.targets))))):
             msg = ctx.unsupported or f"No target of route '{ctx.route.route.name}' can serve {ctx.kind} requests."
             return Reply(400, headers, error_body(msg, "invalid_request_error", "unsupported_by_route"))
-        msg = f"Route '{ctx.route.route.name}' deadline passed before any attempt could start."
-        return Reply(504, headers, error_body(msg, "upstream_error", "deadline_exceeded"))
+        if give_up.reason == "deadline":
+            msg = f"Route '{route.route.name}' deadline passed before any attempt could start."
+            return Reply(504, headers, error_body(msg, "upstream_error", "deadline_exceeded"))
+        msg = f"No target of route '{route.route.name}' can take a request right now (limits or cooldowns)."
+        return Reply(503, headers, error_body(msg, "upstream_error", "no_target_available"))
     status = last_err.status if last_err is not None else 502
     if give_up.reason == "deadline" and (last_err is None or last_err.type == "timeout"):
         status = 504

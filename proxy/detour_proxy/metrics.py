@@ -38,7 +38,7 @@ class Metrics:
         self.streams_cut = Counter("detour_streams_cut", "Streams ended with an error event after tokens were delivered.", ["route", "provider"], registry=r)
         self.continuations = Counter("detour_stream_continuations", "Streams continued on another target after a mid-stream failure.", ["route", "from_provider", "to_provider"], registry=r)
         self.tokens = Counter("detour_tokens", "Tokens reported by providers' usage.", ["route", "provider", "direction"], registry=r)
-        self.config_reloads = Counter("detour_config_reloads", "Config reloads by result.", ["result"], registry=r)
+        self.config_reloads = Counter("detour_config_reload", "Config reloads by result.", ["result"], registry=r)
         self.config_info = Gauge("detour_config_info", "The active config (value 1, hash as label).", ["hash"], registry=r)
         self.shared_publish = Counter("detour_shared_health_publish", "Health annotation publishes by result.", ["result"], registry=r)
         self.shared_merge = Counter("detour_shared_health_merges", "Peer health entries merged into local state.", [], registry=r)

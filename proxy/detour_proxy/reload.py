@@ -16,7 +16,7 @@ finish on it; health, breakers and latency statistics live in the long-lived `He
 keyed by (provider, model, baseURL), so targets whose identity did not change keep them.
 A config that parses to the same effective config (same hash) is not re-installed.
 
-An invalid config is refused: the old gateway keeps serving, `detour_config_reloads{result=
+An invalid config is refused: the old gateway keeps serving, `detour_config_reload{result=
 "error"}` counts it, one log line says why (field paths and messages only, never values), and
 `state.reload_error` shows it in `/readyz`, which stays 200. The next valid write clears it.
 

@@ -333,9 +333,14 @@ class SharedHealthService:
             self._update_peer_gauge()
 
     def _update_peer_gauge(self) -> None:
+        fresh = len(self.peers.fresh(self._wall()))
         gauge = getattr(self.state.metrics, "shared_peers", None)
         if gauge is not None:
-            gauge.set(len(self.peers.fresh(self._wall())))
+            gauge.set(fresh)
+        # Per-target limits are split across the replicas we can see (this pod + fresh peers).
+        registry = self.state.registry
+        if registry is not None:
+            registry.set_peer_count(fresh + 1 if fresh else None)
 
     # -- watching peers ----------------------------------------------------------------------
     async def _watch_loop(self, s: SharedHealthSettings) -> None:

@@ -41,9 +41,14 @@ def test_chart_metadata_and_crds_are_loaded_by_helm() -> None:
         assert chart.schema is not None, "values.schema.json must ship with the chart"
         crds = chart.crds
     # helm installs crds/ before the templates; they are never templated.
+    groups = set()
     for crd in crds:
         doc = yaml.safe_load(crd["data"])
-        assert doc["kind"] == "CustomResourceDefinition" and doc["spec"]["group"] == "detour.dev"
+        assert doc["kind"] == "CustomResourceDefinition"
+        groups.add((doc["spec"]["group"], doc["spec"]["names"]["plural"]))
+    # Detour's two kinds, plus kopf's peering kinds for multi-replica operators.
+    assert groups == {("detour.dev", "llmproviders"), ("detour.dev", "routingpolicies"),
+                      ("kopf.dev", "kopfpeerings"), ("kopf.dev", "clusterkopfpeerings")}
 
 
 # ---------------------------------------------------------------------------------------------

@@ -133,8 +133,8 @@ async def test_rewrites_under_200_rps_drop_nothing_and_switch_within_2s(tmp_path
         # Once the new route answered, nothing started later went to the old one.
         assert all(r.target == f"secondary/{MODEL}" for r in results if hit1.done < r.sent < t2)
         assert all(r.target == f"third/{MODEL}" for r in results if r.sent > hit2.done)
-        assert proxy.metric("detour_config_reloads_total", result="success") == 2
-        assert proxy.metric("detour_config_reloads_total", result="error") == 0
+        assert proxy.metric("detour_config_reload_total", result="success") == 2
+        assert proxy.metric("detour_config_reload_total", result="error") == 0
         ready = proxy.readyz().json()
         assert ready["status"] == "ready" and proxy.metric("detour_config_info", hash=ready["configHash"]) == 1
         print(f"\nreload under load: {len(results)} requests at {len(results) / span:.0f} req/s, "
@@ -152,7 +152,7 @@ def test_invalid_rewrite_is_refused_old_config_serves_and_readyz_says_why(tmp_pa
         bad = config(three, "nobody", secret="sk-LEAKED-123")          # unknown provider
         write_atomic(path, bad)
         deadline = time.monotonic() + 3
-        while proxy.metric("detour_config_reloads_total", result="error") < 1:
+        while proxy.metric("detour_config_reload_total", result="error") < 1:
             assert time.monotonic() < deadline, "invalid config not noticed within 3s"
             time.sleep(0.05)
         r = proxy.chat()
@@ -165,14 +165,14 @@ def test_invalid_rewrite_is_refused_old_config_serves_and_readyz_says_why(tmp_pa
         # Not YAML at all, with a key pasted in it: refused, and the key is not echoed.
         write_atomic(path, "providers: [\n  {name: x, apiKey: sk-LEAKED-456\n routes: ]]")
         deadline = time.monotonic() + 3
-        while proxy.metric("detour_config_reloads_total", result="error") < 2:
+        while proxy.metric("detour_config_reload_total", result="error") < 2:
             assert time.monotonic() < deadline, "second invalid config not noticed within 3s"
             time.sleep(0.05)
         log = proxy.log()
         refusals = [line for line in log.splitlines() if "config reload refused" in line]
         assert len(refusals) == 2 and "unknown providers" in refusals[0], log
         assert "sk-LEAKED" not in log and "sk-LEAKED" not in proxy.readyz().text
-        assert proxy.metric("detour_config_reloads_total", result="success") == 0
+        assert proxy.metric("detour_config_reload_total", result="success") == 0
         # A valid write clears the error.
         write_atomic(path, config(three, "secondary"))
         deadline = time.monotonic() + 3
@@ -200,7 +200,7 @@ def test_sighup_forces_a_reload_with_watching_disabled(tmp_path, three):
         while proxy.chat().headers["x-detour-target"] != f"secondary/{MODEL}":
             assert time.monotonic() < deadline, "SIGHUP did not reload within 2s"
             time.sleep(0.02)
-        assert proxy.metric("detour_config_reloads_total", result="success") == 1
+        assert proxy.metric("detour_config_reload_total", result="success") == 1
         assert proxy.proc.poll() is None, "SIGHUP must not stop the proxy"
         assert '"SIGHUP: reloading' in proxy.log()
     finally:

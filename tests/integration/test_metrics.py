@@ -35,7 +35,7 @@ FAMILIES = {
     "detour_streams_cut": ("counter", {"route", "provider"}),
     "detour_stream_continuations": ("counter", {"route", "from_provider", "to_provider"}),
     "detour_tokens": ("counter", {"route", "provider", "direction"}),
-    "detour_config_reloads": ("counter", {"result"}),
+    "detour_config_reload": ("counter", {"result"}),
     "detour_config_info": ("gauge", {"hash"}),
     "detour_shared_health_publish": ("counter", {"result"}),
     "detour_shared_health_merges": ("counter", set()),
