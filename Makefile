@@ -38,7 +38,7 @@ crds: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/run.py
 
-# Long versions of every resilience scenario (30 s outages/storms, 100k-request soak); ~10 min.
+# Long versions of every resilience scenario (30 s outages/storms, 100k-request soak); ~5 min on 2 cores.
 soak: $(STAMP)
 	DETOUR_SOAK=1 $(BIN)/python -m pytest -q -s -p no:cacheprovider tests/resilience
 

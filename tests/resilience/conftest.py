@@ -9,7 +9,7 @@ from support import Sim
 
 @pytest.fixture(scope="session")
 def res_sims():
-    started = {"a": Sim("res-a"), "b": Sim("res-b"), "c": Sim("res-c")}
+    started = {"a": Sim("res-a"), "b": Sim("res-b")}
     yield started
     for s in started.values():
         s.stop()
@@ -28,8 +28,3 @@ def sim_a(res_sims):
 @pytest.fixture()
 def sim_b(res_sims):
     return _fresh(res_sims["b"])
-
-
-@pytest.fixture()
-def sim_c(res_sims):
-    return _fresh(res_sims["c"])

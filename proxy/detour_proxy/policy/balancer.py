@@ -62,26 +62,32 @@ def _priority(route: config.Route, cands: list[int], rng: random.Random) -> list
 def _latency(route: config.Route, states: Sequence[TargetState], cands: list[int],
              now: float, rng: random.Random) -> list[int]:
     weights = [t.weight for t in route.targets]
+    # Unmeasured or stale estimates count as best, so they are explored (see LATENCY_STALE_FRACTION).
+    est = {i: states[i].latency_estimate(now) for i in cands}
 
     def by_ewma(idx: list[int]) -> list[int]:
-        return sorted(idx, key=lambda i: (states[i].ewma_latency is not None,
-                                          states[i].ewma_latency or 0.0, i))
+        return sorted(idx, key=lambda i: (est[i] is not None, est[i] or 0.0, i))
 
     admissible = [i for i in cands if states[i].admits(now)]
     rest = [i for i in cands if i not in admissible]
     pool = admissible or cands
     if not admissible:
         rest = []
-    known = [i for i in pool if states[i].ewma_latency is not None]
-    unknown = [i for i in pool if states[i].ewma_latency is None]
+    known = [i for i in pool if est[i] is not None]
+    # Exploration is one request at a time: an unmeasured target with a request in flight waits
+    # for that sample instead of taking a share of traffic (a brownout costs one slow call).
+    unknown = [i for i in pool if est[i] is None and states[i].in_flight == 0]
+    probing = [i for i in pool if est[i] is None and states[i].in_flight > 0]
     band = list(unknown)
     if known:
-        best = min(states[i].ewma_latency for i in known)  # type: ignore[type-var]
+        best = min(est[i] for i in known)  # type: ignore[type-var]
         limit = best * (1.0 + route.latency_tolerance)
-        band += [i for i in known if states[i].ewma_latency <= limit]  # type: ignore[operator]
+        band += [i for i in known if est[i] <= limit]  # type: ignore[operator]
     band.sort()
+    if not band:
+        band, probing = probing, []
     slower = [i for i in known if i not in band]
-    return weighted_order(band, weights, rng) + by_ewma(slower) + by_ewma(rest)
+    return weighted_order(band, weights, rng) + by_ewma(slower) + probing + by_ewma(rest)
 
 
 def _least_busy(route: config.Route, states: Sequence[TargetState], cands: list[int],

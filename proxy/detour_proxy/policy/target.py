@@ -26,6 +26,11 @@ __all__ = ["TargetKey", "TargetSnapshot", "TargetState", "HealthRegistry", "EWMA
 
 #: Weight of the newest sample in the latency EWMA: reacts within a few calls, smooths noise.
 EWMA_ALPHA = 0.3
+#: A latency estimate older than this share of the health window is stale: the balancer treats
+#: the target as unmeasured (explores it again) and the next sample replaces, not blends, the
+#: old value. Without this, a target pushed out of the latency band by a brownout would never
+#: be sent another request and so could never be seen to recover.
+LATENCY_STALE_FRACTION = 1 / 6
 #: Statuses whose Retry-After means "leave me alone until then" even if the breaker stays closed.
 SIDELINE_STATUSES = frozenset({429, 503})
 
@@ -80,7 +85,7 @@ class TargetState:
     """Health and admission of one target. Every method takes `now`; nothing reads a clock."""
 
     __slots__ = ("key", "health", "_window", "_breaker", "_consecutive", "in_flight",
-                 "ewma_latency", "_sideline_until", "last_error", "limiter")
+                 "ewma_latency", "_latency_at", "_sideline_until", "last_error", "limiter")
 
     def __init__(self, key: TargetKey, health: config.Health,
                  on_transition: TransitionCallback | None = None) -> None:
@@ -95,6 +100,7 @@ class TargetState:
         self._consecutive = 0
         self.in_flight = 0
         self.ewma_latency: float | None = None
+        self._latency_at = -math.inf
         self._sideline_until = -math.inf
         self.last_error: tuple[str, float] | None = None
         #: Client-side rate limits (`Target.limits`); None = unlimited (the usual case).
@@ -219,11 +225,18 @@ class TargetState:
         latency = outcome.latency
         return rule is not None and latency is not None and latency > rule.threshold
 
-    def _observe_latency(self, latency: float | None) -> None:
+    def _observe_latency(self, latency: float | None, now: float) -> None:
         if latency is None:
             return
-        e = self.ewma_latency
+        e = self.latency_estimate(now)
         self.ewma_latency = latency if e is None else EWMA_ALPHA * latency + (1 - EWMA_ALPHA) * e
+        self._latency_at = now
+
+    def latency_estimate(self, now: float) -> float | None:
+        """The EWMA of latency, or None when there is no sample or the last one is stale."""
+        if now - self._latency_at > self.health.window * LATENCY_STALE_FRACTION:
+            return None
+        return self.ewma_latency
 
     def _should_trip(self, now: float) -> bool:
         b = self.health.breaker
@@ -260,7 +273,7 @@ class TargetState:
         if outcome.ok:
             self._window.add(now, 1, 0, int(slow))
             self._consecutive = 0
-            self._observe_latency(outcome.latency)
+            self._observe_latency(outcome.latency, now)
             if probe:
                 if slow:
                     self._breaker.probe_failed(now)
@@ -277,7 +290,7 @@ class TargetState:
         self.last_error = (outcome.error_class, now)
         if outcome.kind is OutcomeKind.TIMEOUT:
             # A timeout is a latency signal too; a fast 503 is not (it would flatter the target).
-            self._observe_latency(outcome.latency)
+            self._observe_latency(outcome.latency, now)
         hold = None
         if outcome.retry_after is not None and outcome.retry_after > 0:
             hold = now + min(outcome.retry_after, self.health.breaker.max_cooldown)

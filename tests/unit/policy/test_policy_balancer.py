@@ -56,9 +56,12 @@ def test_weighted_distribution_follows_weights():
     assert all(order_targets(r, states(r), 0.0, rng)[-1] == 3 for _ in range(100))
 
 
-def _set_ewma(sts, values):
+def _set_ewma(sts, values, at: float = 0.0):
+    """Give each target one latency sample at time `at` (None: never measured)."""
     for st, v in zip(sts, values):
-        st.ewma_latency = v
+        if v is not None:
+            assert st.try_acquire(at)
+            st.record(Outcome.success(duration=v), at)
 
 
 def test_latency_band_shares_traffic():
@@ -99,6 +102,22 @@ def test_latency_band_ignores_targets_that_do_not_admit():
     assert c[1] / N == pytest.approx(0.5, abs=0.03)
     rng = random.Random(4)
     assert all(order_targets(r, sts, 1.0, rng)[-1] == 0 for _ in range(50))
+
+
+def test_latency_stale_estimates_are_explored_again_and_refreshed_not_blended():
+    """A target pushed out of the band by a brownout is retried once its estimate is stale."""
+    r = route("latency", {}, {})
+    sts = states(r)                     # health window 60 s: estimates are stale after 10 s
+    _set_ewma(sts, [0.03, 3.0])
+    assert firsts(r, sts, now=5.0)[1] == 0
+    _set_ewma(sts[:1], [0.03], at=9.0)  # the fast target keeps being measured; the slow one is not
+    c = firsts(r, sts, now=12.0)
+    assert c[1] / N == pytest.approx(0.5, abs=0.03)
+    assert sts[1].try_acquire(12.0)      # one exploring request in flight: no more until it answers
+    assert firsts(r, sts, now=12.0)[1] == 0
+    sts[1].release(12.0)
+    _set_ewma(sts[1:], [0.03], at=12.0)  # the recovered target's first new sample replaces 3.0
+    assert sts[1].latency_estimate(12.0) == pytest.approx(0.03)
 
 
 def test_least_busy_power_of_two_prefers_less_busy():
