@@ -11,7 +11,7 @@ import fnmatch
 import hashlib
 from enum import Enum
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import orjson
 import yaml

@@ -108,3 +108,27 @@ def find(docs: list[dict[str, Any]], kind: str, name: str | None = None) -> dict
 
 def kinds(docs: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
     return [d for d in docs if d["kind"] == kind]
+
+
+def find_container(deploy: dict[str, Any], name: str) -> dict[str, Any]:
+    containers = deploy["spec"]["template"]["spec"]["containers"]
+    return next(c for c in containers if c["name"] == name)
+
+
+def named_port(container: dict[str, Any], port: int | str) -> int:
+    if isinstance(port, int):
+        return port
+    return next(p["containerPort"] for p in container["ports"] if p["name"] == port)
+
+
+def assert_restricted(pod_spec: dict[str, Any], container: dict[str, Any]) -> None:
+    psc, csc = pod_spec["securityContext"], container["securityContext"]
+    assert psc["runAsNonRoot"] is True and psc["runAsUser"] == 10001 and psc["runAsUser"] != 0
+    assert psc["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert csc["runAsNonRoot"] is True
+    assert csc["readOnlyRootFilesystem"] is True
+    assert csc["allowPrivilegeEscalation"] is False
+    assert csc["privileged"] is False
+    assert csc["capabilities"] == {"drop": ["ALL"]}
+    assert csc["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert "hostNetwork" not in pod_spec and "hostPID" not in pod_spec

@@ -57,7 +57,7 @@ def test_errors_name_the_field_and_reason(patch, field):
         parse_config(ISSUE_EXAMPLE.replace(patch, field))
     msg = str(exc.value)
     key = field.split(":")[0]
-    assert f"routes[0]." in msg and key in msg
+    assert "routes[0]." in msg and key in msg
 
 
 def test_unknown_provider_reference_is_refused():
