@@ -151,3 +151,27 @@ def two_provider_config(primary: Sim, secondary: Sim, **route_overrides: Any) ->
                                                  "maxCooldown": "5m", "halfOpenProbes": 1}},
         "retryBudget": {"ratio": 0.5, "minPerSecond": 100},
     }
+
+
+def wait_until(predicate: Any, timeout: float, what: str, interval: float = 0.02) -> Any:
+    """Poll `predicate` until it returns something truthy (bounded); for state with no event to await."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = predicate()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
+
+
+async def poll(predicate: Any, timeout: float, what: str, interval: float = 0.02) -> Any:
+    """`wait_until` for async tests: yields to the loop between checks."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = predicate()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
+        await asyncio.sleep(interval)

@@ -27,6 +27,7 @@ import yaml
 from detour_proxy.shared_health_codec import format_time, endpoint_id
 from e2e.proxyproc import ProxyProcess, write_atomic
 from k8s_emulator import K8sEmulator, api_requests, create_pod, pod_annotation
+from support import wait_until
 
 NS = "default"
 LABELS = {"app.kubernetes.io/component": "proxy", "app.kubernetes.io/name": "detour"}
@@ -55,15 +56,6 @@ def config(sim_a, sim_b, *, fail_a: bool) -> dict[str, Any]:
     }
 
 
-def wait_until(predicate, timeout: float, what: str, interval: float = 0.02):
-    deadline = time.monotonic() + timeout
-    while True:
-        result = predicate()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(interval)
 
 
 class Traffic:

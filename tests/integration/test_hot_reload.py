@@ -23,7 +23,7 @@ from aiohttp import web
 from detour_proxy import services
 from detour_proxy.policy import BreakerState, TargetKey
 from e2e.proxyproc import K8sVolume, ProxyProcess, write_atomic
-from support import ProxyServer
+from support import ProxyServer, poll
 
 MODEL = "gpt-4o-mini"
 
@@ -50,15 +50,6 @@ def dump(cfg: dict) -> str:
     return yaml.safe_dump(cfg, sort_keys=False)
 
 
-async def poll(predicate, timeout: float, what: str, interval: float = 0.02):
-    deadline = time.monotonic() + timeout
-    while True:
-        result = predicate()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
-        await asyncio.sleep(interval)
 
 
 @dataclass

@@ -15,9 +15,9 @@ from ..config import ContinuationMode, Provider
 from .anthropic_request import to_anthropic
 from .anthropic_response import AnthropicStreamDecoder, from_anthropic
 from .base import (
-    ContinuationUnsupported, Headers, RateLimitInfo, UnsupportedRequest, UpstreamError, UpstreamRequest,
+    ContinuationUnsupported, Headers, UnsupportedRequest, UpstreamRequest,
 )
-from .errors import normalize_error, parse_rate_limits
+from .errors import NormalizedErrors
 
 __all__ = ["AnthropicAdapter", "DEFAULT_ANTHROPIC_VERSION"]
 
@@ -26,7 +26,7 @@ DEFAULT_ANTHROPIC_VERSION = "2023-06-01"
 NO_SAMPLING_VERSION = "2026-10-21"
 
 
-class AnthropicAdapter:
+class AnthropicAdapter(NormalizedErrors):
     label = "anthropic"
 
     def __init__(self, provider: Provider) -> None:
@@ -76,13 +76,6 @@ class AnthropicAdapter:
     def parse_response(self, status: int, headers: Headers, raw: bytes) -> bytes:
         """Raises ValueError if `raw` is not an Anthropic message (treat as a bad upstream reply)."""
         return from_anthropic(raw)
-
-    def parse_error(self, status: int, headers: Headers, raw: bytes, *, api_key: str | None = None,
-                    now: float | None = None) -> UpstreamError:
-        return normalize_error(status, headers, raw, provider=self.label, api_key=api_key, now=now)
-
-    def rate_limits(self, headers: Headers, *, now: float | None = None) -> RateLimitInfo | None:
-        return parse_rate_limits(headers, now)
 
     def stream_decoder(self, include_usage: bool = False, prefix_trim: str = "",
                        model: str = "") -> AnthropicStreamDecoder:

@@ -22,6 +22,7 @@ import orjson
 from .base import Headers, RateLimitInfo, UpstreamError
 
 __all__ = [
+    "NormalizedErrors",
     "normalize_error", "stream_error", "parse_retry_after", "parse_rate_limits",
     "parse_go_duration", "parse_instant", "redact", "status_for_error_type", "lower_headers",
 ]
@@ -256,3 +257,16 @@ def stream_error(error: Any, *, provider: str, default_type: str = "stream_error
     ptype = etype or code or default_type
     message = redact(f"{provider} stream error: {ptype}: {_clip(msg) if msg else '(no error message)'}")
     return UpstreamError(status=status, type=etype or default_type, code=code or etype, message=message)
+
+
+class NormalizedErrors:
+    """`parse_error` and `rate_limits` shared by every adapter: one normalisation for all providers."""
+
+    label: str
+
+    def parse_error(self, status: int, headers: Headers, raw: bytes, *, api_key: str | None = None,
+                    now: float | None = None) -> UpstreamError:
+        return normalize_error(status, headers, raw, provider=self.label, api_key=api_key, now=now)
+
+    def rate_limits(self, headers: Headers, *, now: float | None = None) -> RateLimitInfo | None:
+        return parse_rate_limits(headers, now)

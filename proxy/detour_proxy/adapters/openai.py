@@ -14,10 +14,10 @@ import orjson
 
 from ..config import ContinuationMode, Provider
 from .base import (
-    DONE, ContinuationUnsupported, Headers, RateLimitInfo, SSEParser, StreamEvent,
+    DONE, ContinuationUnsupported, Headers, SSEParser, StreamEvent,
     UpstreamError, UpstreamRequest,
 )
-from .errors import normalize_error, parse_rate_limits, stream_error
+from .errors import NormalizedErrors, stream_error
 
 __all__ = ["OpenAIAdapter", "OpenAIStreamDecoder", "serialize_with"]
 
@@ -44,7 +44,7 @@ def serialize_with(body: dict[str, Any], model: str, stream: bool | None, raw: b
     return orjson.dumps(d)
 
 
-class OpenAIAdapter:
+class OpenAIAdapter(NormalizedErrors):
     """`openai` and `openai-compatible` (vLLM, Ollama, DeepSeek, Mistral, ...)."""
 
     label = "openai"
@@ -119,13 +119,6 @@ class OpenAIAdapter:
     # -- responses --------------------------------------------------------------------------
     def parse_response(self, status: int, headers: Headers, raw: bytes) -> bytes:
         return raw
-
-    def parse_error(self, status: int, headers: Headers, raw: bytes, *, api_key: str | None = None,
-                    now: float | None = None) -> UpstreamError:
-        return normalize_error(status, headers, raw, provider=self.label, api_key=api_key, now=now)
-
-    def rate_limits(self, headers: Headers, *, now: float | None = None) -> RateLimitInfo | None:
-        return parse_rate_limits(headers, now)
 
     def stream_decoder(self, include_usage: bool = False, prefix_trim: str = "",
                        model: str = "") -> OpenAIStreamDecoder:
