@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import re
 import time
-import uuid
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -62,7 +62,7 @@ class OpenAIEndpoints:
         if want_headers or (gw is not None and gw.router.uses_metadata):
             headers = {k: v for k, v in scope["headers"]}
         if request_id is None:
-            request_id = uuid.uuid4().hex
+            request_id = _new_request_id()
         try:
             if gw is None or state.draining:
                 raise not_ready()
@@ -91,7 +91,7 @@ class OpenAIEndpoints:
         rm.in_flight.inc()
         tracing.start_request(ctx)
         task = asyncio.current_task()
-        gone = asyncio.Event()
+        gone = [False]  # set by the watcher when the client disconnected (cheaper than an asyncio.Event)
         watcher = asyncio.get_running_loop().create_task(_watch_disconnect(receive, task, gone))
         outcome = "cancelled"
         status = 499
@@ -114,7 +114,7 @@ class OpenAIEndpoints:
                 await send({"type": "http.response.start", "status": status, "headers": reply.headers})
                 await send({"type": "http.response.body", "body": reply.body, "more_body": False})
         except asyncio.CancelledError:
-            if not gone.is_set():
+            if not gone[0]:
                 raise
             task.uncancel()  # our own cancellation: the client left, nothing more to send
         finally:
@@ -129,12 +129,20 @@ class OpenAIEndpoints:
                  status, started, outcome, kind, stream)
 
 
-async def _watch_disconnect(receive: Any, task: asyncio.Task[Any] | None, gone: asyncio.Event) -> None:
+def _new_request_id() -> str:
+    """A random UUID4 as 32 hex digits, like `uuid.uuid4().hex` at a fraction of its cost."""
+    b = bytearray(os.urandom(16))
+    b[6] = (b[6] & 0x0F) | 0x40   # version 4
+    b[8] = (b[8] & 0x3F) | 0x80   # RFC 4122 variant
+    return b.hex()
+
+
+async def _watch_disconnect(receive: Any, task: asyncio.Task[Any] | None, gone: list[bool]) -> None:
     """Cancel the request's task when the client disconnects (cancelling its upstream call)."""
     while True:
         message = await receive()
         if message["type"] == "http.disconnect":
-            gone.set()
+            gone[0] = True
             if task is not None:
                 task.cancel()
             return
