@@ -62,8 +62,13 @@ def _mark_start(loop: asyncio.AbstractEventLoop, t_start: float) -> list[float]:
     return cpu
 
 
+#: Sent to every target (the rules run routes on them; the others ignore them). Same as post.lua.
+HEADERS = {"Content-Type": "application/json", "Authorization": "Bearer bench-key", "x-team": "bench",
+           "x-detour-metadata": '{"tier":"standard"}'}
+
+
 async def throughput(url: str, body: bytes, conns: int, warmup: float, duration: float) -> dict:
-    headers = {"Content-Type": "application/json", "Authorization": "Bearer bench-key"}
+    headers = dict(HEADERS)
     connector = aiohttp.TCPConnector(limit=conns, force_close=False)
     lat: list[float] = []
     errors = 0
@@ -100,7 +105,7 @@ async def throughput(url: str, body: bytes, conns: int, warmup: float, duration:
 
 
 async def ttft(url: str, body: bytes, conns: int, warmup: float, duration: float) -> dict:
-    headers = {"Content-Type": "application/json", "Authorization": "Bearer bench-key"}
+    headers = dict(HEADERS)
     connector = aiohttp.TCPConnector(limit=conns)
     firsts: list[float] = []
     totals: list[float] = []

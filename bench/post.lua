@@ -6,6 +6,9 @@ wrk.body = f:read("*a")
 f:close()
 wrk.headers["Content-Type"] = "application/json"
 wrk.headers["Authorization"] = "Bearer bench-key"
+-- sent to every target; only the "Detour, rules + limits" run routes on them (bench/run.py RULES)
+wrk.headers["x-team"] = "bench"
+wrk.headers["x-detour-metadata"] = '{"tier":"standard"}'
 
 function done(summary, latency, requests)
   local e = summary.errors

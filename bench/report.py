@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 LABELS = {"direct": "direct to upstream", "passthrough": "raw-ASGI pass-through (ceiling)",
-          "detour": "Detour", "detour-accesslog": "Detour, access log on", "direct-sim": "direct to detour-sim"}
+          "detour": "Detour", "detour-accesslog": "Detour, access log on",
+          "detour-rules": "Detour, header/metadata routes + limits", "direct-sim": "direct to detour-sim"}
 SATURATED = 0.90     # a process/core at or above this share of a core is the bottleneck
 TARGET_SHARE = 0.5
 FOREIGN_MAX = 0.15   # same threshold as run.py   # Detour's goal: at least half the pass-through ceiling
@@ -77,16 +78,19 @@ def render(res: dict) -> str:
                f"{meta['duration_s']:g} s measured, closed loop over keep-alive connections."
                + (" **Quick smoke run: not for publication.**" if meta["quick"] else ""))
     out += ["", "## Throughput (requests/s)", ""]
-    targets = [t for t in ("direct", "passthrough", "detour", "detour-accesslog") if any(c["target"] == t for c in cells)]
+    targets = [t for t in ("direct", "passthrough", "detour", "detour-rules", "detour-accesslog")
+               if any(c["target"] == t for c in cells)]
+    rules = "detour-rules" in targets
     out.append("| workload | conc. | " + " | ".join(LABELS[t] for t in targets)
-               + " | Detour / pass-through | Detour / direct |")
-    out.append("|---|---:|" + "---:|" * len(targets) + "---:|---:|")
+               + " | Detour / pass-through | Detour / direct |" + (" rules / plain Detour |" if rules else ""))
+    out.append("|---|---:|" + "---:|" * len(targets) + "---:|---:|" + ("---:|" if rules else ""))
     for workload in ("non-stream", "stream"):
         for conns in concs:
             row = [_cell(cells, t, workload, conns) for t in targets]
             d, p, t = (_cell(cells, x, workload, conns) for x in ("direct", "passthrough", "detour"))
             out.append(f"| {workload} | {conns} | " + " | ".join(f"{c['rps']:,.0f}" if c else "-" for c in row)
-                       + f" | {_ratio(t, p)} | {_ratio(t, d)} |")
+                       + f" | {_ratio(t, p)} | {_ratio(t, d)} |"
+                       + (f" {_ratio(_cell(cells, 'detour-rules', workload, conns), t)} |" if rules else ""))
     out += ["", "## Latency and CPU", "",
             "Latency of complete responses (the whole stream for streaming). *Server CPU*: CPU time of the "
             "server process / wall time of the measured run; *core 1*: busy share of the load generator + "

@@ -69,6 +69,41 @@ health:
 retryBudget: {{ratio: 0.2, minPerSecond: 5}}
 """
 
+# The "rules + limits" run (issue 7's cost check): two routes whose header / metadata conditions
+# do not hold come first, then the route that serves, which needs a header AND a metadata value
+# (sent by every load generator, see loadgen.HEADERS), and whose targets count requests and
+# tokens against limits far above what the benchmark reaches. So every request pays for
+# matching three compiled routes, parsing `x-detour-metadata`, a sliding-minute request count,
+# a token reservation and its settlement from `usage`.
+RULES = """
+routes:
+  - name: search-team
+    match: {{models: ["{model}"], headers: {{x-team: search}}}}
+    targets: [{{provider: bench, model: {model}}}]
+  - name: premium
+    match: {{models: ["{model}"], metadata: {{tier: premium}}}}
+    targets: [{{provider: bench, model: {model}}}]
+  - name: chat
+    match: {{models: ["{model}", "chat-*"], headers: {{x-team: bench}}, metadata: {{tier: standard}}}}
+    strategy: priority
+    targets:
+      - {{provider: bench, model: {model}, priority: 0, limits: {{requestsPerMinute: 1000000000, tokensPerMinute: 1000000000000}}}}
+      - {{provider: backup, model: {model}, priority: 1, limits: {{requestsPerMinute: 1000000000}}}}
+    retry: {{attempts: 2, backoff: {{initial: 100ms, max: 2s}}, onStatusCodes: [429, 500, 502, 503, 504], respectRetryAfter: true, maxRetryAfter: 10s}}
+    fallbackOnStatusCodes: [401, 403, 404, 408, 429, 500, 502, 503, 504]
+    timeout: 60s
+"""
+
+
+def detour_config(upstream: str, rules: bool) -> str:
+    """The plain config, or the same providers/health/budget with the RULES routes."""
+    plain = CONFIG.format(upstream=upstream, model=MODEL)
+    if not rules:
+        return plain
+    head, rest = plain.split("routes:\n", 1)
+    tail = rest[rest.index("health:"):]
+    return head + RULES.format(model=MODEL).lstrip("\n") + tail
+
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -82,6 +117,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="raw = bench/upstream.py (default), sim = detour-sim")
     p.add_argument("--chunks", type=int, default=4, help="content chunks per upstream stream")
     p.add_argument("--no-access-log-run", action="store_true", help="skip the Detour-with-access-log target")
+    p.add_argument("--no-rules-run", action="store_true",
+                   help="skip the Detour-with-header/metadata-routes-and-limits target")
     p.add_argument("--no-sim-check", action="store_true", help="skip the direct-to-detour-sim comparison")
     p.add_argument("--ttft-duration", type=float, default=5.0, help="seconds of TTFT sampling per target")
     p.add_argument("--ttft-connections", type=int, default=1)
@@ -95,7 +132,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     a = p.parse_args(argv)
     if a.quick:
         a.duration, a.warmup, a.ttft_duration, a.wait_idle, a.retries = 2.0, 0.5, 1.0, 5.0, 0
-        a.no_access_log_run = a.no_sim_check = True
+        a.no_access_log_run = a.no_sim_check = a.no_rules_run = True
     a.concurrency = [int(c) for c in a.concurrency.split(",")]
     if a.loadgen == "auto":
         a.loadgen = "wrk" if shutil.which("wrk") else "python"
@@ -135,9 +172,9 @@ class Bench:
             argv = [PY, str(BENCH / "passthrough.py"), "--upstream", upstream, "--port", str(port)]
         else:
             cfg = self.tmp / "detour.yaml"
-            cfg.write_text(CONFIG.format(upstream=upstream, model=MODEL))
+            cfg.write_text(detour_config(upstream, rules=target == "detour-rules"))
             argv = [PY, "-m", "detour_proxy", "--config", str(cfg), "--port", str(port), "--no-watch"]
-            if target == "detour":
+            if target in ("detour", "detour-rules"):
                 argv.append("--no-access-log")
         proc = self.procs.start(target, argv, self.a.server_core)
         url = f"http://127.0.0.1:{port}"
@@ -241,7 +278,8 @@ class Bench:
     def run(self) -> dict:
         a = self.a
         upstream = self.start_upstream(a.upstream)
-        targets = ["direct", "passthrough", "detour"] + ([] if a.no_access_log_run else ["detour-accesslog"])
+        targets = (["direct", "passthrough", "detour"] + ([] if a.no_rules_run else ["detour-rules"])
+                   + ([] if a.no_access_log_run else ["detour-accesslog"]))
         cells, ttft, memory = [], {}, {}
         for target in targets:
             server, url = (None, upstream) if target == "direct" else self.start_server(target, upstream)
@@ -256,7 +294,7 @@ class Bench:
                           f"server cpu {fmt_pct(cell['server_cpu'])}  core 1 {cell['core_client']:.0%}  "
                           f"others {cell['foreign']:.2f} cores"
                           + (f"  ERRORS {cell['errors']}" if cell["errors"] else ""), flush=True)
-            if target != "detour-accesslog":
+            if target in ("direct", "passthrough", "detour"):
                 ttft[target] = self.ttft(url)
                 print(f"  {target:17} ttft p50 {ttft[target]['ttft_p50_ms']:.3f} ms  "
                       f"p99 {ttft[target]['ttft_p99_ms']:.3f} ms", flush=True)

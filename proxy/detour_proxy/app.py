@@ -12,11 +12,12 @@ from contextlib import asynccontextmanager
 from typing import Any, AsyncIterator, Awaitable, Callable
 
 import orjson
-from fastapi import FastAPI, Response
+from fastapi import FastAPI, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from . import __version__
 from .app_state import AppState
+from .errors import unauthorized
 from .handlers import HOT_PATHS, OpenAIEndpoints
 
 log = logging.getLogger("detour.app")
@@ -71,8 +72,14 @@ def create_app(state: AppState, *, on_startup: list[Hook] | None = None,
         raise RuntimeError("served by the HotPath middleware")
 
     @app.get("/v1/models", tags=["openai"])
-    async def models() -> Response:
+    async def models(request: Request) -> Response:
         gw = state.gateway
+        # The model list is part of the OpenAI surface: with clientAuth it needs a key too.
+        if gw is not None and gw.client_keys is not None and not gw.client_keys.check(
+                request.headers.get("authorization", "").encode("latin-1") or None):
+            err = unauthorized()
+            state.metrics.rejected.labels(str(err.status)).inc()
+            return Response(err.body(), status_code=err.status, media_type="application/json")
         ids = gw.model_ids if gw else []
         data = [{"id": m, "object": "model", "created": 0, "owned_by": "detour"} for m in ids]
         return Response(orjson.dumps({"object": "list", "data": data}), media_type="application/json")

@@ -40,6 +40,11 @@ class AppState:
 
     def _on_transition(self, key: TargetKey, old: object, new: object) -> None:
         state = getattr(new, "value", str(new))
+        if self.registry is not None and self.registry.get(key) is None:
+            # A forgotten target (removed by a reload) seen by a request still on the old
+            # gateway: its metrics are gone, and a (provider, model) now served from another
+            # baseURL must not take this stale state.
+            return
         self.metrics.breaker_changed(key.provider, key.model, state)
         log.warning("breaker %s/%s: %s -> %s", key.provider, key.model,
                     getattr(old, "value", old), state)
@@ -56,6 +61,10 @@ class AppState:
                            rng=self.rng, clock=self.clock, previous=self.gateway)
         self.gateway = gw
         self.metrics.set_config(gw.hash)
+        now = self.clock.now()
+        self.metrics.retain({r.route.name for r in gw.routes},
+                            {(t.key.provider, t.key.model): t.state.breaker_state(now).value
+                             for r in gw.routes for t in r.targets})
         return gw
 
     def load_and_install(self) -> Gateway:

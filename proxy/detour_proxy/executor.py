@@ -114,17 +114,23 @@ def observe_usage(tr: TargetRuntime, usage: Any) -> None:
             tr.metrics.completion_tokens.inc(c)
 
 
-def exception_outcome(exc: BaseException, started: float, now: float) -> tuple[Outcome, UpstreamError]:
-    """Classify a transport exception into an Outcome (and a client-safe error description)."""
+def exception_outcome(exc: BaseException, started: float, now: float,
+                      ttft: float | None = None) -> tuple[Outcome, UpstreamError]:
+    """Classify a transport exception into an Outcome (and a client-safe error description).
+
+    `ttft`: a stream that broke (reset, idle timeout) after its first token passes the time
+    that token took, so it still reaches the TTFT metric, and the latency EWMA judges the
+    target by it rather than by the whole stalled duration."""
     dur = now - started
     if isinstance(exc, TimeoutError):
-        return (Outcome(OutcomeKind.TIMEOUT, duration=dur, error_class="timeout", message="timed out"),
+        return (Outcome(OutcomeKind.TIMEOUT, duration=dur, ttft=ttft, error_class="timeout", message="timed out"),
                 UpstreamError(504, "timeout", "upstream_timeout", "the provider did not answer in time", None))
-    if isinstance(exc, CONNECT_ERRORS):
+    if isinstance(exc, CONNECT_ERRORS) and ttft is None:
         return (Outcome(OutcomeKind.CONNECT_ERROR, duration=dur, error_class="connect", message=type(exc).__name__),
                 UpstreamError(502, "connection_error", "upstream_connect_error",
                               f"cannot reach the provider ({type(exc).__name__})", None))
-    return (Outcome(OutcomeKind.STREAM_ERROR, duration=dur, error_class="stream", message=type(exc).__name__),
+    return (Outcome(OutcomeKind.STREAM_ERROR, duration=dur, ttft=ttft, error_class="stream",
+                    message=type(exc).__name__),
             UpstreamError(502, "upstream_error", "upstream_read_error",
                           f"the provider's response broke off ({type(exc).__name__})", None))
 
@@ -133,7 +139,7 @@ def build_request(ctx: RequestContext, tr: TargetRuntime, stream: bool) -> Upstr
     prov = tr.provider
     key = prov.api_key()
     if ctx.kind == "embeddings":
-        req = prov.adapter.build_embeddings(ctx.body, tr.target.model, key)
+        req = prov.adapter.build_embeddings(ctx.body, tr.target.model, key, raw=ctx.raw)
     else:
         req = prov.adapter.build_chat(ctx.body, tr.target.model, stream, key, raw=ctx.raw)
     req.headers["x-request-id"] = ctx.request_id
@@ -239,8 +245,20 @@ def failure_reply(ctx: RequestContext, give_up: GiveUp, last_err: UpstreamError 
         if give_up.reason == "deadline":
             msg = f"Route '{route.route.name}' deadline passed before any attempt could start."
             return Reply(504, headers, error_body(msg, "upstream_error", "deadline_exceeded"))
-        msg = f"No target of route '{route.route.name}' can take a request right now (limits or cooldowns)."
-        return Reply(503, headers, error_body(msg, "upstream_error", "no_target_available"))
+        if give_up.rate_limited:  # every target is at its limit or told us to slow down: so is the client
+            status, code = 429, "rate_limited"
+            msg = f"Every target of route '{route.route.name}' is at its rate limit right now."
+        else:
+            status, code = 503, "no_target_available"
+            msg = f"No target of route '{route.route.name}' can take a request right now (limits or cooldowns)."
+        if give_up.retry_after is not None:
+            # When the soonest target frees (its limit window or the provider's reset): whole
+            # seconds, rounded up so a client that honours it does not come back too early.
+            from math import ceil  # only on this refusal path
+            wait = max(1, ceil(give_up.retry_after))
+            headers.append((b"retry-after", str(wait).encode()))
+            msg += f" Retry after {wait} s."
+        return Reply(status, headers, error_body(msg, "upstream_error", code))
     status = last_err.status if last_err is not None else 502
     if give_up.reason == "deadline" and (last_err is None or last_err.type == "timeout"):
         status = 504

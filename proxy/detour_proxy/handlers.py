@@ -13,12 +13,13 @@ import logging
 import os
 import re
 import time
+import traceback
 from typing import TYPE_CHECKING, Any
 
 import orjson
 
 from . import tracing
-from .errors import ClientError, bad_request, model_not_found, not_ready, too_large, unauthorized
+from .errors import ClientError, bad_request, error_body, model_not_found, not_ready, too_large, unauthorized
 from .executor import RequestContext, run_unary
 from .streaming import run_stream
 
@@ -26,6 +27,7 @@ if TYPE_CHECKING:
     from .app_state import AppState
 
 access_log = logging.getLogger("detour.access")
+error_log = logging.getLogger("detour.handlers")
 _REQUEST_ID = re.compile(rb"^[A-Za-z0-9._:\-]{1,128}$")
 _CLIENT_FAULT = frozenset((400, 404, 413, 422))   # refused because of the request itself
 HOT_PATHS = {"/v1/chat/completions": "chat", "/v1/embeddings": "embeddings",
@@ -83,6 +85,9 @@ class OpenAIEndpoints:
             _log(request_id, None, None, 0, exc.status, started, "rejected", kind)
             return
         except ClientGone:
+            # Nothing was routed: counted with the refusals (499, nginx's "client closed request").
+            state.metrics.rejected.labels("499").inc()
+            _log(request_id, None, None, 0, 499, started, "cancelled", kind)
             return
         stream = kind == "chat" and body.get("stream") is True
         ctx = RequestContext(request_id=request_id, route=route, body=body, raw=raw, kind=kind,
@@ -117,13 +122,18 @@ class OpenAIEndpoints:
             if not gone[0]:
                 raise
             task.uncancel()  # our own cancellation: the client left, nothing more to send
+        except Exception as exc:  # a bug: answer in the OpenAI format, log it once, keep serving
+            outcome = "error"
+            status = await _internal_error(send, exc, request_id, route.route.name, stream,
+                                           (ctx.status or 200) if stream else status)
         finally:
             watcher.cancel()
             rm.in_flight.dec()
             elapsed = time.perf_counter() - started
             rm.duration.observe(elapsed)
             (rm.success if outcome == "success" else rm.cancelled if outcome == "cancelled"
-             else rm.client_error if outcome == "client_error" else rm.upstream_error).inc()
+             else rm.client_error if outcome == "client_error" else rm.error if outcome == "error"
+             else rm.upstream_error).inc()
             tracing.end_request(ctx, status, outcome)
             _log(request_id, route.route.name, ctx.target.label if ctx.target else None, ctx.attempts,
                  status, started, outcome, kind, stream)
@@ -203,6 +213,33 @@ def _parse(raw: bytes, kind: str) -> dict[str, Any]:
     elif "input" not in body:
         raise bad_request("You must provide an input parameter.", param="input")
     return body
+
+
+async def _internal_error(send: Any, exc: Exception, request_id: str, route: str, stream: bool,
+                          status_if_started: int) -> int:
+    """Log an unexpected exception once and tell the client, if it can still be told; returns
+    the status the client got (`status_if_started` when its response had already begun). The
+    log line has the exception's type and frames but not its message (it could quote the
+    request); the client gets neither."""
+    error_log.error("internal error while serving a request", extra={"fields": {
+        "request_id": request_id, "route": route, "error_type": type(exc).__name__,
+        "traceback": "".join(traceback.format_tb(exc.__traceback__))}})
+    body = error_body("Detour failed to serve this request (internal error); it has been logged "
+                      f"with request id {request_id}.", "internal_error", "internal_error")
+    try:
+        await _respond(send, 500, body, request_id)
+        return 500
+    except RuntimeError:
+        pass  # the response had already started (uvicorn refuses a second start): end it
+    try:
+        if stream:  # an SSE error event and no [DONE], so SDKs raise instead of truncating silently
+            await send({"type": "http.response.body", "body": b"event: error\ndata: " + body + b"\n\n",
+                        "more_body": False})
+        else:
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+    except RuntimeError:
+        pass  # already complete
+    return status_if_started
 
 
 async def _respond(send: Any, status: int, body: bytes, request_id: str) -> None:

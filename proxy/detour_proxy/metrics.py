@@ -47,12 +47,32 @@ class Metrics:
         self.shared_ignored = Counter("detour_shared_health_ignored", "Peer health documents ignored, by reason (stale, invalid).", ["reason"], registry=r)
         self.rejected = Counter("detour_rejected_requests", "Requests refused before routing, by HTTP status.", ["status"], registry=r)
         self._config_hash: str | None = None
+        self._routes: set[str] = set()                   # routes with an in-flight gauge
+        self._targets: set[tuple[str, str]] = set()      # (provider, model) with a breaker gauge
 
     def set_config(self, hash_: str) -> None:
         if self._config_hash is not None:
             self.config_info.remove(self._config_hash)
         self.config_info.labels(hash_).set(1)
         self._config_hash = hash_
+
+    def retain(self, routes: set[str], breakers: dict[tuple[str, str], str]) -> None:
+        """Make the gauges match a newly installed config: `routes` are its route names,
+        `breakers` maps its targets' (provider, model) to their breaker state now.
+
+        A gauge says what is true *now*, so the series of a route or target the config no
+        longer has is removed (a target removed while open would otherwise read 2 forever),
+        and a kept (provider, model) is set from its state (a changed baseURL starts a fresh,
+        closed breaker). Counters and histograms keep their series: their totals stay true.
+        """
+        for route in self._routes - routes:
+            self.in_flight.remove(route)
+        for provider, model in self._targets - breakers.keys():
+            self.breaker_state.remove(provider, model)
+        for (provider, model), state in breakers.items():
+            self.breaker_state.labels(provider, model).set(BREAKER_VALUES.get(state, 0))
+        self._routes = set(routes)
+        self._targets = set(breakers)
 
     def breaker_changed(self, provider: str, model: str, new_state: str) -> None:
         self.breaker_state.labels(provider, model).set(BREAKER_VALUES.get(new_state, 0))
@@ -92,6 +112,7 @@ class RouteMetrics:
     upstream_error: Counter
     client_error: Counter
     cancelled: Counter
+    error: Counter                # an unexpected exception in Detour itself (a bug): 500
     duration: Histogram
     in_flight: Gauge
     budget_rejections: Counter
@@ -104,6 +125,7 @@ class RouteMetrics:
             upstream_error=m.requests.labels(route, "upstream_error"),
             client_error=m.requests.labels(route, "client_error"),
             cancelled=m.requests.labels(route, "cancelled"),
+            error=m.requests.labels(route, "error"),
             duration=m.request_duration.labels(route),
             in_flight=m.in_flight.labels(route),
             budget_rejections=m.budget_rejections.labels(route),

@@ -115,9 +115,7 @@ def build_gateway(config: RoutingConfig, *, registry: HealthRegistry, budget: Re
         ))
     # Rate limits live on the (long-lived) target states; each replica enforces its share.
     registry.set_limits(limits, config.shared_health.replicas)
-    registry.retain(all_keys)
-    for key in set(all_keys):
-        metrics.breaker_state.labels(key.provider, key.model)  # expose 0 (closed) from the start
+    registry.retain(all_keys)   # the gauges follow in AppState.install, once the build succeeded
     model_ids: list[str] = []
     for route in config.routes:
         for m in route.match.models:

@@ -7,7 +7,11 @@ that, a failure is never disguised: by default the stream ends with an SSE error
 no `data: [DONE]`, so SDKs raise instead of returning a silently truncated answer; with
 `streamFailover: continue` the next capable target continues the delivered text into the
 same response. Only the chunks before the first token are buffered; after it the relay
-writes as it reads, and ASGI `send` applies the client's backpressure.
+writes as it reads, and ASGI `send` applies the client's backpressure. The delivered text is
+kept only in continue mode (a continuation needs it); otherwise a character count suffices.
+
+Timeouts: before the first token only `timeouts.firstToken` (and the route deadline) bound
+the wait; `timeouts.streamIdle` is armed on the connection once tokens flow.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import orjson
 
 from .adapters import StreamEvent, UpstreamError
 from .adapters import UnsupportedRequest
+from .adapters.base import SSEEventTooLarge
 from . import usage as usage_acct
 from .executor import (RequestContext, build_request, exception_outcome, failure_reply, note_decision,
                        observe_usage, record, skip_unsupported)
@@ -38,11 +43,13 @@ _DONE = b"data: [DONE]\n\n"
 class Relay:
     """The client side of a stream: headers once, chunks as they come, one ending."""
 
-    def __init__(self, send: Send, ctx: RequestContext) -> None:
+    def __init__(self, send: Send, ctx: RequestContext, keep_text: bool) -> None:
         self.send = send
         self.ctx = ctx
         self.started = False
         self.chunks = 0
+        self.chars = 0              # delivered text, counted for token accounting
+        self.keep_text = keep_text  # continue mode: the next target must be shown the text itself
         self.text: list[str] = []
         self.non_text = False       # a tool call or refusal was delivered: cannot be continued
         self.stream_id: str | None = None
@@ -77,7 +84,9 @@ class Relay:
         if ev.content_bearing:
             self.chunks += 1
             if ev.text:
-                self.text.append(ev.text)
+                self.chars += len(ev.text)
+                if self.keep_text:
+                    self.text.append(ev.text)
             else:
                 self.non_text = True
         return b"data: " + payload + b"\n\n"
@@ -129,11 +138,12 @@ async def run_stream(state: AppState, ctx: RequestContext, send: Send) -> str:
     clock = state.clock
     route = ctx.route
     plan = route.planner.begin(clock.now())
-    relay = Relay(send, ctx)
-    include_usage = bool((ctx.body.get("stream_options") or {}).get("include_usage"))
     continue_mode = route.route.stream_failover.value == "continue"
+    relay = Relay(send, ctx, keep_text=continue_mode)
+    include_usage = bool((ctx.body.get("stream_options") or {}).get("include_usage"))
     last_err: UpstreamError | None = None
-    failed: TargetRuntime | None = None
+    failed: TargetRuntime | None = None     # the target that broke the stream after delivering chunks
+    cut_err: UpstreamError | None = None    # and how it broke it
     while True:
         d = plan.next(clock.now(), eligible=route.continue_eligible if relay.started else None)
         note_decision(state, ctx, d, plan)
@@ -159,11 +169,15 @@ async def run_stream(state: AppState, ctx: RequestContext, send: Send) -> str:
             return "success"
         last_err = err
         if relay.started:
-            failed = tr
+            if outcome.ttft is not None:
+                # This attempt delivered chunks, then broke: it cut the stream. A continuation
+                # target that fails before its own first token cut nothing; the client is still
+                # waiting on the cut from before, and the final error must name that one.
+                failed, cut_err = tr, err
+                # The continuation gets a fresh deadline: the original bounded the time to a first token.
+                plan.deadline = max(plan.deadline, clock.now() + route.route.timeout)
             if not continue_mode or relay.non_text:
                 break
-            # The continuation gets a fresh deadline: the original bounded the time to a first token.
-            plan.deadline = max(plan.deadline, clock.now() + route.route.timeout)
     if not relay.started:
         reply = failure_reply(ctx, d, last_err)
         reply.headers.append((b"x-request-id", ctx.request_id.encode()))
@@ -172,9 +186,9 @@ async def run_stream(state: AppState, ctx: RequestContext, send: Send) -> str:
         await send({"type": "http.response.start", "status": reply.status, "headers": reply.headers})
         await send({"type": "http.response.body", "body": reply.body, "more_body": False})
         return "upstream_error"
-    cut = failed or tr
+    cut = failed or tr    # always `failed`: only an attempt past its first token starts the relay
     cut.metrics.streams_cut.inc()
-    await relay.fail(cut, last_err)
+    await relay.fail(cut, cut_err or last_err)
     return "upstream_error"
 
 
@@ -184,10 +198,12 @@ async def _attempt(state: AppState, ctx: RequestContext, tr: TargetRuntime, dead
     prov = tr.provider
     adapter = prov.adapter
     started = clock.now()
-    meter = usage_acct.reserve_stream(tr, ctx, started, relay.text)
+    reservation = usage_acct.reserve(tr, ctx, started)
+    chars_before = relay.chars
     resp = None
     complete = False
     gate_passed = False
+    ttft: float | None = None
     try:
         if relay.started:
             req = adapter.build_continuation(ctx.body, "".join(relay.text), tr.target.model, prov.api_key())
@@ -195,7 +211,8 @@ async def _attempt(state: AppState, ctx: RequestContext, tr: TargetRuntime, dead
         else:
             req = build_request(ctx, tr, stream=True)
         async with asyncio.timeout(max(0.0, min(prov.config.timeouts.first_token, deadline - started))) as tm:
-            resp = await state.upstream.send(req, prov.timeouts.stream)
+            # Connect timeout only: no socket read timer until the first token (see _arm_idle_timer).
+            resp = await state.upstream.send(req, prov.timeouts.unary)
             usage_acct.check_rate_headers(tr, resp.headers, clock.now())
             if resp.status != 200:
                 raw = await resp.read()
@@ -223,8 +240,9 @@ async def _attempt(state: AppState, ctx: RequestContext, tr: TargetRuntime, dead
                 if not data:
                     return _stream_failure(None, started, clock.now())
             ttft = clock.now() - started
-            # Past the gate: the attempt is now bounded by the provider's total timeout.
+            # Past the gate: the attempt is now bounded by the provider's total timeout...
             tm.reschedule(asyncio.get_running_loop().time() + max(0.0, prov.config.timeouts.total - ttft))
+            _arm_idle_timer(resp, prov.config.timeouts.stream_idle)   # ...and by streamIdle between chunks
             prefix = b""
             if relay.started:
                 trim = getattr(req, "prefix_trim", "") or ""
@@ -255,18 +273,44 @@ async def _attempt(state: AppState, ctx: RequestContext, tr: TargetRuntime, dead
             complete = True
             return Outcome(OutcomeKind.SUCCESS, status=200, duration=clock.now() - started, ttft=ttft), None
     except (TimeoutError, *CONNECT_ERRORS, *STREAM_ERRORS) as exc:
-        outcome, err = exception_outcome(exc, started, clock.now())
+        outcome, err = exception_outcome(exc, started, clock.now(), ttft)
         if isinstance(exc, TimeoutError) and not gate_passed:
             err = UpstreamError(504, "timeout", "first_token_timeout",
                                 f"no first token from {tr.label} in time", None)
         return outcome, err
+    except SSEEventTooLarge as exc:   # malformed: a provider that never ends its event or line
+        return _stream_failure(UpstreamError(502, "stream_error", "event_too_large",
+                                             f"{tr.label} sent an oversized stream event ({exc})", None),
+                               started, clock.now(), ttft)
     finally:
-        usage_acct.settle_stream(meter, relay.text)
+        _settle(reservation, relay.chars - chars_before)
         if resp is not None:
             if complete:
                 resp.release()
             else:
                 resp.close()   # drop the connection: nothing keeps reading for a failed or gone client
+
+
+def _arm_idle_timer(resp: Any, idle: float) -> None:
+    """Start `timeouts.streamIdle` once tokens flow, as documented.
+
+    The request went out without a socket read timeout so that a slow first token is judged
+    by `firstToken` alone. From here aiohttp's own read timer applies: every read re-arms it
+    (as `sock_read` would, so nothing is allocated per chunk by us), and a silence longer than
+    `idle` fails the read with a timeout. No connection left means the body is already read.
+    """
+    conn = resp.connection
+    proto = conn.protocol if conn is not None else None
+    if proto is not None and idle > 0:
+        proto.read_timeout = idle
+        proto.start_timeout()
+
+
+def _settle(reservation: Any, chars: int) -> None:
+    """Settle a token reservation as `usage.settle_stream` does (prompt estimate + ~chars/4 of
+    the delivered text), but from a character count: error-mode streams keep no text."""
+    if reservation is not None:
+        reservation.settle(reservation.estimate + chars // 4)
 
 
 def _stream_failure(err: UpstreamError | None, started: float, now: float,

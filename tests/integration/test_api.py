@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import sys
 
@@ -9,7 +10,9 @@ import httpx
 import openai
 import pytest
 
+from detour_proxy import handlers
 from support import ProxyServer, chat_body, two_provider_config
+from test_metrics import scrape, val
 
 
 @pytest.fixture()
@@ -74,6 +77,7 @@ def test_glob_route_matches(proxy, primary):
 def test_body_over_limit_is_413(proxy):
     big = chat_body(text="x" * 10_000)
     assert_openai_error(post(proxy, json=big), 413, "request_too_large")
+    assert val(scrape(proxy)[1], "detour_rejected_requests_total", status="413") == 1
 
 
 def test_body_over_limit_without_content_length_is_413(proxy):
@@ -81,6 +85,26 @@ def test_body_over_limit_without_content_length_is_413(proxy):
         for _ in range(10):
             yield b" " * 1000
     assert_openai_error(post(proxy, gen()), 413, "request_too_large")
+    assert val(scrape(proxy)[1], "detour_rejected_requests_total", status="413") == 1
+
+
+def test_body_too_slow_is_408(proxy, monkeypatch):
+    monkeypatch.setattr(handlers, "BODY_READ_TIMEOUT", 0.3)
+    with socket.create_connection(("127.0.0.1", proxy.port), timeout=5) as sock:
+        sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nhost: detour\r\ncontent-type: application/json\r\n"
+                     b"content-length: 100\r\n\r\n{\"model\"")          # ...and the rest never comes
+        reply = b""
+        while b"\r\n\r\n" not in reply or not reply.rstrip().endswith(b"}"):
+            chunk = sock.recv(4096)
+            if not chunk:
+                break
+            reply += chunk
+    head, _, payload = reply.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 408 "), head
+    assert b'"code":"request_timeout"' in payload
+    _, s = scrape(proxy)
+    assert val(s, "detour_rejected_requests_total", status="408") == 1
+    assert val(s, "detour_requests_total", route="chat", outcome="client_error") == 0
 
 
 def test_embeddings(proxy):
@@ -102,6 +126,34 @@ def test_health_ready_and_metrics(proxy):
     text = httpx.get(proxy.url + "/metrics").text
     assert 'detour_requests_total{outcome="success",route="chat"} 1.0' in text
     assert "SECRET" not in text
+
+
+def test_models_needs_the_client_key_when_client_auth_is_set(primary, secondary):
+    cfg = two_provider_config(primary, secondary)
+    cfg["clientAuth"] = {"keys": [{"value": "client-key-1"}]}
+    with ProxyServer(cfg) as p:
+        assert_openai_error(httpx.get(p.v1 + "/models", timeout=5), 401, "invalid_api_key")
+        assert_openai_error(httpx.get(p.v1 + "/models", headers={"authorization": "Bearer wrong"}, timeout=5), 401)
+        with pytest.raises(openai.AuthenticationError):
+            openai.OpenAI(base_url=p.v1, api_key="wrong", max_retries=0).models.list()
+        ids = [m.id for m in openai.OpenAI(base_url=p.v1, api_key="client-key-1", max_retries=0).models.list()]
+        assert ids == ["gpt-4o-mini"]
+        assert val(scrape(p)[1], "detour_rejected_requests_total", status="401") == 3
+
+
+def test_client_keys_from_env_and_file(primary, secondary, tmp_path, monkeypatch):
+    monkeypatch.setenv("DETOUR_TEST_CLIENT_KEY", "client-key-from-env")
+    key_file = tmp_path / "client-key"
+    key_file.write_text("client-key-from-file\n")
+    cfg = two_provider_config(primary, secondary)
+    cfg["clientAuth"] = {"keys": [{"env": "DETOUR_TEST_CLIENT_KEY"}, {"file": str(key_file)}]}
+    with ProxyServer(cfg) as p:
+        for key in ("client-key-from-env", "client-key-from-file"):
+            c = openai.OpenAI(base_url=p.v1, api_key=key, max_retries=0)
+            assert c.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "x"}])
+            assert [m.id for m in c.models.list()] == ["gpt-4o-mini"]
+        for wrong in ("DETOUR_TEST_CLIENT_KEY", str(key_file), "client-key-from"):
+            assert_openai_error(post(p, json=chat_body(), headers={"authorization": f"Bearer {wrong}"}), 401)
 
 
 def test_client_auth(primary, secondary):

@@ -9,7 +9,8 @@ import openai
 import pytest
 
 from detour_proxy.policy import FakeClock
-from support import ProxyServer, chat_body, two_provider_config
+from support import ProxyServer, chat_body, two_provider_config, wait_until
+from test_metrics import scrape, val
 
 
 def client(proxy: ProxyServer, **kw) -> openai.OpenAI:
@@ -50,6 +51,8 @@ def test_429_with_retry_after_is_waited_then_retried_on_same_target(primary, sec
         raw = client(proxy).chat.completions.with_raw_response.create(
             model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}])
         elapsed = time.monotonic() - t0
+        _, s = scrape(proxy)
+    assert val(s, "detour_retries_total", route="chat", provider="primary", reason="http_429") == 1
     assert raw.headers["x-detour-target"] == "primary/gpt-4o-mini"
     assert raw.headers["x-detour-attempts"] == "2"
     assert elapsed >= 1.0, "Retry-After: 1 must be honoured before the retry"
@@ -157,7 +160,25 @@ def test_connection_reset_fails_over(primary, secondary):
     with ProxyServer(two_provider_config(primary, secondary)) as proxy:
         raw = client(proxy).chat.completions.with_raw_response.create(
             model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}])
+        _, s = scrape(proxy)
     assert raw.headers["x-detour-target"] == "secondary/llama-3-8b"
+    assert raw.headers["x-detour-attempts"] == "3"
+    assert val(s, "detour_retries_total", route="chat", provider="primary", reason="connect") == 1
+
+
+def test_provider_timeout_is_retried_then_falls_back(primary, secondary):
+    primary.faults(latency=2)
+    cfg = two_provider_config(primary, secondary)
+    cfg["providers"][0]["timeouts"] = {"total": "150ms"}
+    with ProxyServer(cfg) as proxy:
+        raw = client(proxy).chat.completions.with_raw_response.create(
+            model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}])
+        _, s = scrape(proxy)
+    assert raw.headers["x-detour-target"] == "secondary/llama-3-8b"
+    assert raw.headers["x-detour-attempts"] == "3"
+    assert val(s, "detour_retries_total", route="chat", provider="primary", reason="timeout") == 1
+    assert val(s, "detour_upstream_attempts_total", route="chat", provider="primary", model="gpt-4o-mini",
+               result="timeout") == 2
 
 
 def test_malformed_body_from_provider_fails_over(primary, secondary):
@@ -177,4 +198,12 @@ def test_client_disconnect_cancels_upstream_request(primary, secondary):
         # The proxy drops its upstream connection: the simulator sees the request abandoned.
         stats = primary.wait("clientClosed", 1, timeout=2)
         assert stats["inFlight"] == 0
+        # Counted and logged as a routed request the client cancelled.
+        def counted() -> dict | None:
+            s = scrape(proxy)[1]
+            return s if val(s, "detour_requests_total", route="chat", outcome="cancelled") == 1 else None
+
+        s = wait_until(counted, 3, "the cancelled request to be counted")
+        assert val(s, "detour_in_flight_requests", route="chat") == 0
+        assert val(s, "detour_requests_total", route="chat", outcome="success") == 0
     assert secondary.requests() == 0

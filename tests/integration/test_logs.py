@@ -5,9 +5,11 @@ value or prompt text, including on error paths."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -15,7 +17,14 @@ import time
 from pathlib import Path
 
 import httpx
+import openai
+import pytest
 import yaml
+
+from detour_proxy import handlers
+from detour_proxy.logs import JsonFormatter
+from support import ProxyServer, chat_body, two_provider_config, wait_until
+from test_metrics import scrape, val
 
 PROVIDER_KEYS = ["sk-primary-CANARY-90ab", "sk-secondary-CANARY-77cd", "sk-dead-CANARY-12ef"]
 CLIENT_KEY = "client-CANARY-3f1e"
@@ -195,3 +204,68 @@ def test_info_level_has_request_lines_but_no_attempt_lines(tmp_path, primary, se
     records = [json.loads(line) for line in proxy.stdout]
     assert [x["request_id"] for x in records if x.get("msg") == "request"] == ["req-info-1"]
     assert not [x for x in records if x["level"] == "debug"]
+
+
+# -- in-process: the request paths that end without a normal reply -----------------------------
+
+def _access(caplog, request_id: str | None = None) -> list[dict]:
+    return [r.fields for r in caplog.records if r.name == "detour.access"
+            and (request_id is None or r.fields["request_id"] == request_id)]
+
+
+def test_client_gone_before_its_body_is_logged_and_counted(caplog, primary, secondary):
+    caplog.set_level(logging.INFO, logger="detour.access")
+    with ProxyServer(two_provider_config(primary, secondary)) as proxy:
+        with socket.create_connection(("127.0.0.1", proxy.port), timeout=5) as sock:
+            sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nhost: detour\r\ncontent-type: application/json\r\n"
+                         b"x-request-id: req-gone-early\r\ncontent-length: 1000\r\n\r\n{\"model\": \"gpt-4o-mini\"")
+        line = wait_until(lambda: _access(caplog, "req-gone-early"), 5, "the access line")[0]
+        _, s = scrape(proxy)
+    assert line["outcome"] == "cancelled" and line["status"] == 499
+    assert line["route"] is None and line["attempts"] == 0
+    assert val(s, "detour_rejected_requests_total", status="499") == 1
+    assert primary.requests() == 0
+
+
+def test_internal_error_is_an_openai_500_logged_once_without_details(caplog, monkeypatch, primary, secondary):
+    async def broken_unary(state, ctx):
+        raise RuntimeError(f"bug while handling {PROMPT} with {PROVIDER_KEYS[0]}")
+
+    async def broken_after_start(state, ctx, send):   # the stream already started: end it with an error
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/event-stream")]})
+        await send({"type": "http.response.body", "body": b'data: {"choices": []}\n\n', "more_body": True})
+        raise KeyError(PROMPT)
+
+    monkeypatch.setattr(handlers, "run_unary", broken_unary)
+    monkeypatch.setattr(handlers, "run_stream", broken_after_start)
+    caplog.set_level(logging.INFO)
+    with ProxyServer(two_provider_config(primary, secondary)) as proxy:
+        c = openai.OpenAI(base_url=proxy.v1, api_key="unused", max_retries=0)
+        with pytest.raises(openai.InternalServerError) as exc:
+            c.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": PROMPT}],
+                                      extra_headers={"x-request-id": "req-bug-1"})
+        resp = exc.value.response
+        with httpx.stream("POST", proxy.v1 + "/chat/completions", json=chat_body(stream=True), timeout=10,
+                          headers={"x-request-id": "req-bug-2"}) as r:
+            streamed = r.read().decode()
+        # The gateway keeps serving.
+        assert httpx.get(proxy.url + "/healthz", timeout=5).status_code == 200
+        _, s = scrape(proxy)
+    assert resp.status_code == 500 and resp.headers["x-request-id"] == "req-bug-1"
+    err = resp.json()["error"]
+    assert err["type"] == "internal_error" and err["code"] == "internal_error" and "req-bug-1" in err["message"]
+    assert r.status_code == 200 and "event: error" in streamed and '"internal_error"' in streamed
+    assert not streamed.rstrip().endswith("[DONE]")
+    for text in (resp.text, streamed):
+        assert "Traceback" not in text and "CANARY" not in text and "RuntimeError" not in text
+    assert [(x["status"], x["outcome"]) for x in _access(caplog, "req-bug-1")] == [(500, "error")]
+    assert [(x["status"], x["outcome"]) for x in _access(caplog, "req-bug-2")] == [(200, "error")]
+    assert val(s, "detour_requests_total", route="chat", outcome="error") == 2
+    assert val(s, "detour_requests_total", route="chat", outcome="cancelled") == 0
+    # Logged once per request, with the exception's type and frames, never its message.
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert [(r.fields["request_id"], r.fields["error_type"]) for r in errors] == [
+        ("req-bug-1", "RuntimeError"), ("req-bug-2", "KeyError")], [r.getMessage() for r in errors]
+    assert "broken_unary" in errors[0].fields["traceback"]
+    logged = "\n".join(JsonFormatter().format(r) for r in caplog.records)
+    assert "CANARY" not in logged

@@ -12,8 +12,10 @@ import httpx
 import openai
 from prometheus_client.parser import text_string_to_metric_families
 
+from detour_proxy import services
 from detour_proxy.config import parse_config
 from detour_proxy.policy import FakeClock
+from e2e.proxyproc import write_atomic
 from support import ProxyServer, chat_body, two_provider_config
 
 # name -> (type, labels): the contract documented in docs/observability.md.
@@ -237,6 +239,57 @@ def test_config_hash_follows_installs(primary, secondary):
     assert new != old
     assert val(s, "detour_config_info", hash=new) == 1
     assert ("detour_config_info", frozenset({("hash", old)})) not in s
+
+
+def test_reload_drops_gauges_of_removed_targets_and_routes(tmp_path, primary, secondary):
+    """A gauge says what is true now: after a reload, a target or route the config no longer
+    has loses its gauge series (an open breaker must not read 2 forever), and a target whose
+    identity changed (new baseURL: a fresh, closed breaker) reads 0. Counters stay."""
+    cfg = two_provider_config(primary, secondary)
+    cfg["routes"].append({"name": "other", "match": {"models": ["other-*"]},
+                          "targets": [{"provider": "secondary", "model": "llama-3-8b"}]})
+    path = tmp_path / "config.yaml"
+    write_atomic(path, cfg)
+    primary_breaker = ("detour_breaker_state", frozenset({("provider", "primary"), ("model", "gpt-4o-mini")}))
+    other_in_flight = ("detour_in_flight_requests", frozenset({("route", "other")}))
+    primary.faults(status=503)
+    with ProxyServer(cfg, clock=FakeClock(1000.0), config_path=path) as proxy:
+        reloader = proxy.call(lambda: services.start_reload(proxy.state, watch=False))
+
+        def reload(new_cfg: dict) -> None:
+            write_atomic(path, new_cfg)
+            assert proxy.call(lambda: reloader.reload("test")), "the new config was not installed"
+
+        def open_primary() -> None:
+            for _ in range(2):                  # 3 consecutive 503s open the primary's breaker
+                assert ask(proxy).headers["x-detour-target"] == "secondary/llama-3-8b"
+            assert val(scrape(proxy)[1], "detour_breaker_state", provider="primary", model="gpt-4o-mini") == 2
+
+        try:
+            open_primary()
+            # 1) The primary's baseURL changes: a new identity with a fresh (closed) breaker.
+            moved = {**cfg, "providers": [dict(p) for p in cfg["providers"]]}
+            moved["providers"][0]["baseURL"] = primary.url + "/v1/"
+            reload(moved)
+            _, s = scrape(proxy)
+            assert s[primary_breaker] == 0, "the gauge kept the forgotten target's open state"
+            # 2) The open primary and the route `other` are removed from the config.
+            open_primary()
+            assert other_in_flight in scrape(proxy)[1]
+            gone = two_provider_config(primary, secondary, targets=[{"provider": "secondary", "model": "llama-3-8b"}])
+            reload(gone)
+            _, s = scrape(proxy)
+        finally:
+            proxy.call(lambda: services.stop_all(proxy.state))
+    assert primary_breaker not in s, "a removed target's breaker gauge is still exported"
+    assert other_in_flight not in s, "a removed route's in-flight gauge is still exported"
+    assert val(s, "detour_breaker_state", provider="secondary", model="llama-3-8b") == 0
+    assert val(s, "detour_in_flight_requests", route="chat") == 0
+    assert ("detour_in_flight_requests", frozenset({("route", "chat")})) in s
+    # Counters keep their totals (Prometheus convention): the primary's failures are still there.
+    assert val(s, "detour_upstream_attempts_total", route="chat", provider="primary", model="gpt-4o-mini",
+               result="http_5xx") == 6
+    assert val(s, "detour_breaker_transitions_total", provider="primary", model="gpt-4o-mini", to="open") == 2
 
 
 def test_label_values_are_config_names_and_enums_only(primary, secondary):

@@ -92,6 +92,8 @@ def test_hedged_attempts_get_spans_too(spans, primary, secondary):
     assert mine["secondary/llama-3-8b"].attributes["detour.result"] == "success"
     assert mine["primary/gpt-4o-mini"].attributes["detour.result"] == "cancelled"   # lost the race
     assert mine["secondary/llama-3-8b"].start_time >= mine["primary/gpt-4o-mini"].start_time
+    # Both racing attempts carried the client's request id to their provider.
+    assert "req-hedge" in primary.stats()["requestIds"] and "req-hedge" in secondary.stats()["requestIds"]
 
 
 def test_no_spans_after_disable(spans, primary, secondary):

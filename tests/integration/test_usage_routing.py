@@ -47,6 +47,31 @@ def test_60_rpm_target_gets_exactly_60_a_minute_and_the_rest_fall_back(primary, 
     assert secondary.requests() == 31
 
 
+def test_a_lone_target_at_its_limit_is_not_sent_more_and_the_client_learns_when_to_retry(primary, secondary):
+    cfg = two_provider_config(primary, secondary)
+    route = cfg["routes"][0]
+    route["targets"] = [{"provider": "primary", "model": "gpt-4o-mini", "limits": {"requestsPerMinute": 3}}]
+    clock = FakeClock(1000.0)
+    with ProxyServer(cfg, clock=clock) as proxy, httpx.Client(base_url=proxy.url, timeout=10) as c:
+        for _ in range(3):
+            post(c)
+        for stream in (False, True, False):
+            r = c.post("/v1/chat/completions", json=chat_body(stream=stream))
+            assert r.status_code == 429, r.text               # the route is at its rate limit: slow down
+            assert r.headers["retry-after"] == "60"           # when the first of the 3 leaves the window
+            err = r.json()["error"]
+            assert set(err) >= {"message", "type", "code"} and err["code"] == "rate_limited"
+        clock.advance(30.0)
+        r = c.post("/v1/chat/completions", json=chat_body())
+        assert (r.status_code, r.headers["retry-after"]) == (429, "30")
+        assert primary.requests() == 3                        # the limit held: nothing forced through
+        clock.advance(30.0)
+        assert post(c).headers["x-detour-target"] == "primary/gpt-4o-mini"
+        assert metric(proxy, "detour_forced_attempts_total", route="chat", provider="primary") == 0
+    assert primary.requests() == 4
+    assert secondary.requests() == 0
+
+
 def test_token_limit_estimates_then_corrects_from_usage(primary, secondary):
     cfg = two_provider_config(primary, secondary)
     cfg["routes"][0]["targets"][0]["limits"] = {"tokensPerMinute": 1000}
@@ -152,6 +177,32 @@ def test_hedge_keeps_waiting_when_the_hedge_fails(primary, secondary):
         assert r.headers["x-detour-target"] == "primary/gpt-4o-mini"   # the slow one still won
         assert metric(proxy, "detour_hedges_total", route="chat") == 1
     assert primary.stats()["clientClosed"] == 0
+
+
+def test_a_streaming_request_on_a_hedged_route_is_not_hedged(primary, secondary):
+    primary.faults(latency=0.4)
+    with ProxyServer(hedged_config(primary, secondary, after="50ms")) as proxy, \
+            httpx.Client(base_url=proxy.url, timeout=10) as c:
+        t0 = time.monotonic()
+        r = post(c, stream=True)
+        assert time.monotonic() - t0 >= 0.4                   # it waited for the slow first target
+        assert r.headers["x-detour-target"] == "primary/gpt-4o-mini"
+        assert "data: [DONE]" in r.text
+        assert metric(proxy, "detour_hedges_total", route="chat") == 0
+    assert secondary.requests() == 0
+
+
+def test_hedges_spend_the_retry_budget(primary, secondary):
+    primary.faults(latency=0.3)
+    cfg = hedged_config(primary, secondary, after="50ms")
+    cfg["retryBudget"] = {"ratio": 0, "minPerSecond": 0.1, "window": "10s"}   # room for 1 retry
+    with ProxyServer(cfg) as proxy, httpx.Client(base_url=proxy.url, timeout=10) as c:
+        assert post(c).headers["x-detour-target"] == "secondary/llama-3-8b"   # hedged: spent it
+        assert metric(proxy, "detour_retry_budget_rejections_total", route="chat") == 0
+        assert post(c).headers["x-detour-target"] == "primary/gpt-4o-mini"   # no room: waits
+        assert metric(proxy, "detour_hedges_total", route="chat") == 1
+        assert metric(proxy, "detour_retry_budget_rejections_total", route="chat") == 1
+    assert secondary.requests() == 1
 
 
 def routing_config(primary, secondary):

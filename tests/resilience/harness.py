@@ -247,6 +247,7 @@ class Sample:
     attempts: int
     stream: bool
     error: str = ""   # non-empty for anything the client would see as an error
+    retry_after: str = ""   # the Retry-After header of the reply, if any
 
 
 @dataclass
@@ -301,13 +302,14 @@ async def one_request(session: aiohttp.ClientSession, url: str, body: dict[str, 
     """One client request; a stream is read to the end and judged like an SDK would."""
     stream = bool(body.get("stream"))
     t0 = time.monotonic()
-    status, target, attempts, error = 0, "", 0, ""
+    status, target, attempts, error, retry_after = 0, "", 0, "", ""
     try:
         async with asyncio.timeout(timeout):
             async with session.post(url + "/v1/chat/completions", json=body) as resp:
                 status = resp.status
                 target = resp.headers.get("x-detour-target", "")
                 attempts = int(resp.headers.get("x-detour-attempts", "0") or 0)
+                retry_after = resp.headers.get("retry-after", "")
                 raw = await resp.read()
         if status != 200:
             error = f"http_{status}"
@@ -324,7 +326,7 @@ async def one_request(session: aiohttp.ClientSession, url: str, body: dict[str, 
         error = "client_timeout"
     except (aiohttp.ClientError, ValueError) as exc:
         error = f"transport:{type(exc).__name__}"
-    return Sample(t0 - t_run, time.monotonic() - t0, status, target, attempts, stream, error)
+    return Sample(t0 - t_run, time.monotonic() - t0, status, target, attempts, stream, error, retry_after)
 
 
 async def run_load(url: str, *, body: Callable[[int], dict[str, Any]], concurrency: int,

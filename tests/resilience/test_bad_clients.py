@@ -125,8 +125,12 @@ async def test_bad_clients_get_clear_4xx_and_proxy_stays_responsive(sim_a, tmp_p
         await expect("bad_message", post(b'{"model":"gpt-4o-mini","messages":["x"]}'), 400)
         await expect("stream_not_bool", post(b'{"model":"gpt-4o-mini","messages":[{"role":"user"}],"stream":"yes"}'), 400)
         await expect("unknown_model", post(json.dumps(chat(model="nope")).encode()), 404)
-        await expect("deep_nesting", post(b'{"model":"gpt-4o-mini","messages":' + b"[" * 100000 + b"]" * 100000 + b"}",
-                                          content_length=None), 413)
+        # 30,000-deep nesting fits under maxBodyBytes, so the parser itself must refuse it (orjson
+        # stops at depth 1024) without a crash or a stack overflow; 100,000-deep is refused for size.
+        await expect("deep_nesting", post(b'{"model":"gpt-4o-mini","messages":' + b"[" * 30000 + b"]" * 30000 + b"}"),
+                     400, "invalid_json")
+        await expect("deep_nesting_oversized", post(b'{"model":"gpt-4o-mini","messages":' + b"[" * 100000
+                                                    + b"]" * 100000 + b"}", content_length=None), 413)
         # -- invalid UTF-8 ----------------------------------------------------------------
         await expect("invalid_utf8", post(b'{"model":"gpt-4o-mini","messages":[{"role":"user","content":"\xff\xfe\xc3"}]}'),
                      400, "invalid_json")
@@ -150,14 +154,14 @@ async def test_bad_clients_get_clear_4xx_and_proxy_stays_responsive(sim_a, tmp_p
         assert figures["headers_then_no_body"]["seconds"] < BODY_TIMEOUT + 1.5  # type: ignore[index]
         # -- header injection -------------------------------------------------------------------
         injected = []
-        for case, value in [("rid_bare_cr", b"abc\rx-injected: 1"), ("rid_bare_lf", b"abc\nx-injected: 1"),
-                            ("rid_nul", b"abc\x00def"), ("rid_invalid_utf8", b"\xff\xfe\xfd"),
-                            ("rid_too_long", b"a" * 5000), ("rid_spaces_quotes", b'a b"c<script>'),
-                            ("rid_header_split", b"abc\r\nx-injected: 1")]:
+        # CR, LF and NUL inside a header value are refused by the HTTP parser (400). Other bad
+        # request ids are served with a fresh id: the bad value is never echoed or forwarded.
+        for case, value, want in [("rid_bare_cr", b"abc\rx-injected: 1", 400), ("rid_bare_lf", b"abc\nx-injected: 1", 400),
+                                  ("rid_nul", b"abc\x00def", 400), ("rid_invalid_utf8", b"\xff\xfe\xfd", 200),
+                                  ("rid_too_long", b"a" * 5000, 200), ("rid_spaces_quotes", b'a b"c<script>', 200),
+                                  ("rid_header_split", b"abc\r\nx-injected: 1", 200)]:
             status, headers, body = await raw(port, post(GOOD, extra_headers=b"X-Request-Id: " + value + b"\r\n"))
-            # Either the HTTP parser refuses the request outright (400), or it is served with a
-            # fresh request id: the bad value is never echoed or forwarded.
-            assert status in (200, 400), f"{case}: {status} {body[:200]!r}"
+            assert status == want, f"{case}: expected {want}, got {status} {body[:200]!r}"
             assert "x-injected" not in headers, f"{case}: header injected into the response"
             if status == 200:
                 rid = headers["x-request-id"]
@@ -168,9 +172,9 @@ async def test_bad_clients_get_clear_4xx_and_proxy_stays_responsive(sim_a, tmp_p
         figures["header_injection"] = injected
         # -- garbage on the wire -----------------------------------------------------------------
         status, _, _ = await raw(port, b"GARBAGE \x00\xff\r\n\r\n")
-        assert status in (0, 400)
+        assert status == 400, f"garbage request line: {status}"
         status, _, _ = await raw(port, b"POST /v1/chat/completions HTTP/1.1\r\nContent-Length: abc\r\n\r\n")
-        assert status in (0, 400)
+        assert status == 400, f"non-numeric Content-Length: {status}"
 
         # -- a client that leaves mid-request: the upstream call is cancelled ----------------------
         sim_a.faults(latency=3)

@@ -16,7 +16,7 @@ import orjson
 __all__ = [
     "UpstreamRequest", "UpstreamError", "RateLimitInfo", "StreamEvent", "StreamDecoder",
     "Adapter", "UnsupportedRequest", "ContinuationUnsupported", "SSEEvent", "SSEParser",
-    "is_retryable_status", "Headers",
+    "SSEEventTooLarge", "is_retryable_status", "Headers",
 ]
 
 Headers = Mapping[str, str]
@@ -161,6 +161,18 @@ class SSEEvent(NamedTuple):
     data: bytes
 
 
+MAX_SSE_EVENT_BYTES = 1 << 20   # far above any real chunk (a few KiB at most, tool-call arguments included)
+
+
+class SSEEventTooLarge(Exception):
+    """A stream event (or a line without its end) grew past the parser's bound.
+
+    Raised from `SSEParser.feed`, through the decoders, to the executor, which treats it as a
+    malformed stream from that target (failover-eligible before the first token). Without the
+    bound, a provider that never sends a newline would grow one buffer per stream without limit.
+    """
+
+
 class SSEParser:
     """Server-sent-events splitter per the WHATWG rules that matter for LLM streams.
 
@@ -170,15 +182,21 @@ class SSEParser:
     line ends and dispatch an event early). Multiple `data:` lines join with `\\n`; comments
     (`:`) are ignored; an event is dispatched at a blank line. `close()` dispatches a final
     event that lacks its blank line (lenient: some servers end with `data: [DONE]\\n`).
+
+    Memory is bounded: once the event being assembled (its data lines plus the unfinished
+    line) exceeds `max_event_bytes`, `feed` raises `SSEEventTooLarge` and the parser is spent.
+    The check runs once per read, so the most held is the bound plus one network read.
     """
 
-    __slots__ = ("_buf", "_cr", "_event", "_data")
+    __slots__ = ("_buf", "_cr", "_event", "_data", "_size", "_max")
 
-    def __init__(self) -> None:
+    def __init__(self, max_event_bytes: int = MAX_SSE_EVENT_BYTES) -> None:
         self._buf = b""
         self._cr = False          # the previous read ended in "\r"
         self._event: str | None = None
         self._data: list[bytes] = []
+        self._size = 0            # bytes in self._data: the event assembled so far
+        self._max = max_event_bytes
 
     def feed(self, data: bytes) -> list[SSEEvent]:
         if self._cr:
@@ -192,12 +210,16 @@ class SSEParser:
             buf = buf.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
         if b"\n" not in buf:
             self._buf = buf
+            if len(buf) + self._size > self._max:
+                self._too_large()
             return []
         lines = buf.split(b"\n")
         self._buf = lines.pop()
         out: list[SSEEvent] = []
         for line in lines:
             self._line(line, out)
+        if len(self._buf) + self._size > self._max:
+            self._too_large()
         return out
 
     def close(self) -> list[SSEEvent]:
@@ -208,12 +230,17 @@ class SSEParser:
         self._line(b"", out)
         return out
 
+    def _too_large(self) -> None:
+        self._buf, self._data = b"", []   # let go of the bytes before the stream is abandoned
+        raise SSEEventTooLarge(f"a stream event exceeded {self._max} bytes")
+
     def _line(self, line: bytes, out: list[SSEEvent]) -> None:
         if not line:
             if self._data:
                 out.append(SSEEvent(self._event, b"\n".join(self._data)))
+                self._data = []
+                self._size = 0
             self._event = None
-            self._data = []
             return
         if line[0] == 58:  # ":" comment / keep-alive
             return
@@ -222,6 +249,7 @@ class SSEParser:
             value = value[1:]
         if name == b"data":
             self._data.append(value)
+            self._size += len(value)
         elif name == b"event":
             self._event = value.decode("utf-8", "replace")
         # id / retry / unknown fields do not matter to a one-shot LLM stream

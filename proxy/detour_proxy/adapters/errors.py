@@ -167,15 +167,36 @@ def parse_rate_limits(headers: Headers | None, now: float | None = None) -> Rate
         )
     p = "anthropic-ratelimit-"
     if any(k.startswith(p) for k in h):
-        # `tokens-*` is the combined limit; older/other tiers only report input/output tokens.
-        tok = "tokens" if p + "tokens-remaining" in h else "input-tokens"
+        remaining, reset = _anthropic_tokens(h, now)
         return RateLimitInfo(
             remaining_requests=_int(h.get(p + "requests-remaining")),
-            remaining_tokens=_int(h.get(f"{p}{tok}-remaining")),
+            remaining_tokens=remaining,
             reset_requests_s=parse_instant(h.get(p + "requests-reset"), now),
-            reset_tokens_s=parse_instant(h.get(f"{p}{tok}-reset"), now),
+            reset_tokens_s=reset,
         )
     return None
+
+
+_ANTHROPIC_TOKEN_BUCKETS = ("tokens", "input-tokens", "output-tokens")
+
+
+def _anthropic_tokens(h: dict[str, str], now: float | None) -> tuple[int | None, float | None]:
+    """Anthropic reports up to three token budgets: `tokens-*` (the most restrictive limit in
+    effect), `input-tokens-*` and `output-tokens-*`; a call needs all of them, so the tightest
+    one is what is left. When one is exhausted, the reset is the latest reset among the
+    exhausted ones (until then a call would still hit one of them)."""
+    buckets = []
+    for name in _ANTHROPIC_TOKEN_BUCKETS:
+        left = _int(h.get(f"anthropic-ratelimit-{name}-remaining"))
+        if left is not None:
+            buckets.append((left, parse_instant(h.get(f"anthropic-ratelimit-{name}-reset"), now)))
+    if not buckets:
+        return None, None
+    remaining = min(left for left, _ in buckets)
+    if remaining <= 0:
+        resets = [r for left, r in buckets if left <= 0 and r is not None]
+        return remaining, max(resets) if resets else None
+    return remaining, next(r for left, r in buckets if left == remaining)
 
 
 # --- bodies --------------------------------------------------------------------------------

@@ -16,8 +16,14 @@ Decision rules, in order, after an attempt:
 4. Otherwise fall back: the next target in the order, not yet tried, eligible and admitting.
    Each target gets one pass per request (no ping-pong between two failing targets).
 5. Nothing left -> GiveUp('exhausted') (or 'deadline' if the deadline is what stopped a retry).
-The first attempt of a request, when no target admits at all, is `forced` onto the target
-that will be available soonest: failing fast with no attempt is worse than one probe.
+The first attempt of a request, when no target admits at all, is `forced` onto the *open
+breaker* whose cooldown ends soonest: a cooldown is Detour's own guess about a failing
+provider, and failing fast with no attempt is worse than one probe. A target held back by
+its own `limits` or by a provider's sideline (remaining budget 0, or a 429/503 Retry-After)
+is never forced: the provider said "not before X", and sending anyway would only collect the
+429 the limit exists to avoid. When nothing admits and nothing is forceable the request gets
+GiveUp('unavailable') with `retry_after`, the seconds until the soonest target frees (the
+executor turns it into a 503 with a `Retry-After` header).
 
 Hedging (routes with `hedge`): while a Try is in flight the executor may ask `hedge(now)` for
 a duplicate on the next untried admissible target; it spends the retry budget, counts as
@@ -27,6 +33,7 @@ in flight is reported with `record`/`abandon(now, index=...)` before the next `n
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -61,10 +68,16 @@ class Try:
 
 @dataclass(frozen=True, slots=True)
 class GiveUp:
-    """Stop. reason: success | not_retryable | exhausted | deadline; `last` is the last outcome."""
+    """Stop. reason: success | not_retryable | exhausted | deadline | unavailable; `last` is the
+    last outcome. `retry_after` (reason 'unavailable' only): seconds until the soonest target
+    of the request admits again, None when unknown (a half-open target with its probes out).
+    `rate_limited` (reason 'unavailable' only): every target was held back by a rate limit
+    (its `limits`, a 429 or quota headers), so the client should slow down (429), not see 503."""
 
     reason: str
     last: Outcome | None
+    retry_after: float | None = None
+    rate_limited: bool = False
 
 
 @dataclass(slots=True)
@@ -74,7 +87,12 @@ class _Pending:
 
 
 class RoutePlanner:
-    """Plans requests on one route. `keys[i]` identifies `route.targets[i]`."""
+    """Plans requests on one route. `keys[i]` identifies `route.targets[i]`.
+
+    The target states are resolved from the registry once, here, and held: a reload that
+    drops a target (`HealthRegistry.retain`) must not see it re-created by a request that was
+    still in flight on the old config (a ghost the shared-health publisher would announce).
+    It also spares the hot path a dict lookup per state access."""
 
     def __init__(self, route: config.Route, keys: Sequence[TargetKey], registry: HealthRegistry,
                  budget: RetryBudget, rng: random.Random | None = None) -> None:
@@ -83,6 +101,7 @@ class RoutePlanner:
         self.route = route
         self.keys = list(keys)
         self.registry = registry
+        self.states = [registry.state(k) for k in self.keys]
         self.budget = budget
         self.rng = rng if rng is not None else random.Random()
 
@@ -93,8 +112,7 @@ class RoutePlanner:
         if deadline is None:
             deadline = now + self.route.timeout
         cands = [i for i in range(len(self.keys)) if eligible is None or eligible(i)]
-        states = [self.registry.state(k) for k in self.keys]
-        order = order_targets(self.route, states, now, self.rng, cands)
+        order = order_targets(self.route, self.states, now, self.rng, cands)
         return RequestPlan(self, order, deadline)
 
 
@@ -123,9 +141,8 @@ class RequestPlan:
         on that target: the main Try or a hedge). The last recorded attempt is the one the
         next decision (retry it / fall back) is about."""
         pend = self._take_pending(index)
-        key = self._p.keys[pend.index]
-        self._p.registry.state(key).record(outcome, now, pend.ticket)
-        self.attempts.append((key, outcome))
+        self._p.states[pend.index].record(outcome, now, pend.ticket)
+        self.attempts.append((self._p.keys[pend.index], outcome))
         self._last = outcome
         self._current = pend.index
 
@@ -133,7 +150,7 @@ class RequestPlan:
         """The attempt was cancelled (client gone, hedge lost): free it, count nothing.
         A later `next()` moves on to the next target."""
         pend = self._take_pending(index)
-        self._p.registry.state(self._p.keys[pend.index]).release(now, pend.ticket)
+        self._p.states[pend.index].release(now, pend.ticket)
         if self._last is None or not self._last.ok:  # a race's loser does not undo its winner
             self._last = None
 
@@ -170,7 +187,7 @@ class RequestPlan:
         for i in self.order:
             if i in self._tried or i in busy or not ok(i):
                 continue
-            state = p.registry.state(p.keys[i])
+            state = p.states[i]
             if not state.admits(now):
                 continue
             if not p.budget.try_spend(now):
@@ -198,9 +215,25 @@ class RequestPlan:
         self.tries += 1
         return Try(index, self._p.keys[index], delay, n, reason)
 
-    def _give_up(self, reason: str, last: Outcome | None) -> GiveUp:
-        self._result = GiveUp(reason, last)
+    def _give_up(self, reason: str, last: Outcome | None, retry_after: float | None = None,
+                 rate_limited: bool = False) -> GiveUp:
+        self._result = GiveUp(reason, last, retry_after, rate_limited)
         return self._result
+
+    def _first_blocked(self, now: float, cands: list[int]) -> Try | GiveUp:
+        """No candidate admits a first attempt: force the open breaker that frees soonest, or,
+        when every candidate is held back by its limits or a sideline, give up with the time
+        until the soonest one frees. Off the common path (runs only when nothing admits)."""
+        states = self._p.states
+        pos = {i: n for n, i in enumerate(self.order)}
+        forceable = [i for i in cands if states[i].forceable(now)]
+        if forceable:
+            best = min(forceable, key=lambda i: (states[i].available_at(now), pos[i]))
+            self._forced = True
+            return self._try(best, states[best].force_acquire(now), 0.0, "forced")
+        soonest = min(states[i].available_at(now) for i in cands)
+        wait = soonest - now if soonest != math.inf else None
+        return self._give_up("unavailable", None, wait, all(states[i].rate_limited(now) for i in cands))
 
     def next(self, now: float, eligible: Eligible | None = None) -> Try | GiveUp:
         """The next step. `eligible` narrows the targets for this step only (e.g. targets
@@ -211,23 +244,20 @@ class RequestPlan:
             return self._result
         p = self._p
         ok = (lambda i: True) if eligible is None else eligible
-        states = p.registry
+        states = p.states
 
         if self.tries == 0:
             if now >= self.deadline:
                 return self._give_up("deadline", None)
             for i in self.order:
                 if ok(i):
-                    ticket = states.state(p.keys[i]).acquire(now)
+                    ticket = states[i].acquire(now)
                     if ticket is not None:
                         return self._try(i, ticket, 0.0, "first")
             cands = [i for i in self.order if ok(i)]
             if not cands or self._forced:
                 return self._give_up("exhausted", None)
-            pos = {i: n for n, i in enumerate(self.order)}
-            best = min(cands, key=lambda i: (states.state(p.keys[i]).available_at(now), pos[i]))
-            self._forced = True
-            return self._try(best, states.state(p.keys[best]).force_acquire(now), 0.0, "forced")
+            return self._first_blocked(now, cands)
 
         last = self._last
         route = p.route
@@ -250,7 +280,7 @@ class RequestPlan:
             delay = retry_delay(route.retry, self._tried[cur], last.retry_after, p.rng)
             if delay is not None:
                 start = now + delay
-                state = states.state(p.keys[cur])
+                state = states[cur]
                 if start >= self.deadline:
                     blocked_by_deadline = True
                 elif state.admits(start):
@@ -262,7 +292,7 @@ class RequestPlan:
 
         for i in self.order:
             if i not in self._tried and ok(i):
-                ticket = states.state(p.keys[i]).acquire(now)
+                ticket = states[i].acquire(now)
                 if ticket is not None:
                     return self._try(i, ticket, 0.0, "fallback")
         return self._give_up("deadline" if blocked_by_deadline else "exhausted", last)

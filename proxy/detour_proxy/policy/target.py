@@ -85,7 +85,7 @@ class TargetState:
     """Health and admission of one target. Every method takes `now`; nothing reads a clock."""
 
     __slots__ = ("key", "health", "_window", "_breaker", "_consecutive", "in_flight",
-                 "ewma_latency", "_latency_at", "_sideline_until", "last_error", "limiter")
+                 "ewma_latency", "_latency_at", "_sideline_until", "_sideline_rate", "last_error", "limiter")
 
     def __init__(self, key: TargetKey, health: config.Health,
                  on_transition: TransitionCallback | None = None) -> None:
@@ -102,6 +102,7 @@ class TargetState:
         self.ewma_latency: float | None = None
         self._latency_at = -math.inf
         self._sideline_until = -math.inf
+        self._sideline_rate = True     # the current sideline is a rate limit (429, quota headers)
         self.last_error: tuple[str, float] | None = None
         #: Client-side rate limits (`Target.limits`); None = unlimited (the usual case).
         self.limiter: RateLimiter | None = None
@@ -168,6 +169,22 @@ class TargetState:
             at = max(at, self.limiter.available_at(now))
         return max(at, self._sideline_until)
 
+    def forceable(self, now: float) -> bool:
+        """May the planner force an attempt here when nothing admits? Only when the breaker is
+        all that holds the target back: a cooldown is our own estimate and one probe is worth
+        more than failing without trying, but a sideline (the provider's reset time or
+        Retry-After) or this target's own `limits` are a "not before X" that forcing would
+        break, collecting exactly the 429 they exist to avoid."""
+        return now >= self._sideline_until and (self.limiter is None or self.limiter.admits(now))
+
+    def rate_limited(self, now: float) -> bool:
+        """Is a rate limit what holds this target back: its own `limits`, or a sideline from a
+        429 or quota headers (not from a 503's Retry-After)? Decides whether a request that no
+        target can take is answered 429 (slow down) or 503 (unavailable)."""
+        if self.limiter is not None and not self.limiter.admits(now):
+            return True
+        return now < self._sideline_until and self._sideline_rate
+
     # -- admission ---------------------------------------------------------------------------
     def acquire(self, now: float) -> Admission | None:
         """Admit one attempt: a ticket (pass it to `record`/`release`) or None."""
@@ -188,7 +205,8 @@ class TargetState:
         return self.acquire(now) is not None
 
     def force_acquire(self, now: float) -> Admission:
-        """Admit bypassing breaker, sideline and rate limits (the planner's `forced` try)."""
+        """Admit bypassing the breaker (the planner's `forced` try). The planner only forces a
+        `forceable` target, so sideline and limits are not bypassed; the request is counted."""
         self.in_flight += 1
         if self.limiter is not None:
             self.limiter.note_request(now)
@@ -295,7 +313,7 @@ class TargetState:
         if outcome.retry_after is not None and outcome.retry_after > 0:
             hold = now + min(outcome.retry_after, self.health.breaker.max_cooldown)
             if outcome.status in SIDELINE_STATUSES:
-                self.sideline(hold)
+                self.sideline(hold, rate_limit=outcome.status == 429)
         if probe:
             self._breaker.probe_failed(now, hold)
         elif state is BreakerState.CLOSED:
@@ -309,10 +327,12 @@ class TargetState:
         self._consecutive = 0
         self._breaker.close()
 
-    def sideline(self, until: float) -> None:
-        """Do not admit before `until` (a rate-limit reset); not a breaker state. Only lengthens."""
+    def sideline(self, until: float, rate_limit: bool = True) -> None:
+        """Do not admit before `until` (a rate-limit reset, or a 503's Retry-After with
+        `rate_limit=False`); not a breaker state. Only lengthens; the latest cause is kept."""
         if until > self._sideline_until:
             self._sideline_until = until
+            self._sideline_rate = rate_limit
 
     def import_open(self, until: float, now: float) -> bool:
         """A peer's open breaker: open until min(until, now + maxCooldown); never shortens."""

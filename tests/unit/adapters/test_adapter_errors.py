@@ -115,5 +115,26 @@ def test_anthropic_rate_limit_headers(provider):
     assert only_input.remaining_tokens == 77 and only_input.remaining_requests is None
 
 
+def test_anthropic_output_tokens_exhausted_is_what_is_left(provider):
+    from datetime import datetime, timezone
+
+    def at(s):
+        return datetime.fromtimestamp(NOW + s, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+    p = "anthropic-ratelimit-"
+    info = adapter_for(provider("anthropic")).rate_limits({
+        p + "requests-remaining": "40", p + "requests-reset": at(5),
+        p + "input-tokens-remaining": "30000", p + "input-tokens-reset": at(3),
+        p + "output-tokens-remaining": "0", p + "output-tokens-reset": at(17)}, now=NOW)
+    assert (info.remaining_requests, info.remaining_tokens, info.reset_tokens_s) == (40, 0, 17.0)
+    # several budgets exhausted: free when the last of them resets; none: the tightest one
+    both = parse_rate_limits({p + "tokens-remaining": "0", p + "tokens-reset": at(8),
+                              p + "output-tokens-remaining": "0", p + "output-tokens-reset": at(20)}, now=NOW)
+    assert (both.remaining_tokens, both.reset_tokens_s) == (0, 20.0)
+    tight = parse_rate_limits({p + "tokens-remaining": "900", p + "tokens-reset": at(8),
+                               p + "output-tokens-remaining": "50", p + "output-tokens-reset": at(2)}, now=NOW)
+    assert (tight.remaining_tokens, tight.reset_tokens_s) == (50, 2.0)
+
+
 def test_no_rate_limit_headers(provider):
     assert adapter_for(provider("openai")).rate_limits({"content-type": "application/json"}) is None

@@ -5,7 +5,10 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from detour_proxy.adapters import SSEEvent, SSEParser
+import pytest
+
+from detour_proxy.adapters import OpenAIStreamDecoder, SSEEvent, SSEParser
+from detour_proxy.adapters.base import MAX_SSE_EVENT_BYTES, SSEEventTooLarge
 
 
 def parse_all(chunks: list[bytes]) -> list[SSEEvent]:
@@ -44,6 +47,37 @@ def test_unterminated_event_flushed_on_close():
     p = SSEParser()
     assert p.feed(b"data: [DONE]") == []
     assert p.close() == [SSEEvent(None, b"[DONE]")]
+
+
+def test_a_line_that_never_ends_is_refused_at_the_bound():
+    p = SSEParser(max_event_bytes=1000)
+    p.feed(b"data: ")
+    with pytest.raises(SSEEventTooLarge):
+        for _ in range(100):          # 100 x 64 bytes: would be 6.4 kB held without the bound
+            p.feed(b"x" * 64)
+    assert len(p._buf) == 0           # noqa: SLF001 - what it held is let go
+
+
+def test_an_event_whose_data_lines_never_end_is_refused_at_the_bound():
+    p = SSEParser(max_event_bytes=1000)
+    with pytest.raises(SSEEventTooLarge):
+        for _ in range(100):          # complete lines, but no blank line ever dispatches them
+            p.feed(b"data: " + b"x" * 50 + b"\n")
+
+
+def test_events_up_to_the_bound_pass_and_the_bound_is_per_event():
+    p = SSEParser(max_event_bytes=1000)
+    big = b"x" * 1000
+    for _ in range(5):                # 5 kB in all, each event exactly at the bound
+        assert p.feed(b"data: " + big[:500] + b"\ndata: " + big[500:] + b"\n\n") == \
+            [SSEEvent(None, big[:500] + b"\n" + big[500:])]
+
+
+def test_default_bound_is_one_mib_and_decoders_pass_the_refusal_on():
+    assert MAX_SSE_EVENT_BYTES == 1 << 20
+    assert SSEParser().feed(b"data: " + b"x" * (1 << 20) + b"\n\n")[0].data == b"x" * (1 << 20)
+    with pytest.raises(SSEEventTooLarge):
+        OpenAIStreamDecoder().feed(b"data: " + b"x" * ((1 << 20) + 1))
 
 
 events_st = st.lists(

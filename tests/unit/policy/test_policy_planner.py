@@ -143,6 +143,62 @@ def test_forced_success_closes_the_target():
     assert st.breaker_state(clock.now()) is BreakerState.CLOSED
 
 
+def test_a_sidelined_target_is_not_forced_and_the_request_learns_when_it_frees():
+    # remaining-requests 0 with a 5 s reset: the provider said "not before then"
+    planner, clock = make(n=1)
+    st = planner.registry.state(planner.keys[0])
+    st.sideline(clock.now() + 5.0)
+    plan, steps = run(planner, clock, [])
+    assert steps == [GiveUp("unavailable", None, 5.0, rate_limited=True)]
+    assert st.in_flight == 0 and st.window_stats(clock.now()) == (0, 0, 0)
+    clock.advance(5.0)
+    assert shape(run(planner, clock, [OK])[1]) == [(0, "first", 1), "success"]
+
+
+def test_a_429_retry_after_sideline_is_not_forced_even_with_the_breaker_open():
+    planner, clock = make(n=1, attempts=1, breaker={"consecutive_failures": 1, "cooldown": 5.0})
+    limited = Outcome.http(429, retry_after=30.0)
+    _, steps = run(planner, clock, [limited])
+    assert steps[-1] == GiveUp("exhausted", limited)
+    st = planner.registry.state(planner.keys[0])
+    assert st.breaker_state(clock.now()) is BreakerState.OPEN     # open *and* sidelined for 30 s
+    _, steps = run(planner, clock, [])
+    assert steps == [GiveUp("unavailable", None, 30.0, rate_limited=True)]
+    clock.advance(30.0)                                            # the provider's reset: a probe
+    assert shape(run(planner, clock, [OK])[1]) == [(0, "first", 1), "success"]
+
+
+def test_a_503_retry_after_sideline_gives_up_as_unavailable_not_rate_limited():
+    # "come back in 10 s" from a 503 is an outage, not a quota: the client should see 503, not 429
+    planner, clock = make(n=2, attempts=1)
+    down = Outcome.http(503, retry_after=10.0)
+    run(planner, clock, [down, down])
+    _, (g,) = run(planner, clock, [])
+    assert (g.reason, g.rate_limited) == ("unavailable", False) and 9.5 < g.retry_after <= 10.0
+
+
+def test_a_route_is_rate_limited_only_when_every_target_is():
+    planner, clock = make(n=2, attempts=1)
+    run(planner, clock, [Outcome.http(429, retry_after=10.0), Outcome.http(503, retry_after=20.0)])
+    _, (g,) = run(planner, clock, [])    # one target rate-limited, the other down: unavailable
+    assert (g.reason, g.rate_limited) == ("unavailable", False) and 9.5 < g.retry_after <= 10.0
+
+
+def test_a_reload_that_drops_a_target_does_not_see_it_resurrected_by_a_request_in_flight():
+    planner, clock = make(n=2)
+    reg = planner.registry
+    plan = planner.begin(clock.now())
+    step = plan.next(clock.now())
+    assert step.key == planner.keys[0]
+    reg.retain([])                                  # the new config names neither target
+    clock.advance(0.1)
+    plan.record(Outcome.http(503), clock.now())     # the old request finishes on the old target
+    plan.next(clock.now())
+    plan.record(OK, clock.now())
+    assert planner.keys[0] not in reg and planner.keys[1] not in reg and len(reg) == 0
+    assert [s.key for s in reg.snapshot(clock.now())] == []   # nothing for shared health to publish
+
+
 def test_open_primary_is_skipped_without_cost():
     planner, clock = make(breaker={"consecutive_failures": 1})
     planner.registry.state(planner.keys[0]).import_open(clock.now() + 30, clock.now())

@@ -146,23 +146,43 @@ requests = st.lists(st.tuples(st.floats(0, 5), st.one_of(st.none(), st.floats(0,
        reqs=requests, data=st.data())
 def test_planner_invariants(health, n, attempts, strategy, ratio, floor, seed, reqs, data):
     """Retries never exceed the budget; no Try starts at or after the deadline; a request
-    makes at most targets x attempts tries, at most `attempts` per target, one pass each."""
-    budget_settings = config.RetryBudget(ratio=ratio, min_per_second=floor, window=10.0)
+    makes at most targets x attempts tries, at most `attempts` per target, one pass each.
+
+    Deadline and budget are checked against values this test computes itself (the deadline
+    it passed to `begin()`, or begin time + route timeout; request and retry times it saw),
+    not against what the plan or the budget report about themselves."""
+    window = 10.0
+    budget_settings = config.RetryBudget(ratio=ratio, min_per_second=floor, window=window)
     planner, clock = _planner(health, n, attempts, strategy, budget_settings, seed, CheckedBudget)
+    # The budget counts in 10 buckets, so its window spans between 9/10 and all of `window`:
+    # retries over the last (window - one bucket) <= ratio x requests over the last `window`
+    # + minPerSecond x window must hold at every retry (tiny slack for float bucket edges).
+    short = window - window / 10
+    request_times: list[float] = []
+    retry_times: list[float] = []
     retries = 0
     for gap, timeout in reqs:
         clock.advance(gap)
-        deadline = None if timeout is None else clock.now() + timeout
-        plan = planner.begin(clock.now(), deadline=deadline)
+        began = clock.now()
+        deadline = began + (planner.route.timeout if timeout is None else timeout)
+        plan = planner.begin(began, deadline=None if timeout is None else deadline)
+        request_times.append(began)
         seq: list[int] = []
         while True:
             step = plan.next(clock.now())
             if isinstance(step, GiveUp):
                 break
             assert isinstance(step, Try) and step.delay >= 0
-            assert clock.now() + step.delay < plan.deadline
+            assert clock.now() + step.delay < deadline, "an attempt would start at/after the deadline"
             assert step.reason != "forced" or not seq
             retries += step.reason == "retry"
+            if step.reason == "retry":
+                t = clock.now()                 # the budget is spent when the retry is decided
+                retry_times.append(t)
+                recent_retries = sum(1 for u in retry_times if u > t - short + 1e-6)
+                recent_requests = sum(1 for u in request_times if u > t - window - 1e-6)
+                assert recent_retries <= ratio * recent_requests + floor * window + 1e-9, (
+                    f"{recent_retries} retries vs {recent_requests} requests at t={t}")
             assert (step.reason == "retry") == bool(seq and seq[-1] == step.index)
             seq.append(step.index)
             assert step.attempt == seq.count(step.index) <= attempts

@@ -189,22 +189,63 @@ def test_merge_limits_takes_the_stricter_field():
     assert merge_limits(None, a) is a and merge_limits(a, None) is a
 
 
-def test_every_target_limited_forces_the_soonest_like_open_breakers():
-    limits = config.Limits(requests_per_minute=1)
+def limited_route(n: int, limits: config.Limits, clock: FakeClock):
     route = config.Route(name="r", targets=[config.Target(provider=f"p{i}", model="m", priority=i,
-                                                          limits=limits) for i in range(2)])
-    clock = FakeClock(0.0)
+                                                          limits=limits) for i in range(n)])
     reg = HealthRegistry(config.Health(), clock)
     keys = [TargetKey(t.provider, "m", "u") for t in route.targets]
     reg.set_limits({k: limits for k in keys})
-    p = RoutePlanner(route, keys, reg, RetryBudget(config.RetryBudget(), clock), random.Random(1))
+    return RoutePlanner(route, keys, reg, RetryBudget(config.RetryBudget(), clock), random.Random(1)), reg
+
+
+def test_every_target_limited_gives_up_saying_when_the_soonest_frees():
+    # Unlike open breakers, limits are never forced: the request would only collect a 429.
+    clock = FakeClock(0.0)
+    p, reg = limited_route(2, config.Limits(requests_per_minute=1), clock)
     assert serve(p, clock) == "p0"
     clock.advance(1)
     assert serve(p, clock) == "p1"
     clock.advance(1)
     plan = p.begin(clock.now())
-    step = plan.next(clock.now())
-    assert step.reason == "forced" and step.key.provider == "p0"   # p0 frees first (t=60)
+    assert plan.next(clock.now()) == GiveUp("unavailable", None, 58.0, rate_limited=True)   # p0 frees first (t=60)
+    assert plan.next(clock.now()).reason == "unavailable"               # final
+    assert [reg.state(k).limiter.usage(clock.now())[0] for k in p.keys] == [1, 1]   # nothing sent
+    assert all(reg.state(k).in_flight == 0 for k in p.keys)
+
+
+def test_single_target_60_rpm_serves_exactly_60_and_refuses_the_rest_until_the_window_frees():
+    clock = FakeClock(1000.0)
+    p, reg = limited_route(1, RPM60, clock)
+    steps = []
+    for _ in range(100):                          # a burst: all at the same instant
+        plan = p.begin(clock.now())
+        step = plan.next(clock.now())
+        steps.append(step)
+        if isinstance(step, Try):
+            plan.record(OK, clock.now())
+    assert [s.reason for s in steps] == ["first"] * 60 + ["unavailable"] * 40
+    assert {s.retry_after for s in steps[60:]} == {60.0}
+    assert reg.state(p.keys[0]).limiter.usage(clock.now())[0] == 60    # the provider saw 60
+    clock.advance(30)
+    assert p.begin(clock.now()).next(clock.now()) == GiveUp("unavailable", None, 30.0, rate_limited=True)
+    clock.advance(30)
+    assert serve(p, clock) == "p0"
+
+
+def test_an_open_breaker_is_forced_but_a_limited_target_is_not():
+    clock = FakeClock(0.0)
+    route = config.Route(name="r", targets=[
+        config.Target(provider="limited", model="m", priority=0, limits=config.Limits(requests_per_minute=1)),
+        config.Target(provider="open", model="m", priority=1)])
+    reg = HealthRegistry(config.Health(), clock)
+    keys = [TargetKey(t.provider, "m", "u") for t in route.targets]
+    reg.set_limits({keys[0]: route.targets[0].limits})
+    p = RoutePlanner(route, keys, reg, RetryBudget(config.RetryBudget(), clock), random.Random(1))
+    assert serve(p, clock) == "limited"
+    reg.state(keys[1]).import_open(clock.now() + 120, clock.now())   # opens after the limit frees
+    step = p.begin(clock.now()).next(clock.now())
+    assert (step.key.provider, step.reason) == ("open", "forced")
+    assert reg.state(keys[0]).limiter.usage(clock.now())[0] == 1
 
 
 def test_no_limits_no_limiter():

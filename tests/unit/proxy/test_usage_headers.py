@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
+import orjson
+import pytest
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from detour_proxy import config
@@ -59,6 +61,20 @@ def test_anthropic_headers():
     assert until is not None and 118.0 < until <= 120.0
 
 
+def test_anthropic_output_tokens_exhausted_sidelines_until_their_reset():
+    tr = target("anthropic")
+    import datetime as dt
+    soon = dt.datetime.now(dt.timezone.utc)
+    until = usage.check_rate_headers(tr, h(**{
+        "anthropic-ratelimit-requests-remaining": "40",
+        "anthropic-ratelimit-requests-reset": (soon + dt.timedelta(seconds=2)).isoformat(),
+        "anthropic-ratelimit-input-tokens-remaining": "30000",
+        "anthropic-ratelimit-output-tokens-remaining": "0",
+        "anthropic-ratelimit-output-tokens-reset": (soon + dt.timedelta(seconds=20)).isoformat()}), 100.0)
+    assert until is not None and 118.0 < until <= 120.0
+    assert not tr.state.admits(117.0) and tr.state.admits(120.0)
+
+
 def test_token_reservation_and_settlement():
     tr = target(limits=config.Limits(tokens_per_minute=100))
     ctx = SimpleNamespace(raw=b"x" * 400)          # ~100 tokens estimated
@@ -74,3 +90,19 @@ def test_token_reservation_and_settlement():
     assert tr.state.limiter.usage(1.0)[1] == 30 + 100 + 20
     # no token limit: nothing reserved
     assert usage.reserve(target(), ctx, 0.0) is None
+
+
+@pytest.mark.parametrize("wait,header", [(60.0, b"60"), (59.2, b"60"), (0.3, b"1"), (0.0, b"1")])
+def test_no_target_available_says_when_to_come_back(wait, header):
+    from detour_proxy.executor import failure_reply
+    from detour_proxy.policy import GiveUp
+    route = SimpleNamespace(route=SimpleNamespace(name="chat"), targets=[object()],
+                            embeddings_eligible=lambda i: True)
+    ctx = SimpleNamespace(attempts=0, unsupported=None, kind="chat", route=route)
+    reply = failure_reply(ctx, GiveUp("unavailable", None, wait), None)
+    assert reply.status == 503 and dict(reply.headers)[b"retry-after"] == header
+    err = orjson.loads(reply.body)["error"]
+    assert err["code"] == "no_target_available" and err["type"] == "upstream_error" and err["message"]
+    # unknown (e.g. a half-open target with its probe out): no header rather than a guess
+    unknown = failure_reply(ctx, GiveUp("unavailable", None, None), None)
+    assert unknown.status == 503 and b"retry-after" not in dict(unknown.headers)
