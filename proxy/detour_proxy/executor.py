@@ -43,7 +43,7 @@ class RequestContext:
     errors: list[tuple[str, Outcome, UpstreamError | None]] = field(default_factory=list)
     unsupported: str | None = None   # why a target could not take this request (no attempt sent)
     trace: Any = None                # tracing.RequestTrace when OpenTelemetry tracing is on
-    status: int = 0                  # streams: the status of an error reply sent before any chunk
+    status: int = 0                  # the status sent once the response started (0: nothing sent yet)
 
 
 @dataclass(slots=True)

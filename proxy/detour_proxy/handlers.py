@@ -116,6 +116,7 @@ class OpenAIEndpoints:
                 if ctx.target is not None:
                     reply.headers.append((b"x-detour-target", ctx.target.label.encode()))
                 reply.headers.append((b"content-length", str(len(reply.body)).encode()))
+                ctx.status = status
                 await send({"type": "http.response.start", "status": status, "headers": reply.headers})
                 await send({"type": "http.response.body", "body": reply.body, "more_body": False})
         except asyncio.CancelledError:
@@ -124,8 +125,7 @@ class OpenAIEndpoints:
             task.uncancel()  # our own cancellation: the client left, nothing more to send
         except Exception as exc:  # a bug: answer in the OpenAI format, log it once, keep serving
             outcome = "error"
-            status = await _internal_error(send, exc, request_id, route.route.name, stream,
-                                           (ctx.status or 200) if stream else status)
+            status = await _internal_error(send, exc, request_id, route.route.name, stream, ctx.status)
         finally:
             watcher.cancel()
             rm.in_flight.dec()
@@ -216,30 +216,28 @@ def _parse(raw: bytes, kind: str) -> dict[str, Any]:
 
 
 async def _internal_error(send: Any, exc: Exception, request_id: str, route: str, stream: bool,
-                          status_if_started: int) -> int:
+                          started_status: int) -> int:
     """Log an unexpected exception once and tell the client, if it can still be told; returns
-    the status the client got (`status_if_started` when its response had already begun). The
-    log line has the exception's type and frames but not its message (it could quote the
-    request); the client gets neither."""
+    the status the client got. `started_status` is the status already sent (0: nothing sent,
+    so the client gets a clean 500). The log line has the exception's type and frames but
+    not its message (it could quote the request); the client gets neither."""
     error_log.error("internal error while serving a request", extra={"fields": {
         "request_id": request_id, "route": route, "error_type": type(exc).__name__,
         "traceback": "".join(traceback.format_tb(exc.__traceback__))}})
     body = error_body("Detour failed to serve this request (internal error); it has been logged "
                       f"with request id {request_id}.", "internal_error", "internal_error")
     try:
-        await _respond(send, 500, body, request_id)
-        return 500
-    except RuntimeError:
-        pass  # the response had already started (uvicorn refuses a second start): end it
-    try:
+        if not started_status:
+            await _respond(send, 500, body, request_id)
+            return 500
         if stream:  # an SSE error event and no [DONE], so SDKs raise instead of truncating silently
             await send({"type": "http.response.body", "body": b"event: error\ndata: " + body + b"\n\n",
                         "more_body": False})
         else:
             await send({"type": "http.response.body", "body": b"", "more_body": False})
     except RuntimeError:
-        pass  # already complete
-    return status_if_started
+        pass  # the response was already complete: nothing more can be said
+    return started_status or 500
 
 
 async def _respond(send: Any, status: int, body: bytes, request_id: str) -> None:

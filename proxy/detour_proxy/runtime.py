@@ -85,7 +85,7 @@ def build_gateway(config: RoutingConfig, *, registry: HealthRegistry, budget: Re
             cred = prev if prev is not None and prev.describe == repr(p.api_key) else Credential(p.api_key)
         providers[p.name] = ProviderRuntime(
             config=p, adapter=adapter, credential=cred,
-            timeouts=UpstreamTimeouts.build(p.timeouts.connect, p.timeouts.stream_idle),
+            timeouts=UpstreamTimeouts.build(p.timeouts.connect),
             can_continue=adapter.can_continue, supports_embeddings=adapter.supports("embeddings"),
         )
     registry.update_settings(config.health)

@@ -28,7 +28,7 @@ from . import usage as usage_acct
 from .executor import (RequestContext, build_request, exception_outcome, failure_reply, note_decision,
                        observe_usage, record, skip_unsupported)
 from .policy import GiveUp, Outcome, OutcomeKind
-from .upstream import CONNECT_ERRORS, STREAM_ERRORS
+from .upstream import CONNECT_ERRORS, STREAM_ERRORS, arm_read_timeout
 
 if TYPE_CHECKING:
     from .app_state import AppState
@@ -62,6 +62,7 @@ class Relay:
         headers = [*SSE_HEADERS, (b"x-detour-target", tr.label.encode()),
                    (b"x-detour-attempts", str(self.ctx.attempts).encode()),
                    (b"x-request-id", self.ctx.request_id.encode())]
+        self.ctx.status = 200   # the response has started (handlers read it if something fails later)
         await self.send({"type": "http.response.start", "status": 200, "headers": headers})
         self.started = True
 
@@ -211,7 +212,7 @@ async def _attempt(state: AppState, ctx: RequestContext, tr: TargetRuntime, dead
         else:
             req = build_request(ctx, tr, stream=True)
         async with asyncio.timeout(max(0.0, min(prov.config.timeouts.first_token, deadline - started))) as tm:
-            # Connect timeout only: no socket read timer until the first token (see _arm_idle_timer).
+            # Connect timeout only: no socket read timer until the first token (see upstream.arm_read_timeout).
             resp = await state.upstream.send(req, prov.timeouts.unary)
             usage_acct.check_rate_headers(tr, resp.headers, clock.now())
             if resp.status != 200:
@@ -242,7 +243,7 @@ async def _attempt(state: AppState, ctx: RequestContext, tr: TargetRuntime, dead
             ttft = clock.now() - started
             # Past the gate: the attempt is now bounded by the provider's total timeout...
             tm.reschedule(asyncio.get_running_loop().time() + max(0.0, prov.config.timeouts.total - ttft))
-            _arm_idle_timer(resp, prov.config.timeouts.stream_idle)   # ...and by streamIdle between chunks
+            arm_read_timeout(resp, prov.config.timeouts.stream_idle)   # ...and by streamIdle between chunks
             prefix = b""
             if relay.started:
                 trim = getattr(req, "prefix_trim", "") or ""
@@ -283,34 +284,12 @@ async def _attempt(state: AppState, ctx: RequestContext, tr: TargetRuntime, dead
                                              f"{tr.label} sent an oversized stream event ({exc})", None),
                                started, clock.now(), ttft)
     finally:
-        _settle(reservation, relay.chars - chars_before)
+        usage_acct.settle_stream(reservation, relay.chars - chars_before)
         if resp is not None:
             if complete:
                 resp.release()
             else:
                 resp.close()   # drop the connection: nothing keeps reading for a failed or gone client
-
-
-def _arm_idle_timer(resp: Any, idle: float) -> None:
-    """Start `timeouts.streamIdle` once tokens flow, as documented.
-
-    The request went out without a socket read timeout so that a slow first token is judged
-    by `firstToken` alone. From here aiohttp's own read timer applies: every read re-arms it
-    (as `sock_read` would, so nothing is allocated per chunk by us), and a silence longer than
-    `idle` fails the read with a timeout. No connection left means the body is already read.
-    """
-    conn = resp.connection
-    proto = conn.protocol if conn is not None else None
-    if proto is not None and idle > 0:
-        proto.read_timeout = idle
-        proto.start_timeout()
-
-
-def _settle(reservation: Any, chars: int) -> None:
-    """Settle a token reservation as `usage.settle_stream` does (prompt estimate + ~chars/4 of
-    the delivered text), but from a character count: error-mode streams keep no text."""
-    if reservation is not None:
-        reservation.settle(reservation.estimate + chars // 4)
 
 
 def _stream_failure(err: UpstreamError | None, started: float, now: float,

@@ -5,9 +5,11 @@ transport and >10x a plain httpx client, so every upstream call in Detour goes t
 module and nothing else opens connections. Tests can replace the seam by constructing
 `Upstream` with their own session.
 
-Timeouts: `connect` and `sock_read` (the stream idle timeout) are aiohttp's own timers, set
-once per provider; deadlines that move (first token, total, the route deadline) are applied
-by the caller with `asyncio.timeout_at`, so nothing here allocates a timer per chunk.
+Timeouts: `connect` is aiohttp's own timer, set once per provider. A stream's idle timeout
+(`timeouts.streamIdle`) starts only once its first token has arrived (`arm_read_timeout`), so
+a slow first token is judged by `firstToken` alone. Deadlines that move (first token, total,
+the route deadline) are applied by the caller with `asyncio.timeout`, so nothing here
+allocates a timer per chunk.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import aiohttp
 
 from .adapters import UpstreamRequest
 
-__all__ = ["Upstream", "UpstreamTimeouts", "CONNECT_ERRORS", "STREAM_ERRORS"]
+__all__ = ["Upstream", "UpstreamTimeouts", "CONNECT_ERRORS", "STREAM_ERRORS", "arm_read_timeout"]
 
 # Errors before any response byte: the request may not have reached the provider.
 CONNECT_ERRORS: tuple[type[BaseException], ...] = (
@@ -42,15 +44,11 @@ STREAM_ERRORS: tuple[type[BaseException], ...] = (
 class UpstreamTimeouts:
     """aiohttp timeouts built once per provider (per config), not per request."""
 
-    unary: aiohttp.ClientTimeout
-    stream: aiohttp.ClientTimeout
+    unary: aiohttp.ClientTimeout   # connect only: used for unary calls and streams alike
 
     @classmethod
-    def build(cls, connect: float, stream_idle: float) -> UpstreamTimeouts:
-        return cls(
-            unary=aiohttp.ClientTimeout(total=None, connect=connect),
-            stream=aiohttp.ClientTimeout(total=None, connect=connect, sock_read=stream_idle),
-        )
+    def build(cls, connect: float) -> UpstreamTimeouts:
+        return cls(unary=aiohttp.ClientTimeout(total=None, connect=connect))
 
 
 class Upstream:
@@ -96,3 +94,15 @@ class Upstream:
 def header_map(resp: aiohttp.ClientResponse) -> Any:
     """Case-insensitive response headers (a CIMultiDictProxy), as adapters expect."""
     return resp.headers
+
+
+def arm_read_timeout(resp: aiohttp.ClientResponse, idle: float) -> None:
+    """Start a read timeout of `idle` seconds on a response being read (a stream, once its
+    first token arrived). From here aiohttp's own read timer applies: every read re-arms it,
+    as `sock_read` would, so nothing is allocated per chunk, and a silence longer than `idle`
+    fails the next read with a timeout. No connection left means the body is already read."""
+    conn = resp.connection
+    proto = conn.protocol if conn is not None else None
+    if proto is not None and idle > 0:
+        proto.read_timeout = idle
+        proto.start_timeout()

@@ -102,23 +102,8 @@ def settle(meter: Reservation | None, usage: Any) -> None:
     meter.settle(total)
 
 
-class StreamMeter:
-    __slots__ = ("reservation", "mark")
-
-    def __init__(self, reservation: Reservation, mark: int) -> None:
-        self.reservation = reservation
-        self.mark = mark
-
-
-def reserve_stream(tr: TargetRuntime, ctx: RequestContext, now: float, delivered: list[str]) -> StreamMeter | None:
-    """`reserve` for a stream attempt; `delivered` is the relay's list of delivered texts."""
-    res = reserve(tr, ctx, now)
-    return None if res is None else StreamMeter(res, len(delivered))
-
-
-def settle_stream(meter: StreamMeter | None, delivered: list[str]) -> None:
-    """Settle a stream attempt: the prompt estimate plus ~chars/4 of the text it delivered."""
-    if meter is None:
-        return
-    chars = sum(len(t) for t in delivered[meter.mark:])
-    meter.reservation.settle(meter.reservation.estimate + chars // 4)
+def settle_stream(meter: Reservation | None, delivered_chars: int) -> None:
+    """Settle a stream attempt: the prompt estimate plus ~chars/4 of the text it delivered
+    (from a count: a stream relayed in `error` mode keeps no text)."""
+    if meter is not None:
+        meter.settle(meter.estimate + delivered_chars // 4)

@@ -95,7 +95,7 @@ class Sim:
         async def provider_handler(request: web.Request) -> web.StreamResponse:
             headers = request.headers
             path = request.path
-            stats.request_started(request.method, path, headers)
+            stats.request_started(request.method, path, headers, request.query_string)
             ctx: Ctx | None = None
             try:
                 rid = headers.get("x-request-id") or f"req_{name}_{next(seq)}"

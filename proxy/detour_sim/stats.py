@@ -3,7 +3,7 @@
 Tests must not sleep-and-hope: they await "the sim saw the client go away" or "the sim got
 3 requests". Waiters are futures registered per (key, threshold) and resolved from the
 counter updates themselves, so there is no polling loop and no cost when nobody waits.
-``lastRequest`` is stored raw (headers object + parsed body) and only rendered — with
+``lastRequest`` is stored raw (headers object, query string, parsed body) and only rendered — with
 credentials redacted — when someone asks, to keep the hot path cheap.
 """
 
@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 from typing import Any, Mapping
+from urllib.parse import parse_qsl
 
 REDACTED_HEADERS = frozenset({"authorization", "x-api-key", "api-key", "proxy-authorization"})
 
@@ -43,14 +44,14 @@ class Stats:
         self.requests: dict[str, int] = {}
         self.c = {k: 0 for k in COUNTERS if k != "inFlight"}
         self.request_ids: deque[str] = deque(maxlen=100)
-        self._last: tuple[str, str, Mapping[str, str], Any] | None = None
+        self._last: tuple[str, str, Mapping[str, str], Any, str] | None = None
 
     # -- updates --------------------------------------------------------------------
-    def request_started(self, method: str, path: str, headers: Mapping[str, str]) -> None:
+    def request_started(self, method: str, path: str, headers: Mapping[str, str], query: str = "") -> None:
         self.requests[path] = self.requests.get(path, 0) + 1
         self.c["total"] += 1
         self.in_flight += 1
-        self._last = (method, path, headers, None)
+        self._last = (method, path, headers, None, query)
         rid = headers.get("x-request-id")
         if rid is not None:
             self.request_ids.append(rid)
@@ -59,7 +60,7 @@ class Stats:
 
     def record_body(self, body: Any) -> None:
         if self._last is not None:
-            self._last = self._last[:3] + (body,)
+            self._last = self._last[:3] + (body,) + self._last[4:]
 
     def request_finished(self) -> None:
         self.in_flight -= 1
@@ -86,13 +87,14 @@ class Stats:
     def last_request(self) -> dict[str, Any] | None:
         if self._last is None:
             return None
-        method, path, headers, body = self._last
+        method, path, headers, body, query = self._last
         hdrs: dict[str, str] = {}
         for k, v in headers.items():
             lk = k.lower()
             hdrs[lk] = "<redacted>" if lk in REDACTED_HEADERS else v
         auth = any(h in hdrs for h in REDACTED_HEADERS)
-        return {"method": method, "path": path, "headers": hdrs, "body": body, "authSent": auth}
+        return {"method": method, "path": path, "query": dict(parse_qsl(query, keep_blank_values=True)),
+                "headers": hdrs, "body": body, "authSent": auth}
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"requests": dict(self.requests)}

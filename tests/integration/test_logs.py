@@ -232,6 +232,7 @@ def test_internal_error_is_an_openai_500_logged_once_without_details(caplog, mon
         raise RuntimeError(f"bug while handling {PROMPT} with {PROVIDER_KEYS[0]}")
 
     async def broken_after_start(state, ctx, send):   # the stream already started: end it with an error
+        ctx.status = 200                                  # as streaming.Relay.start records it
         await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/event-stream")]})
         await send({"type": "http.response.body", "body": b'data: {"choices": []}\n\n', "more_body": True})
         raise KeyError(PROMPT)

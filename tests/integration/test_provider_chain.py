@@ -52,8 +52,16 @@ def test_plain_chat_falls_through_to_anthropic(chain):
     assert completion.choices[0].message.content == CANONICAL
     assert completion.choices[0].finish_reason == "stop"
     assert completion.usage.total_tokens == completion.usage.prompt_tokens + completion.usage.completion_tokens > 0
-    # Azure's Retry-After (30 s) exceeds maxRetryAfter: no retry there, straight on.
+    # the primary was really tried (and retried: a 503 is worth a second attempt)...
+    assert primary.requests("/v1/chat/completions") == 2
+    # ...and Azure got a well-formed deployment request, api-version included (its sim
+    # answers the injected 429 before it would check that itself). Its Retry-After (30 s)
+    # exceeds maxRetryAfter: no retry there, straight on.
     assert azure.requests("/openai/deployments/gpt4o-deployment/chat/completions") == 1
+    to_azure = azure.stats()["lastRequest"]
+    assert to_azure["path"] == "/openai/deployments/gpt4o-deployment/chat/completions"
+    assert to_azure["query"] == {"api-version": "2024-10-21"}
+    assert to_azure["headers"]["api-key"] == "<redacted>" and "authorization" not in to_azure["headers"]
     sent = claude.stats()["lastRequest"]
     assert sent["body"]["system"] == "Be brief."
     assert sent["body"]["max_tokens"] == 4096
@@ -63,19 +71,21 @@ def test_plain_chat_falls_through_to_anthropic(chain):
 def test_tool_calls_round_trip_through_anthropic(chain):
     proxy, *_ = chain
     c = sdk(proxy)
-    first = c.chat.completions.create(model="gpt-4o", tools=TOOLS,
-                                      messages=[{"role": "user", "content": "weather in Oslo"}])
-    choice = first.choices[0]
+    raw = c.chat.completions.with_raw_response.create(model="gpt-4o", tools=TOOLS,
+                                                      messages=[{"role": "user", "content": "weather in Oslo"}])
+    assert raw.headers["x-detour-target"] == "claude/claude-3-5-sonnet-latest"
+    choice = raw.parse().choices[0]
     assert choice.finish_reason == "tool_calls"
     call = choice.message.tool_calls[0]
     assert call.function.name == "search"
     assert json.loads(call.function.arguments) == {"query": "weather in Oslo"}
-    second = c.chat.completions.create(model="gpt-4o", tools=TOOLS, messages=[
+    raw = c.chat.completions.with_raw_response.create(model="gpt-4o", tools=TOOLS, messages=[
         {"role": "user", "content": "weather in Oslo"},
         {"role": "assistant", "content": None, "tool_calls": [call.model_dump()]},
         {"role": "tool", "tool_call_id": call.id, "content": "Sunny, 21C"},
     ])
-    assert second.choices[0].message.content == CANONICAL
+    assert raw.headers["x-detour-target"] == "claude/claude-3-5-sonnet-latest"
+    assert raw.parse().choices[0].message.content == CANONICAL
 
 
 def test_streaming_falls_through_to_anthropic(chain):
@@ -95,14 +105,16 @@ def test_streaming_falls_through_to_anthropic(chain):
 def test_streaming_tool_call_through_anthropic(chain):
     proxy, *_ = chain
     calls: dict[int, dict] = {}
-    for ch in sdk(proxy).chat.completions.create(model="gpt-4o", stream=True, tools=TOOLS,
-                                                 messages=[{"role": "user", "content": "news"}]):
-        for tc in (ch.choices[0].delta.tool_calls or []) if ch.choices else []:
-            slot = calls.setdefault(tc.index, {"name": "", "args": ""})
-            if tc.function and tc.function.name:
-                slot["name"] = tc.function.name
-            if tc.function and tc.function.arguments:
-                slot["args"] += tc.function.arguments
+    with sdk(proxy).chat.completions.with_streaming_response.create(
+            model="gpt-4o", stream=True, tools=TOOLS, messages=[{"role": "user", "content": "news"}]) as resp:
+        assert resp.headers["x-detour-target"] == "claude/claude-3-5-sonnet-latest"
+        for ch in resp.parse():
+            for tc in (ch.choices[0].delta.tool_calls or []) if ch.choices else []:
+                slot = calls.setdefault(tc.index, {"name": "", "args": ""})
+                if tc.function and tc.function.name:
+                    slot["name"] = tc.function.name
+                if tc.function and tc.function.arguments:
+                    slot["args"] += tc.function.arguments
     assert calls[0]["name"] == "search"
     assert json.loads(calls[0]["args"]) == {"query": "news"}
 

@@ -12,16 +12,38 @@ Choices worth knowing:
   with a blank line, in order (Anthropic has no mid-conversation system turn).
 - Tool-call arguments that are not a JSON object are sent as `{"_raw_arguments": "<text>"}`
   rather than `{}`, so the model still sees what it produced (nothing silently lost).
-- Empty and whitespace-only text blocks are dropped (Anthropic rejects them); a final
-  assistant turn is right-stripped (Anthropic rejects trailing whitespace there) and the
-  stripped text is returned so the stream decoder can avoid repeating it.
-- `temperature` is clamped to Anthropic's [0, 1]. Sampling parameters exist only up to
+- Empty and whitespace-only text blocks (and stop sequences) are dropped, also inside tool
+  results (Anthropic rejects them); a final assistant turn is right-stripped (Anthropic
+  rejects trailing whitespace there) and the stripped text is returned so the stream
+  decoder can avoid repeating it. Tool results may carry images (Anthropic accepts them).
+- Tool pairing is checked, not repaired: every assistant `tool_calls` entry must be answered
+  by a tool message among the user/tool messages that follow it, before the next assistant
+  message (lenient clients may put a user note first; the results are moved to the front of
+  that turn), and every tool message must answer a call of the assistant message before
+  it. OpenAI rejects such conversations with a 400 too, and Anthropic would; inventing
+  results would put words in the tool's mouth, so it is an UnsupportedRequest (the client
+  gets a 400 naming the reason if no other target serves it).
+- Anthropic rejects `tool_use`/`tool_result` blocks in a request without `tools`, which
+  OpenAI allows (a history with tool calls, no tools offered now). The tools named in the
+  history are then declared with an open schema and `tool_choice: none`, so the history
+  is kept and the model still cannot call anything.
+- Legacy functions API: an assistant `function_call` becomes a `tool_use` with the stable
+  id `call_legacy_<message index>` (the same on every retry and fallback), and the `function`
+  message after it its `tool_result`. The request-level `functions` parameter raises
+  UnsupportedRequest: the model's call would come back as `tool_calls`, which a
+  functions-API client does not read (the response translation has no per-request context
+  to answer with a legacy `function_call`), so such requests go to an OpenAI-dialect target.
+  `function_call` without `functions` means nothing, like `tool_choice` without `tools`.
+- `temperature` is clamped from OpenAI's [0, 2] to Anthropic's [0, 1]; `top_p` must be in
+  [0, 1] (in both APIs) and `max_tokens` positive. Sampling parameters exist only up to
   anthropic-version 2023-06-01: from 2026-10-21 the API rejects `temperature`/`top_p`
   (even at defaults) and the SDK types no longer have them, so they are dropped there.
   Some newer models reject `temperature` even on 2023-06-01; that comes back as their 400.
-- `n > 1`, legacy `function` messages and
-  unknown content parts raise UnsupportedRequest. `response_format`, `logprobs`,
-  `presence/frequency_penalty`, `seed` have no Anthropic counterpart and are not sent.
+- A conversation with no user/assistant content left (only system messages, or only blank
+  text) raises UnsupportedRequest: Anthropic needs at least one message.
+- `n > 1`, out-of-range numbers and unknown content parts raise UnsupportedRequest.
+  `response_format`, `logprobs`, `presence/frequency_penalty`, `seed` have no Anthropic
+  counterpart and are not sent.
 """
 
 from __future__ import annotations
@@ -55,7 +77,10 @@ def _text_of(content: Any, where: str) -> list[str]:
     raise UnsupportedRequest(f"{where}: content must be a string or a list of parts")
 
 
-def _text_block(text: str) -> dict[str, Any] | None:
+def _text_block(text: Any, where: str) -> dict[str, Any] | None:
+    """A text block, or None for blank text (Anthropic rejects blank text blocks)."""
+    if not isinstance(text, str):
+        raise UnsupportedRequest(f"{where}: text content must be a string")
     return {"type": "text", "text": text} if text and not text.isspace() else None
 
 
@@ -74,10 +99,11 @@ def _image_block(part: dict[str, Any], where: str) -> dict[str, Any]:
 
 
 def _user_blocks(content: Any, where: str) -> list[dict[str, Any]]:
+    """Blocks of a user/assistant/tool content: text (non-blank) and image parts, in order."""
     if content is None:
         return []
     if isinstance(content, str):
-        b = _text_block(content)
+        b = _text_block(content, where)
         return [b] if b else []
     if not isinstance(content, list):
         raise UnsupportedRequest(f"{where}: content must be a string or a list of parts")
@@ -85,7 +111,7 @@ def _user_blocks(content: Any, where: str) -> list[dict[str, Any]]:
     for part in content:
         t = part.get("type") if isinstance(part, dict) else None
         if t in ("text", "input_text", "refusal"):
-            b = _text_block(part.get("text") if t != "refusal" else part.get("refusal"))
+            b = _text_block(part.get("text") if t != "refusal" else part.get("refusal"), where)
             if b:
                 out.append(b)
         elif t == "image_url":
@@ -112,6 +138,14 @@ def tool_input(arguments: Any) -> dict[str, Any]:
     return {"_raw_arguments": orjson.dumps(arguments).decode()}
 
 
+def _legacy_use_block(function_call: Any, call_id: str, where: str) -> dict[str, Any]:
+    """An assistant `function_call` (legacy functions API) as a tool_use with a synthetic id."""
+    if not isinstance(function_call, dict) or not isinstance(function_call.get("name"), str):
+        raise UnsupportedRequest(f"{where}.function_call: needs a name")
+    return {"type": "tool_use", "id": call_id, "name": function_call["name"],
+            "input": tool_input(function_call.get("arguments"))}
+
+
 def _tool_use_blocks(tool_calls: Any, where: str) -> list[dict[str, Any]]:
     if not isinstance(tool_calls, list):
         raise UnsupportedRequest(f"{where}: tool_calls must be a list")
@@ -124,17 +158,46 @@ def _tool_use_blocks(tool_calls: Any, where: str) -> list[dict[str, Any]]:
     return out
 
 
-def _tool_result_block(msg: dict[str, Any], where: str) -> dict[str, Any]:
-    tid = msg.get("tool_call_id")
-    if not isinstance(tid, str):
+def _tool_result_block(tool_use_id: Any, content: Any, where: str) -> dict[str, Any]:
+    """A tool (or legacy function) message as a tool_result: one text as a string, else blocks."""
+    if not isinstance(tool_use_id, str):
         raise UnsupportedRequest(f"{where}: tool message needs tool_call_id")
-    texts = [t for t in _text_of(msg.get("content"), where) if t]
-    block: dict[str, Any] = {"type": "tool_result", "tool_use_id": tid}
-    if len(texts) == 1:
-        block["content"] = texts[0]
-    elif texts:
-        block["content"] = [{"type": "text", "text": t} for t in texts]
+    blocks = _user_blocks(content, where)
+    block: dict[str, Any] = {"type": "tool_result", "tool_use_id": tool_use_id}
+    if len(blocks) == 1 and blocks[0]["type"] == "text":
+        block["content"] = blocks[0]["text"]
+    elif blocks:
+        block["content"] = blocks
     return block
+
+
+def _check_tool_pairing(turns: list[tuple[str, list[dict[str, Any]]]]) -> list[str]:
+    """Raise unless each tool_use is answered in the next user turn and each tool_result
+    answers one (see the module docstring); returns the tool names used, in first-use order."""
+    names: dict[str, None] = {}
+    pending: dict[str, None] = {}
+    for role, blocks in turns:
+        if role == "assistant":
+            pending = {}
+            for b in blocks:
+                if b["type"] == "tool_use":
+                    pending[b["id"]] = None
+                    names[b["name"]] = None
+            continue
+        answered = [b["tool_use_id"] for b in blocks if b["type"] == "tool_result"]
+        stray = [a for a in answered if a not in pending]
+        if stray:
+            raise UnsupportedRequest(f"tool messages for {stray} answer no tool call of the assistant "
+                                     "message before them")
+        if len(set(answered)) != len(answered):
+            raise UnsupportedRequest("a tool call is answered by more than one tool message")
+        missing = [p for p in pending if p not in answered]
+        if missing:
+            raise UnsupportedRequest(f"tool calls {missing} are not answered by tool messages")
+        pending = {}
+    if pending:
+        raise UnsupportedRequest(f"tool calls {list(pending)} of the last assistant message are not answered")
+    return list(names)
 
 
 def _tool(t: Any, i: int) -> dict[str, Any]:
@@ -166,9 +229,12 @@ def _tool_choice(tc: Any) -> dict[str, Any] | None:
     raise UnsupportedRequest(f"tool_choice {tc!r} is not supported")
 
 
-def _number(kind: type, value: Any, name: str) -> Any:
+def _number(kind: type, value: Any, name: str, lo: float, hi: float) -> Any:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise UnsupportedRequest(f"{name} must be a number")
+    if not lo <= value <= hi:  # also false for NaN
+        bound = f"at least {lo:g}" if hi == float("inf") else f"between {lo:g} and {hi:g}"
+        raise UnsupportedRequest(f"{name} must be {bound}")
     return kind(value)
 
 
@@ -184,8 +250,12 @@ def to_anthropic(body: dict[str, Any], model: str, stream: bool, max_tokens_defa
         raise UnsupportedRequest("messages must be a list")
     if (body.get("n") or 1) > 1:
         raise UnsupportedRequest("anthropic returns one choice: n > 1 is not supported")
+    if body.get("functions"):
+        raise UnsupportedRequest("the legacy `functions` parameter is not supported (its answer would come "
+                                 "back as tool_calls): use `tools`")
     system: list[str] = []
     turns: list[tuple[str, list[dict[str, Any]]]] = []
+    legacy_call: str | None = None  # id given to the latest assistant function_call
 
     def add(role: str, blocks: list[dict[str, Any]]) -> None:
         if not blocks:
@@ -208,9 +278,18 @@ def to_anthropic(body: dict[str, Any], model: str, stream: bool, max_tokens_defa
             blocks = _user_blocks(m.get("content"), where)
             if m.get("tool_calls"):
                 blocks.extend(_tool_use_blocks(m["tool_calls"], where))
+            legacy_call = None
+            if m.get("function_call"):
+                legacy_call = f"call_legacy_{i}"
+                blocks.append(_legacy_use_block(m["function_call"], legacy_call, where))
             add("assistant", blocks)
         elif role == "tool":
-            add("user", [_tool_result_block(m, where)])
+            add("user", [_tool_result_block(m.get("tool_call_id"), m.get("content"), where)])
+        elif role == "function":
+            if legacy_call is None:
+                raise UnsupportedRequest(f"{where}: function message answers no function_call")
+            add("user", [_tool_result_block(legacy_call, m.get("content"), where)])
+            legacy_call = None
         else:
             raise UnsupportedRequest(f"{where}: role {role!r} is not supported by anthropic")
 
@@ -230,6 +309,9 @@ def to_anthropic(body: dict[str, Any], model: str, stream: bool, max_tokens_defa
             blocks.pop()
         if not blocks:
             turns.pop()
+    if not turns:
+        raise UnsupportedRequest("anthropic needs at least one non-blank user or assistant message")
+    tool_names = _check_tool_pairing(turns)
 
     messages = []
     for role, blocks in turns:
@@ -240,18 +322,18 @@ def to_anthropic(body: dict[str, Any], model: str, stream: bool, max_tokens_defa
 
     out: dict[str, Any] = {"model": model, "messages": messages}
     out["max_tokens"] = _number(int, body.get("max_completion_tokens") or body.get("max_tokens")
-                                or max_tokens_default, "max_tokens")
+                                or max_tokens_default, "max_tokens", 1, float("inf"))
     if system:
         out["system"] = "\n\n".join(system)
     if sampling and body.get("temperature") is not None:
-        out["temperature"] = min(1.0, max(0.0, _number(float, body["temperature"], "temperature")))
+        out["temperature"] = min(1.0, _number(float, body["temperature"], "temperature", 0, 2))
     if sampling and body.get("top_p") is not None:
-        out["top_p"] = _number(float, body["top_p"], "top_p")
+        out["top_p"] = _number(float, body["top_p"], "top_p", 0, 1)
     stop = body.get("stop")
     if isinstance(stop, str):
         stop = [stop]
     if isinstance(stop, list):
-        stops = [s for s in stop if isinstance(s, str) and s]
+        stops = [s for s in stop if isinstance(s, str) and s.strip()]
         if stops:
             out["stop_sequences"] = stops
     if stream:
@@ -268,4 +350,7 @@ def to_anthropic(body: dict[str, Any], model: str, stream: bool, max_tokens_defa
                 choice["disable_parallel_tool_use"] = True
         if choice is not None:
             out["tool_choice"] = choice
+    elif tool_names:  # history with tool blocks but no tools offered now (see module docstring)
+        out["tools"] = [{"name": n, "input_schema": {"type": "object", "properties": {}}} for n in tool_names]
+        out["tool_choice"] = {"type": "none"}
     return out, trimmed

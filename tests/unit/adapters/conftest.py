@@ -5,9 +5,11 @@
 never consumed), so on its own it accepts any list of anything; this helper therefore also
 validates every message, content block, tool, tool_choice and system block with their own
 TypeAdapters, rejects unknown keys (pydantic ignores extras on TypedDicts), and checks the
-conversation rules the Messages API enforces at runtime (non-empty, non-blank text blocks,
-alternating roles, tool_result blocks first and answering the previous turn's tool_use, no
-trailing whitespace in a final assistant turn).
+conversation rules the Messages API enforces at runtime (non-empty, non-blank text blocks
+also inside tool results, alternating roles, tool_result blocks first and answering the
+previous turn's tool_use, every tool_use answered in the next turn, `tools` declared when
+tool blocks are present, no trailing whitespace in a final assistant turn, non-blank stop
+sequences).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from anthropic.types import (
 )
 from anthropic.types.content_block_param import ContentBlockParam
 from anthropic.types.message_create_params import MessageCreateParamsBase
+from anthropic.types.tool_result_block_param import Content as ToolResultContent
 from pydantic import TypeAdapter
 
 from detour_proxy.config import Provider
@@ -34,9 +37,11 @@ _TA = {
     "tool": TypeAdapter(ToolParam),
     "tool_choice": TypeAdapter(ToolChoiceParam),
     "metadata": TypeAdapter(MetadataParam),
+    "tool_result_item": TypeAdapter(ToolResultContent),
 }
 _BLOCK_TYPES = {"text": TextBlockParam, "image": ImageBlockParam, "tool_use": ToolUseBlockParam,
                 "tool_result": ToolResultBlockParam}
+_TOOL_RESULT_ITEM_TYPES = {"text": TextBlockParam, "image": ImageBlockParam}
 
 
 def _keys(td: Any) -> tuple[frozenset, frozenset]:
@@ -86,7 +91,7 @@ def check_anthropic(req: dict | bytes, legacy_sampling: bool = True) -> dict:
     if "metadata" in req:
         _TA["metadata"].validate_python(req["metadata"])
     for s in req.get("stop_sequences", []):
-        assert isinstance(s, str) and s
+        assert isinstance(s, str) and s.strip(), f"blank stop sequence {s!r}"
     prev_role = None
     prev_tool_ids: set[str] = set()
     for i, m in enumerate(msgs):
@@ -100,6 +105,7 @@ def check_anthropic(req: dict | bytes, legacy_sampling: bool = True) -> dict:
         assert isinstance(blocks, list) and blocks, f"{where}: empty content"
         seen_other = False
         tool_ids: set[str] = set()
+        answered: set[str] = set()
         for j, b in enumerate(blocks):
             bw = f"{where}.content[{j}]"
             _TA["block"].validate_python(b)
@@ -111,19 +117,42 @@ def check_anthropic(req: dict | bytes, legacy_sampling: bool = True) -> dict:
                 assert m["role"] == "user", f"{bw}: tool_result outside a user turn"
                 assert not seen_other, f"{bw}: tool_result after other content"
                 assert b["tool_use_id"] in prev_tool_ids, f"{bw}: tool_result answers no tool_use"
+                answered.add(b["tool_use_id"])
+                _check_tool_result_content(b.get("content"), bw)
             else:
                 seen_other = True
             if b["type"] == "tool_use":
                 assert m["role"] == "assistant", f"{bw}: tool_use outside an assistant turn"
                 assert isinstance(b["input"], dict)
                 tool_ids.add(b["id"])
+            if b["type"] in ("tool_use", "tool_result"):
+                assert "tools" in req, f"{bw}: tool blocks in a request without tools"
+        assert prev_tool_ids <= answered, f"{where}: tool_use {sorted(prev_tool_ids - answered)} not answered here"
         prev_role, prev_tool_ids = m["role"], tool_ids
+    assert not prev_tool_ids, f"tool_use {sorted(prev_tool_ids)} of the last turn never answered"
     last = msgs[-1]
     if last["role"] == "assistant":
         lb = last["content"] if isinstance(last["content"], list) else [{"type": "text", "text": last["content"]}]
         if lb[-1]["type"] == "text":
             assert lb[-1]["text"] == lb[-1]["text"].rstrip(), "final assistant turn ends with whitespace"
     return req
+
+
+def _check_tool_result_content(content: Any, where: str) -> None:
+    """The SDK types leave tool_result `content` an unchecked Iterable: check each item."""
+    if content is None:
+        return
+    if isinstance(content, str):
+        assert content.strip(), f"{where}: blank tool_result content"
+        return
+    assert isinstance(content, list) and content, f"{where}: tool_result content must be a non-empty list"
+    for k, item in enumerate(content):
+        iw = f"{where}.content[{k}]"
+        _TA["tool_result_item"].validate_python(item)
+        assert item.get("type") in _TOOL_RESULT_ITEM_TYPES, f"{iw}: unexpected type {item.get('type')!r}"
+        _strict(item, _TOOL_RESULT_ITEM_TYPES[item["type"]], iw)
+        if item["type"] == "text":
+            assert item["text"].strip(), f"{iw}: blank text block"
 
 
 @pytest.fixture(scope="session")

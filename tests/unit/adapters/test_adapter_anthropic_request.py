@@ -208,7 +208,7 @@ def test_no_embeddings(anth):
         anth.build_embeddings({"input": "x"}, "m", None)
 
 
-VALID = {"model": "m", "max_tokens": 5, "messages": [
+VALID = {"model": "m", "max_tokens": 5, "tools": [{"name": "f", "input_schema": {"type": "object"}}], "messages": [
     {"role": "user", "content": [{"type": "text", "text": "hi"}]},
     {"role": "assistant", "content": [{"type": "tool_use", "id": "t1", "name": "f", "input": {}}]},
     {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "t1", "content": "ok"}]},
@@ -235,6 +235,19 @@ def _broken(path_fn):
     _broken(lambda r: r.update(tools=[{"name": "f"}])),
     _broken(lambda r: r.update(tool_choice={"type": "function", "name": "f"})),
     _broken(lambda r: r.update(bogus=1)),
+    # inside tool_result content, which the SDK types leave unchecked
+    _broken(lambda r: r["messages"][2]["content"][0].update(content=[{"type": "text", "text": " "}])),
+    _broken(lambda r: r["messages"][2]["content"][0].update(content=[{"type": "text"}])),
+    _broken(lambda r: r["messages"][2]["content"][0].update(content=[{"type": "tool_use", "id": "x", "name": "f",
+                                                                       "input": {}}])),
+    _broken(lambda r: r["messages"][2]["content"][0].update(content=[{"type": "image", "source": {
+        "type": "base64", "media_type": "image/bmp", "data": "AA=="}}])),
+    _broken(lambda r: r["messages"][2]["content"][0].update(content=" ")),
+    # a tool_use must be answered in the very next turn, and tool blocks need tools declared
+    _broken(lambda r: r["messages"][2].update(content=[{"type": "text", "text": "never mind"}])),
+    _broken(lambda r: r["messages"].pop()),
+    _broken(lambda r: r.pop("tools")),
+    _broken(lambda r: r.update(stop_sequences=["\n "])),
 ], ids=lambda r: "broken")
 def test_validator_rejects_broken_requests(anthropic_check, req):
     anthropic_check(copy.deepcopy(VALID))  # the unbroken form passes...
@@ -270,3 +283,134 @@ def test_tool_results_open_the_user_turn(anth, anthropic_check):
     ]})
     anthropic_check(body)
     assert [b["type"] for b in body["messages"][2]["content"]] == ["tool_result", "text"]
+
+
+def test_legacy_function_call_becomes_a_tool_round(anth, anthropic_check):
+    src = {"messages": [
+        {"role": "user", "content": "weather?"},
+        {"role": "assistant", "content": None, "function_call": {"name": "weather", "arguments": '{"city": "Oslo"}'}},
+        {"role": "function", "name": "weather", "content": "Sunny"},
+        {"role": "assistant", "content": "Sunny. Again?"},
+        {"role": "user", "content": "yes"},
+        {"role": "assistant", "function_call": {"name": "weather", "arguments": "{bad"}},
+        {"role": "function", "name": "weather", "content": [{"type": "text", "text": " "}, {"type": "text", "text": "Rain"}]},
+    ]}
+    body, _ = build(anth, src)
+    anthropic_check(body)
+    assert [m["content"] for m in body["messages"][1:]] == [
+        [{"type": "tool_use", "id": "call_legacy_1", "name": "weather", "input": {"city": "Oslo"}}],
+        [{"type": "tool_result", "tool_use_id": "call_legacy_1", "content": "Sunny"}],
+        [{"type": "text", "text": "Sunny. Again?"}],
+        [{"type": "text", "text": "yes"}],
+        [{"type": "tool_use", "id": "call_legacy_5", "name": "weather", "input": {"_raw_arguments": "{bad"}}],
+        [{"type": "tool_result", "tool_use_id": "call_legacy_5", "content": "Rain"}],
+    ]
+    # history only: the tools it names are declared, and cannot be called now
+    assert body["tools"] == [{"name": "weather", "input_schema": {"type": "object", "properties": {}}}]
+    assert body["tool_choice"] == {"type": "none"}
+    assert build(anth, src)[1].body == anth.build_chat(src, "claude-x", False, "k").body  # stable ids
+
+
+@pytest.mark.parametrize("src", [
+    # the model's answer would come back as tool_calls, which a functions-API client ignores
+    {"messages": [{"role": "user", "content": "x"}], "functions": [{"name": "f", "parameters": {}}]},
+    {"messages": [{"role": "user", "content": "x"}], "functions": [{"name": "f"}], "function_call": {"name": "f"}},
+    # a function message must answer the function_call just before it
+    {"messages": [{"role": "user", "content": "x"}, {"role": "function", "name": "f", "content": "r"}]},
+    {"messages": [{"role": "user", "content": "x"},
+                  {"role": "assistant", "function_call": {"name": "f", "arguments": "{}"}},
+                  {"role": "function", "name": "f", "content": "r"}, {"role": "function", "name": "f", "content": "r"}]},
+    {"messages": [{"role": "user", "content": "x"}, {"role": "assistant", "function_call": {"arguments": "{}"}},
+                  {"role": "function", "name": "f", "content": "r"}]},
+])
+def test_legacy_functions_that_cannot_translate_are_unsupported(anth, src):
+    with pytest.raises(UnsupportedRequest):
+        anth.build_chat(src, "m", False, None)
+
+
+def test_tool_result_text_is_never_blank_and_keeps_images(anth, anthropic_check):
+    call = {"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}
+    call2 = {**call, "id": "c2"}
+    call3 = {**call, "id": "c3"}
+    body, _ = build(anth, {"messages": [
+        {"role": "user", "content": "go"},
+        {"role": "assistant", "tool_calls": [call, call2, call3]},
+        {"role": "tool", "tool_call_id": "c1", "content": [{"type": "text", "text": " "}, {"type": "text", "text": "x"}]},
+        {"role": "tool", "tool_call_id": "c2", "content": "\n "},
+        {"role": "tool", "tool_call_id": "c3", "content": [
+            {"type": "text", "text": "chart:"}, {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{PNG}"}}]},
+    ], "tools": [{"type": "function", "function": {"name": "f"}}]})
+    anthropic_check(body)
+    assert body["messages"][2]["content"] == [
+        {"type": "tool_result", "tool_use_id": "c1", "content": "x"},
+        {"type": "tool_result", "tool_use_id": "c2"},
+        {"type": "tool_result", "tool_use_id": "c3", "content": [
+            {"type": "text", "text": "chart:"},
+            {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": PNG}}]},
+    ]
+
+
+def test_tool_history_without_tools_declares_them_not_callable(anth, anthropic_check):
+    body, _ = build(anth, {"messages": [
+        {"role": "user", "content": "go"},
+        {"role": "assistant", "tool_calls": [{"id": "c1", "type": "function", "function": {"name": "search", "arguments": "{}"}},
+                                             {"id": "c2", "type": "function", "function": {"name": "now", "arguments": "{}"}}]},
+        {"role": "tool", "tool_call_id": "c1", "content": "r1"},
+        {"role": "tool", "tool_call_id": "c2", "content": "r2"},
+        {"role": "user", "content": "summarise"},
+    ]})
+    anthropic_check(body)
+    assert [t["name"] for t in body["tools"]] == ["search", "now"] and body["tool_choice"] == {"type": "none"}
+
+
+_CALL = {"role": "assistant", "tool_calls": [{"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}},
+                                             {"id": "c2", "type": "function", "function": {"name": "f", "arguments": "{}"}}]}
+
+
+@pytest.mark.parametrize("tail", [
+    [{"role": "user", "content": "never mind"}],                                       # no results at all
+    [{"role": "tool", "tool_call_id": "c1", "content": "r"}, {"role": "user", "content": "and c2?"}],  # partial
+    [],                                                                                # ends on the calls
+    [{"role": "tool", "tool_call_id": "c1", "content": "r"}, {"role": "tool", "tool_call_id": "c2", "content": "r"},
+     {"role": "tool", "tool_call_id": "c9", "content": "r"}],                          # answers nothing
+    [{"role": "tool", "tool_call_id": "c1", "content": "r"}, {"role": "tool", "tool_call_id": "c1", "content": "r"},
+     {"role": "tool", "tool_call_id": "c2", "content": "r"}],                          # answered twice
+    [{"role": "user", "content": "x"}, {"role": "assistant", "content": "y"},
+     {"role": "tool", "tool_call_id": "c1", "content": "r"}, {"role": "tool", "tool_call_id": "c2", "content": "r"}],  # too late
+])
+def test_unanswered_or_stray_tool_results_are_unsupported(anth, tail):
+    # OpenAI answers these with a 400 too; Anthropic would reject the translation
+    with pytest.raises(UnsupportedRequest, match="tool"):
+        anth.build_chat({"messages": [{"role": "user", "content": "go"}, _CALL, *tail]}, "m", False, None)
+
+
+@pytest.mark.parametrize("extra", [
+    {"top_p": 1.5}, {"top_p": -0.1}, {"temperature": -1}, {"temperature": 2.5}, {"max_tokens": -5},
+    {"temperature": float("nan")},
+])
+def test_out_of_range_numbers_are_unsupported(anth, extra):
+    with pytest.raises(UnsupportedRequest, match=next(iter(extra))):
+        anth.build_chat({"messages": [{"role": "user", "content": "x"}], **extra}, "m", False, None)
+
+
+@pytest.mark.parametrize("messages", [
+    [{"role": "system", "content": "You are terse."}],
+    [{"role": "system", "content": "s"}, {"role": "user", "content": " \n"}, {"role": "assistant", "content": [{"type": "text", "text": ""}]}],
+    [],
+])
+def test_nothing_to_send_is_unsupported(anth, messages):
+    with pytest.raises(UnsupportedRequest, match="at least one"):
+        anth.build_chat({"messages": messages}, "m", False, None)
+
+
+def test_whitespace_stop_sequences_are_dropped(anth, anthropic_check):
+    body, _ = build(anth, {"messages": [{"role": "user", "content": "x"}], "stop": [" ", "\n", "END", " x "]})
+    anthropic_check(body)
+    assert body["stop_sequences"] == ["END", " x "]
+    body, _ = build(anth, {"messages": [{"role": "user", "content": "x"}], "stop": "\n\n"})
+    assert "stop_sequences" not in body
+
+
+def test_text_part_without_a_string_is_unsupported_not_dropped(anth):
+    with pytest.raises(UnsupportedRequest):
+        anth.build_chat({"messages": [{"role": "user", "content": [{"type": "text", "text": 5}]}]}, "m", False, None)

@@ -60,6 +60,25 @@ def test_embeddings(provider):
     assert orjson.loads(req.body) == {"model": "text-embedding-3-small", "input": ["a", "b"]}
 
 
+@pytest.mark.parametrize("kind,body", [
+    ("embeddings", {"model": "emb", "input": ["a", "b"]}),
+    ("chat", {"model": "emb", "messages": [{"role": "user", "content": "hi"}]}),
+])
+def test_executor_forwards_client_bytes(provider, kind, body):
+    """The executor hands the client's bytes to the adapter, so a pass-through target sends
+    them without re-serializing (the hot path), for embeddings as for chat."""
+    from types import SimpleNamespace
+
+    from detour_proxy.executor import build_request
+
+    prov = SimpleNamespace(adapter=adapter_for(provider("openai")), api_key=lambda: "k")
+    tr = SimpleNamespace(provider=prov, target=SimpleNamespace(model="emb"))
+    raw = orjson.dumps(body) + b" "  # distinguishable from a re-serialization
+    ctx = SimpleNamespace(kind=kind, body=body, raw=raw, request_id="req-1")
+    req = build_request(ctx, tr, stream=False)
+    assert req.body is raw and req.headers["x-request-id"] == "req-1"
+
+
 @pytest.mark.parametrize("version,expected", [(None, "2024-10-21"), ("2025-01-01-preview", "2025-01-01-preview")])
 def test_azure_url_and_header(provider, version, expected):
     a = adapter_for(provider("azure-openai", baseURL="https://res.openai.azure.com/", apiVersion=version))

@@ -83,10 +83,8 @@ def test_token_reservation_and_settlement():
     usage.settle(meter, {"prompt_tokens": 20, "completion_tokens": 10, "total_tokens": 30})
     assert tr.state.admits(0.0) and tr.state.limiter.usage(0.0)[1] == 30
     # streams: estimate + delivered chars / 4
-    delivered = ["a" * 40]
-    sm = usage.reserve_stream(tr, ctx, 1.0, delivered)
-    delivered.append("b" * 80)
-    usage.settle_stream(sm, delivered)
+    sm = usage.reserve(tr, ctx, 1.0)
+    usage.settle_stream(sm, 80)
     assert tr.state.limiter.usage(1.0)[1] == 30 + 100 + 20
     # no token limit: nothing reserved
     assert usage.reserve(target(), ctx, 0.0) is None
