@@ -41,7 +41,14 @@ def unauthorized() -> ClientError:
                        "invalid_request_error", "invalid_api_key")
 
 
-def model_not_found(model: str) -> ClientError:
+def model_not_found(model: str, conditional_routes: list[str] | None = None) -> ClientError:
+    """404 for a model no route serves; `conditional_routes` are the routes that serve the model
+    only for requests with certain headers or metadata (named so the caller knows why)."""
+    if conditional_routes:
+        names = ", ".join(f"'{n}'" for n in conditional_routes)
+        return ClientError(404, f"No route serves the model '{model}' for this request: route(s) {names} serve it "
+                           "only to requests with the headers or metadata they match on.",
+                           "invalid_request_error", "model_not_found", "model")
     return ClientError(404, f"The model '{model}' is not served by any route of this gateway.",
                        "invalid_request_error", "model_not_found", "model")
 

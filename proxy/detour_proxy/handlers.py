@@ -78,7 +78,7 @@ class OpenAIEndpoints:
             model = body["model"]
             route = gw.router.match(model, headers, body)
             if route is None:
-                raise model_not_found(model)
+                raise model_not_found(model, gw.router.conditions_for(model))
         except ClientError as exc:
             state.metrics.rejected.labels(str(exc.status)).inc()
             await _respond(send, exc.status, exc.body(), request_id)

@@ -67,6 +67,12 @@ class Router:
         return None
 
 
+    def conditions_for(self, model: str) -> list[str]:
+        """Names of the routes that serve `model` but whose header/metadata conditions this
+        request did not meet (for the 404's message; off the hot path)."""
+        return [r.runtime.route.name for r in self._routes if r.model_ok(model) and (r.headers or r.metadata)]
+
+
 def _meta_str(value: Any) -> str | None:
     """A metadata value as the config writes it: strings as is, JSON scalars in JSON spelling
     (`true`, `1`, `1.5`); null, objects and arrays never match."""

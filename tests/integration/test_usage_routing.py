@@ -240,3 +240,18 @@ def test_header_and_metadata_routes_pick_the_right_targets(primary, secondary):
         assert target(post(c, {"x-team": "search", "x-detour-metadata": '{"tier": "batch"}'},
                            model="chat-b")) == "primary/search-model"
         assert target(post(c, model="anything")) == "primary/default-model"   # catch-all
+
+
+def test_a_request_missing_a_routes_conditions_gets_a_404_that_says_why(primary, secondary):
+    cfg = two_provider_config(primary, secondary)
+    cfg["routes"][0]["match"]["headers"] = {"x-team": "search"}
+    with ProxyServer(cfg) as proxy, httpx.Client(base_url=proxy.url, timeout=10) as c:
+        assert post(c, {"x-team": "search"}).status_code == 200
+        r = c.post("/v1/chat/completions", json=chat_body(), headers={"x-team": "ads"})
+        assert r.status_code == 404
+        err = r.json()["error"]
+        assert err["code"] == "model_not_found" and err["param"] == "model"
+        assert "'chat'" in err["message"] and "headers or metadata" in err["message"]
+        assert "ads" not in err["message"]          # request values are never echoed
+        r = c.post("/v1/chat/completions", json=chat_body(model="unknown-model"))
+        assert r.status_code == 404 and "not served by any route" in r.json()["error"]["message"]
