@@ -1,8 +1,15 @@
 """Provider and client keys, read from env, files or inline values, and re-read when files change.
 
 Kubernetes rotates a mounted Secret by swapping a symlink, so a file-backed key is checked
-(one `stat`) at most once per `recheck` seconds and re-read when its identity or mtime
-changed. A key's value is never put in a repr, a log line, a metric or an error message.
+(one `stat`, through the symlinks) at most once per `recheck` seconds and re-read when its
+identity (inode, mtime, size) changed. The config watcher (`reload.ConfigReloader`) sees a key
+file change within its poll interval and calls `refresh()` on the credentials reading it
+(`file` says which), so a rotation does not wait for the next per-use re-check; the per-use
+re-check remains for `--no-watch`.
+
+A file that cannot be read (gone, a directory, not UTF-8) or that is empty keeps the last
+good key: a half-written or briefly missing file must not turn every request into a 401.
+A key's value is never put in a repr, a log line, a metric or an error message.
 """
 
 from __future__ import annotations
@@ -11,23 +18,30 @@ import hmac
 import logging
 import os
 import time
+from collections.abc import Callable, Iterable
 
 from .config import SecretSource
 
 log = logging.getLogger("detour.credentials")
 
+#: Seconds between the per-use `stat`s of a key file (when no watcher calls `refresh()` first).
+RECHECK_SECONDS = 1.0
+
 
 class Credential:
     """A lazily refreshed secret value."""
 
-    __slots__ = ("_source", "_value", "_stamp", "_checked", "_recheck")
+    __slots__ = ("_source", "_value", "_stamp", "_checked", "_recheck", "_clock", "_problem")
 
-    def __init__(self, source: SecretSource, recheck: float = 1.0) -> None:
+    def __init__(self, source: SecretSource, recheck: float | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self._source = source
         self._value: str | None = None
         self._stamp: tuple[int, int, int] | None = None
         self._checked = -1e18
-        self._recheck = recheck
+        self._recheck = RECHECK_SECONDS if recheck is None else recheck
+        self._clock = clock
+        self._problem: str | None = None  # what is wrong with the file, logged once until fixed
         if source.value is not None:
             self._value = source.value
         elif source.env is not None:
@@ -38,52 +52,77 @@ class Credential:
     def __repr__(self) -> str:
         return f"Credential({self._source!r})"
 
+    __str__ = __repr__
+
     @property
     def describe(self) -> str:
         """Where the key comes from (for messages), never its value."""
         return repr(self._source)
 
+    @property
+    def file(self) -> str | None:
+        """The key file this credential reads (None for env and inline keys)."""
+        return self._source.file
+
     def get(self) -> str | None:
         path = self._source.file
         if path is None:
             return self._value
-        now = time.monotonic()
+        now = self._clock()
         if now - self._checked < self._recheck:
             return self._value
         self._checked = now
-        self._refresh(path)
+        self._read(path)
         return self._value
 
-    def _refresh(self, path: str) -> None:
+    def refresh(self) -> None:
+        """Re-check the key file now (the watcher saw it change); no-op for env/inline keys."""
+        if self._source.file is not None:
+            self._checked = self._clock()
+            self._read(self._source.file)
+
+    def _read(self, path: str) -> None:
         try:
             st = os.stat(path)
-        except OSError:
-            if self._value is not None:
-                log.warning("key file %s disappeared; keeping the last value", path)
-            return
+        except OSError as exc:
+            return self._keep(path, exc.strerror or "cannot stat")
         stamp = (st.st_ino, st.st_mtime_ns, st.st_size)
         if stamp == self._stamp:
             return
         try:
             with open(path, encoding="utf-8") as fh:
                 value = fh.read().strip()
-        except OSError as exc:
-            log.warning("cannot read key file %s: %s", path, exc.strerror)
-            return
+        except (OSError, UnicodeDecodeError) as exc:
+            why = (exc.strerror or type(exc).__name__) if isinstance(exc, OSError) else "not UTF-8"
+            return self._keep(path, why)
+        if not value:
+            return self._keep(path, "empty")  # stamp not recorded: re-read once it is written
         if self._stamp is not None:
             log.info("key file %s changed; using the new key", path)
-        self._stamp = stamp
-        self._value = value or None
+        self._stamp, self._value, self._problem = stamp, value, None
 
-    def force_refresh(self) -> None:
-        self._checked = -1e18
+    def _keep(self, path: str, problem: str) -> None:
+        """The file is unusable: keep the last good key; say so once per problem."""
+        if problem != self._problem:
+            self._problem = problem
+            log.warning("key file %s unusable (%s); %s", path, problem,
+                        "keeping the last good key" if self._value is not None else "no key yet")
 
 
 class ClientKeys:
     """The keys Detour's own clients must present; compared in constant time."""
 
-    def __init__(self, sources: list[SecretSource]) -> None:
-        self._creds = [Credential(s) for s in sources]
+    def __init__(self, sources: Iterable[SecretSource], recheck: float | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self._creds = tuple(Credential(s, recheck, clock) for s in sources)
+
+    @property
+    def credentials(self) -> tuple[Credential, ...]:
+        """The accepted keys' credentials (the watcher refreshes the file-backed ones)."""
+        return self._creds
+
+    def __repr__(self) -> str:
+        return f"ClientKeys({', '.join(c.describe for c in self._creds)})"
 
     def check(self, authorization: bytes | None) -> bool:
         if not authorization or not authorization[:7].lower() == b"bearer ":

@@ -42,7 +42,7 @@ class Metrics:
         self.config_info = Gauge("detour_config_info", "The active config (value 1, hash as label).", ["hash"], registry=r)
         self.shared_publish = Counter("detour_shared_health_publish", "Health annotation publishes by result.", ["result"], registry=r)
         self.shared_merge = Counter("detour_shared_health_merges", "Peer health entries merged into local state.", [], registry=r)
-        self.shared_api = Gauge("detour_shared_health_api_available", "1 when the Kubernetes API is reachable for shared health.", [], registry=r)
+        self.shared_api = Gauge("detour_shared_health_api_available", "1 while both shared-health API channels (publishing the annotation, watching peers) work.", [], registry=r)
         self.shared_peers = Gauge("detour_shared_health_peers", "Peer pods whose health annotation is fresh (updated within 3 heartbeats).", [], registry=r)
         self.shared_ignored = Counter("detour_shared_health_ignored", "Peer health documents ignored, by reason (stale, invalid).", ["reason"], registry=r)
         self.rejected = Counter("detour_rejected_requests", "Requests refused before routing, by HTTP status.", ["status"], registry=r)

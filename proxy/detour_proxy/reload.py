@@ -16,12 +16,15 @@ finish on it; health, breakers and latency statistics live in the long-lived `He
 keyed by (provider, model, baseURL), so targets whose identity did not change keep them.
 A config that parses to the same effective config (same hash) is not re-installed.
 
-An invalid config is refused: the old gateway keeps serving, `detour_config_reload{result=
-"error"}` counts it, one log line says why (field paths and messages only, never values), and
-`state.reload_error` shows it in `/readyz`, which stays 200. The next valid write clears it.
+An invalid config is refused: the old gateway keeps serving,
+`detour_config_reload_total{result="error"}` counts it, one log line says why (field paths and
+messages only, never values), and `state.reload_error` shows it in `/readyz`, which stays 200.
+The next valid write clears it.
 
-Key files: `Credential` re-stats its file at most once per second and re-reads it when it
-changed; this watcher additionally forces that check as soon as it sees a key file change.
+Key files: this watcher `stat`s them like the config file and, on a change, calls
+`Credential.refresh()` on every credential whose `file` it is, so the new key is used from the
+next request on, without a reload (a key is not part of the config hash). `Credential` also
+re-stats its file at most once a second on use, which covers `--no-watch`.
 
 `SIGHUP` forces a reload (even with `--no-watch`). With `--wait-for-config` the proxy starts
 unready and becomes ready when the file appears and is valid.
@@ -192,20 +195,22 @@ class ConfigReloader:
         if changed:
             self.refresh_credentials(changed)
 
-    def refresh_credentials(self, files: list[str]) -> None:
-        """Make the credentials reading `files` re-check them on their next use."""
+    def refresh_credentials(self, files: list[str]) -> int:
+        """Re-read the credentials that read `files` now; returns how many were refreshed."""
         gw = self.state.gateway
         if gw is None:
-            return
+            return 0
         wanted = set(files)
         creds = [p.credential for p in gw.providers.values() if p.credential is not None]
         if gw.client_keys is not None:
-            creds += list(getattr(gw.client_keys, "_creds", []))
+            creds += gw.client_keys.credentials
+        refreshed = 0
         for cred in creds:
-            src = getattr(cred, "_source", None)
-            if src is not None and src.file in wanted:
-                cred.force_refresh()
+            if cred.file in wanted:
+                cred.refresh()
+                refreshed += 1
         log.info("key file(s) changed: %s", ", ".join(sorted(wanted)))
+        return refreshed
 
     # -- reloading ---------------------------------------------------------------------------
     async def reload(self, reason: str = "requested", force: bool = False) -> bool:

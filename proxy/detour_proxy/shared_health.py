@@ -15,18 +15,18 @@ sending to that target is at most `minInterval` (the publish may be held back th
 one PATCH and watch delivery round-trip (milliseconds in a healthy cluster): with the default
 minInterval 0.5 s, under 2 s. A peer that stops publishing is ignored after 3 of its heartbeats.
 
+A peer whose Pod is deleted (or finishes) is forgotten, and so are the open periods imported
+only from it: a target that no other live peer claims and that has no local evidence against
+it (the open period is still flagged imported) is closed again at once.
+
 Without API access (no POD_NAME/POD_NAMESPACE, no kubeconfig or service account, RBAC missing,
 API server down) the proxy keeps serving on local health only: it logs that once per outage,
 sets `detour_shared_health_api_available` to 0 and retries with capped exponential backoff.
-Nothing here is ever awaited by a request: the transition hook only sets an event.
-
-Why raw aiohttp and not the official client's sync API in a thread: the watch is a stream that
-lives for minutes; in a thread it would pin an executor worker and could not be cancelled on
-shutdown (uvicorn's loop close waits for the default executor). aiohttp is already the proxy's
-I/O library, is cancellable, and needs three calls (list, watch, patch). The official
-`kubernetes` package is still used for what it is good at: reading the kubeconfig or the
-in-cluster service account (server, CA, client certs, token, token refresh) into a
-`Configuration`.
+The two API channels, publishing (PATCH) and watching (list + watch), are tracked separately:
+RBAC may allow one and not the other, and a working channel must not announce "reachable again"
+while the other still fails. The gauge is 1 only while both work; one line is logged when the
+first channel fails and one when both work again. Nothing here is ever awaited by a request:
+the transition hook only sets an event.
 """
 
 from __future__ import annotations
@@ -35,151 +35,22 @@ import asyncio
 import contextlib
 import logging
 import os
-import ssl
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Any
-from urllib.parse import quote
-
-import aiohttp
-import orjson
 
 from .app_state import AppState
 from .config import SharedHealth as SharedHealthSettings
 from .policy import BreakerState, TargetKey
-from .shared_health_codec import (ANNOTATION, CodecError, PeerTable, decode, encode, merge_into)
+from .kube_api import ApiError, KubeAPI
+from .shared_health_codec import (ANNOTATION, CodecError, PeerClaims, PeerTable, decode, encode,
+                                  merge_into)
 
 log = logging.getLogger("detour.shared_health")
 
 MAX_BACKOFF = 30.0
-
-
-class ApiError(Exception):
-    """The API server refused or could not be reached; `reason` is a short, secret-free label."""
-
-    def __init__(self, reason: str, status: int | None = None) -> None:
-        super().__init__(reason)
-        self.reason = reason
-        self.status = status
-
-
-class KubeAPI:
-    """The three Pod calls shared health needs, over one aiohttp session."""
-
-    def __init__(self, host: str, *, token: Callable[[], str | None] = lambda: None,
-                 ssl_context: ssl.SSLContext | bool | None = None, timeout: float = 5.0) -> None:
-        self.host = host.rstrip("/")
-        self._token = token
-        self._ssl = ssl_context
-        self._timeout = timeout
-        self._session: aiohttp.ClientSession | None = None
-
-    @classmethod
-    def from_environment(cls) -> KubeAPI:
-        """In-cluster service account when running in a Pod, else $KUBECONFIG / ~/.kube/config.
-        Blocking (file reads, maybe an exec plugin): call it in a thread."""
-        from kubernetes import client, config  # imported lazily: only when shared health is on
-
-        cfg = client.Configuration()
-        if os.environ.get("KUBERNETES_SERVICE_HOST"):
-            config.load_incluster_config(client_configuration=cfg)
-        else:
-            config.load_kube_config(client_configuration=cfg, persist_config=False)
-        ctx: ssl.SSLContext | bool | None = None
-        if cfg.host.startswith("https"):
-            if cfg.verify_ssl:
-                ctx = ssl.create_default_context(cafile=cfg.ssl_ca_cert or None)
-                if cfg.assert_hostname is False:
-                    ctx.check_hostname = False
-            else:
-                ctx = False
-            if cfg.cert_file:
-                if ctx is False:
-                    ctx = ssl.create_default_context()
-                    ctx.check_hostname = False
-                    ctx.verify_mode = ssl.CERT_NONE
-                ctx.load_cert_chain(cfg.cert_file, cfg.key_file)
-
-        def token() -> str | None:
-            # Calls the refresh hook of in-cluster configs (bound service account tokens rotate).
-            return cfg.get_api_key_with_prefix("authorization")
-
-        return cls(cfg.host, token=token, ssl_context=ctx)
-
-    def _sess(self) -> aiohttp.ClientSession:
-        if self._session is None or self._session.closed:
-            self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(ssl=self._ssl if self._ssl is not None else True, limit=4),
-                json_serialize=lambda o: orjson.dumps(o).decode())
-        return self._session
-
-    def _headers(self, extra: dict[str, str] | None = None) -> dict[str, str]:
-        h = {"Accept": "application/json", "User-Agent": "detour-proxy/shared-health"}
-        tok = self._token()
-        if tok:
-            h["Authorization"] = tok
-        if extra:
-            h.update(extra)
-        return h
-
-    async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-
-    @staticmethod
-    async def _check(resp: aiohttp.ClientResponse) -> None:
-        if resp.status >= 400:
-            reason = {401: "unauthorized", 403: "forbidden (RBAC: the proxy needs get/list/watch/patch on pods)",
-                      404: "not found"}.get(resp.status, f"HTTP {resp.status}")
-            raise ApiError(reason, resp.status)
-
-    async def patch_annotation(self, namespace: str, pod: str, key: str, value: str) -> None:
-        url = f"{self.host}/api/v1/namespaces/{quote(namespace)}/pods/{quote(pod)}"
-        body = orjson.dumps({"metadata": {"annotations": {key: value}}})
-        try:
-            async with self._sess().patch(
-                    url, data=body, timeout=aiohttp.ClientTimeout(total=self._timeout),
-                    headers=self._headers({"Content-Type": "application/merge-patch+json"})) as resp:
-                await self._check(resp)
-                await resp.read()
-        except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
-            raise ApiError(f"unreachable ({type(exc).__name__})") from None
-
-    async def list_pods(self, namespace: str, params: dict[str, str]) -> tuple[list[dict[str, Any]], str]:
-        url = f"{self.host}/api/v1/namespaces/{quote(namespace)}/pods"
-        try:
-            async with self._sess().get(url, params=params, headers=self._headers(),
-                                        timeout=aiohttp.ClientTimeout(total=self._timeout * 2)) as resp:
-                await self._check(resp)
-                doc = orjson.loads(await resp.read())
-        except (aiohttp.ClientError, asyncio.TimeoutError, OSError, orjson.JSONDecodeError) as exc:
-            raise ApiError(f"unreachable ({type(exc).__name__})") from None
-        rv = str((doc.get("metadata") or {}).get("resourceVersion") or "")
-        return list(doc.get("items") or []), rv
-
-    async def watch_pods(self, namespace: str, params: dict[str, str], resource_version: str,
-                         idle_timeout: float) -> AsyncIterator[dict[str, Any]]:
-        """Watch events (`{"type", "object"}`) until the server ends the stream or it is idle
-        for `idle_timeout` seconds (then the caller re-watches)."""
-        url = f"{self.host}/api/v1/namespaces/{quote(namespace)}/pods"
-        q = dict(params, watch="true", timeoutSeconds="300", allowWatchBookmarks="true")
-        if resource_version:
-            q["resourceVersion"] = resource_version
-        timeout = aiohttp.ClientTimeout(total=None, connect=self._timeout, sock_read=idle_timeout)
-        try:
-            async with self._sess().get(url, params=q, headers=self._headers(), timeout=timeout) as resp:
-                await self._check(resp)
-                buf = b""
-                async for chunk in resp.content.iter_any():
-                    buf += chunk
-                    while b"\n" in buf:
-                        line, buf = buf.split(b"\n", 1)
-                        if line.strip():
-                            yield orjson.loads(line)
-        except (aiohttp.ClientError, OSError, orjson.JSONDecodeError) as exc:
-            raise ApiError(f"watch broken ({type(exc).__name__})") from None
-        except asyncio.TimeoutError:
-            return  # idle: re-watch
+#: The API channels whose availability is tracked separately (see the module docstring).
+CHANNELS = ("publish", "watch")
 
 
 def _backoff(prev: float) -> float:
@@ -200,10 +71,12 @@ class SharedHealthService:
         self._config_poll = config_poll
         self.api: KubeAPI | None = None
         self.peers = PeerTable()
+        self.claims = PeerClaims()
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
-        self._available: bool | None = None   # None: not known yet
-        self._said: set[str] = set()          # "log once" memory
+        self._failing: dict[str, str | None] = {}  # channel -> failure reason, None = works
+        self._degraded = False                     # a "not available" line was logged
+        self._said: set[str] = set()               # "log once" memory
         self.publishes = 0
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -232,14 +105,25 @@ class SharedHealthService:
             self._said.add(key)
             log.log(level, msg, *args)
 
-    def _set_available(self, ok: bool, reason: str = "") -> None:
-        self.state.metrics.shared_api.set(1 if ok else 0)
-        if ok and self._available is False:
+    def _set_available(self, channel: str, ok: bool, reason: str = "") -> None:
+        """Record whether `channel` (publish / watch) works; log and set the gauge on changes of
+        the whole: degraded (some channel fails) or healthy (every channel worked last time)."""
+        self._failing[channel] = None if ok else reason
+        healthy = all(c in self._failing and self._failing[c] is None for c in CHANNELS)
+        self.state.metrics.shared_api.set(1 if healthy else 0)
+        if not ok and not self._degraded:
+            self._degraded = True
+            if self._failing.get("watch", "?") is None:  # only publishing fails
+                effect = "peers do not see this pod's health (watching peers still works)"
+            elif self._failing.get("publish", "?") is None:
+                effect = "serving on local health only (publishing still works)"
+            else:
+                effect = "serving on local health only"
+            log.warning("shared health: Kubernetes API not available (%s); %s, retrying with backoff",
+                        reason, effect)
+        elif healthy and self._degraded:
+            self._degraded = False
             log.warning("shared health: Kubernetes API reachable again; merging peers' health")
-        elif not ok and self._available is not False:
-            log.warning("shared health: Kubernetes API not available (%s); serving on local health "
-                        "only, retrying with backoff", reason)
-        self._available = ok
 
     # -- breaker transitions (called on the request path: must only flag) --------------------
     def _on_transition(self, key: TargetKey, old: object, new: object) -> None:
@@ -321,7 +205,7 @@ class SharedHealthService:
                 await self.api.patch_annotation(self.namespace, self.pod, ANNOTATION, doc)
             except ApiError as exc:
                 self.state.metrics.shared_publish.labels("error").inc()
-                self._set_available(False, f"patch pod {self.pod}: {exc.reason}")
+                self._set_available("publish", False, f"patch pod {self.pod}: {exc.reason}")
                 backoff = _backoff(backoff)
                 await asyncio.sleep(backoff)
                 self._wake.set()  # retry soon, do not wait a whole heartbeat
@@ -329,7 +213,7 @@ class SharedHealthService:
             backoff = 0.0
             self.publishes += 1
             self.state.metrics.shared_publish.labels("success").inc()
-            self._set_available(True)
+            self._set_available("publish", True)
             self._update_peer_gauge()
 
     def _update_peer_gauge(self) -> None:
@@ -349,12 +233,22 @@ class SharedHealthService:
         idle = max(60.0, 3 * s.heartbeat + 10)
         loop = asyncio.get_running_loop()
         backoff = 0.0
+        opened = False
+
+        def on_open() -> None:  # the watch request was accepted: the channel works
+            nonlocal opened
+            opened = True
+            self._set_available("watch", True)
+
         while True:
+            opened = False
             try:
                 items, rv = await self.api.list_pods(self.namespace, params)
                 for pod in items:
                     self._on_pod("ADDED", pod)
-                self.peers.retain((p.get("metadata") or {}).get("name", "") for p in items)
+                listed = {(p.get("metadata") or {}).get("name", "") for p in items}
+                for gone in [p for p in self.peers.pods() if p not in listed]:
+                    self._forget(gone)
                 self._update_peer_gauge()
                 backoff = 0.0
                 quick = 0.0
@@ -362,7 +256,7 @@ class SharedHealthService:
                     gone = False
                     started = loop.time()
                     async with contextlib.aclosing(
-                            self.api.watch_pods(self.namespace, params, rv, idle)) as events:
+                            self.api.watch_pods(self.namespace, params, rv, idle, on_open)) as events:
                         async for ev in events:
                             typ = ev.get("type")
                             obj = ev.get("object") or {}
@@ -382,7 +276,12 @@ class SharedHealthService:
                         await asyncio.sleep(quick)
                 await asyncio.sleep(0.2)  # ERROR (e.g. 410 Gone): list again, not in a tight loop
             except ApiError as exc:
-                self._set_available(False, f"watch pods: {exc.reason}")
+                if opened:  # a watch that worked broke (server restart, proxy idle cut): list again
+                    log.debug("shared health: watch ended (%s); listing again", exc.reason)
+                    backoff = 0.0
+                    await asyncio.sleep(_backoff(0.0))
+                    continue
+                self._set_available("watch", False, f"watch pods: {exc.reason}")
                 backoff = _backoff(backoff)
                 await asyncio.sleep(backoff)
 
@@ -393,7 +292,7 @@ class SharedHealthService:
             return
         phase = (obj.get("status") or {}).get("phase")
         if typ == "DELETED" or phase in ("Succeeded", "Failed"):
-            self.peers.remove(name)
+            self._forget(name)
             self._update_peer_gauge()
             return
         raw = (md.get("annotations") or {}).get(ANNOTATION)
@@ -417,12 +316,31 @@ class SharedHealthService:
         if reg is None:
             return
         merged, reason = merge_into(reg, doc, own_pod=self.pod, wall_now=self._wall(),
-                                    mono_now=self.state.clock.now(), pod_name=pod)
+                                    mono_now=self.state.clock.now(), pod_name=pod, claims=self.claims)
         if reason is not None:
             self._count_ignored(reason)
         if merged:
             self.state.metrics.shared_merge.inc(merged)
             log.info("shared health: imported %d open target(s) from pod %s", merged, pod)
+
+    def _forget(self, pod: str) -> None:
+        """`pod` is gone: forget its document and drop the open periods imported only from it.
+
+        Only a breaker that is still OPEN with its open period flagged imported is closed (no
+        local failure, probe or Retry-After has touched it since); anything this pod saw itself
+        keeps its cooldown. Claims of other live peers keep a target open (their deadline may be
+        shorter; a cooldown is never shortened, so the longer one stays)."""
+        self.peers.remove(pod)
+        reg = self.state.registry
+        now = self.state.clock.now()
+        dropped = 0
+        for key in self.claims.forget_pod(pod, now):
+            st = reg.get(key) if reg is not None else None
+            if st is not None and st.drop_import(now):
+                dropped += 1
+        if dropped:
+            log.info("shared health: pod %s is gone; dropped %d open target(s) imported only from it",
+                     pod, dropped)
 
     def _count_ignored(self, reason: str) -> None:
         counter = getattr(self.state.metrics, "shared_ignored", None)

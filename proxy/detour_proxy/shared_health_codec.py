@@ -28,6 +28,9 @@ Merge rules (`plan_imports`):
 - clock skew is bounded: the imported cooldown is min(openUntil - wall_now, openUntil - updated,
   maxCooldown). `openUntil - updated` is measured on the peer's own clock, so a peer whose clock
   runs ahead cannot stretch a cooldown beyond what it announced; `maxCooldown` caps everything.
+- a peer that is gone (Pod deleted or finished) takes its claims with it: `PeerClaims` remembers
+  which pod claimed which target open until when, and `forget_pod` names the targets no other
+  live claim still covers, so the service can drop opens that were imported only from that pod.
 """
 
 from __future__ import annotations
@@ -43,7 +46,7 @@ import orjson
 
 __all__ = ["ANNOTATION", "VERSION", "STALE_HEARTBEATS", "CodecError", "PeerEntry", "PeerDoc",
            "endpoint_id", "format_time", "parse_time", "encode", "decode", "plan_imports",
-           "is_stale", "PeerTable", "identity", "local_identities", "merge_into"]
+           "is_stale", "PeerTable", "PeerClaims", "identity", "local_identities", "merge_into"]
 
 ANNOTATION = "detour.dev/health"
 VERSION = 1
@@ -258,18 +261,53 @@ class PeerTable:
         return self._docs.get(pod)
 
 
+class PeerClaims:
+    """Which peer pods claimed which targets open, and until when (engine's monotonic clock).
+
+    Kept so that a peer's claims can be withdrawn when its Pod is deleted: an open period
+    imported only from a pod that no longer exists is evidence nobody stands behind any more.
+    Expired claims are pruned as they are seen, so the table stays O(targets x peers).
+    """
+
+    def __init__(self) -> None:
+        self._by_key: dict[Any, dict[str, float]] = {}
+
+    def record(self, key: Any, pod: str, until: float, now: float) -> None:
+        pods = self._by_key.setdefault(key, {})
+        pods[pod] = max(pods.get(pod, -math.inf), until)
+        for p in [p for p, u in pods.items() if u <= now]:
+            del pods[p]
+
+    def claimants(self, key: Any, now: float) -> list[str]:
+        """Pods whose claim on `key` has not expired."""
+        return sorted(p for p, u in self._by_key.get(key, {}).items() if u > now)
+
+    def forget_pod(self, pod: str, now: float) -> list[Any]:
+        """Withdraw `pod`'s claims; the keys it claimed (live) that no other live claim covers."""
+        orphaned = []
+        for key in list(self._by_key):
+            pods = self._by_key[key]
+            until = pods.pop(pod, None)
+            if until is not None and until > now and not any(u > now for u in pods.values()):
+                orphaned.append(key)
+            if not any(u > now for u in pods.values()):
+                del self._by_key[key]
+        return orphaned
+
+
 def local_identities(keys: Iterable[Any]) -> dict[tuple[str, str, str], Any]:
     """`identity -> TargetKey` for the local targets (keys are `TargetKey`s)."""
     return {identity(k.provider, k.model, k.base_url): k for k in keys}
 
 
 def merge_into(registry: Any, doc: PeerDoc, *, own_pod: str, wall_now: float, mono_now: float,
-               pod_name: str | None = None) -> tuple[int, str | None]:
+               pod_name: str | None = None, claims: PeerClaims | None = None) -> tuple[int, str | None]:
     """Apply one peer document to a `HealthRegistry`: `(entries merged, ignore reason)`.
 
     A merged entry is an `import_open` that changed local state (opened, or lengthened an
     imported open); `TargetState.import_open` itself never shortens a cooldown and bounds the
-    deadline to `maxCooldown` from `mono_now` again.
+    deadline to `maxCooldown` from `mono_now` again. Every planned import, merged or not, is
+    recorded in `claims` (the pod stands behind that open period too).
     """
     local = local_identities(k for k, _ in registry.items())
     plan, reason = plan_imports(doc, own_pod=own_pod, wall_now=wall_now, local=local,
@@ -279,4 +317,6 @@ def merge_into(registry: Any, doc: PeerDoc, *, own_pod: str, wall_now: float, mo
         st = registry.get(key)
         if st is not None and st.import_open(mono_now + remaining, mono_now):
             merged += 1
+        if claims is not None:
+            claims.record(key, pod_name or doc.pod, mono_now + remaining, mono_now)
     return merged, reason

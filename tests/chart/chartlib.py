@@ -19,6 +19,9 @@ ROOT = Path(__file__).resolve().parents[2]
 CHART_DIR = ROOT / "helm" / "detour"
 RELEASE = "detour"
 NAMESPACE = "detour"
+# The values of the kind walkthrough (docs/kubernetes.md, README): NodePort 30080, small requests.
+KIND_VALUES_FILE = CHART_DIR / "ci" / "kind-values.yaml"
+KIND_VALUES: dict[str, Any] = yaml.safe_load(KIND_VALUES_FILE.read_text())
 
 # Every optional feature on, and every mode that changes RBAC or the pod specs switched.
 FULL_VALUES: dict[str, Any] = {

@@ -1,7 +1,8 @@
 """The rendered chart: optional features, the helm test hook, NOTES and name lengths.
 
-Rendering uses the real Helm v4 engine (helm-python-sdk), for the default values and for a values
-set with every optional feature on (chartlib.FULL_VALUES).
+Rendering uses the real Helm v4 engine (helm-python-sdk), for the default values, a values set
+with every optional feature on (chartlib.FULL_VALUES) and the kind walkthrough's values
+(ci/kind-values.yaml).
 """
 
 from __future__ import annotations
@@ -13,14 +14,8 @@ from typing import Any
 
 import pytest
 import yaml
-from kubernetes_validate.utils import latest_version
 
 from chartlib import CHART_DIR, FULL_VALUES, NAMESPACE, assert_restricted, find, helm, kinds, render_docs, render_notes
-
-# The newest Kubernetes the validator knows, and the oldest the chart supports (Chart.yaml kubeVersion).
-K8S_VERSIONS = [latest_version(), "1.28.0"]
-
-# optional features, helm test, NOTES
 
 
 def test_service_monitors_scrape_both_components(full_docs: list[dict[str, Any]]) -> None:
@@ -44,22 +39,90 @@ def test_dashboard_configmap_ships_the_dashboard(full_docs: list[dict[str, Any]]
     assert json.loads(cm["data"]["detour.json"]) == shipped
 
 
-def test_dashboard_covers_providers_fallbacks_breakers_and_ttft() -> None:
-    dash = json.loads((CHART_DIR / "dashboards" / "detour.json").read_text())
+# Labels Prometheus adds to every scraped series (target labels of a ServiceMonitor scrape).
+TARGET_LABELS = {"namespace", "pod", "container", "service", "endpoint", "job", "instance"}
+_SELECTOR = re.compile(r"\b(detour_[a-z0-9_]+)\s*(\{[^}]*\})?")
+_GROUPING = re.compile(r"\b(?:by|without|on|ignoring|group_left|group_right)\s*\(([^)]*)\)")
+_MATCHER = re.compile(r"([a-zA-Z_][a-zA-Z0-9_]*)\s*(?:=~|!~|!=|=)")
+
+
+def _exposed_series() -> dict[str, set[str]]:
+    """Sample name -> label names, as detour_proxy.metrics exposes them (suffixes included:
+    _total, _bucket with `le`, _sum, _count), from a fresh registry with one child per metric."""
+    from prometheus_client import CollectorRegistry
+    from prometheus_client.metrics import MetricWrapperBase
+
+    from detour_proxy.metrics import Metrics
+
+    m = Metrics(CollectorRegistry())
+    for metric in vars(m).values():
+        if not isinstance(metric, MetricWrapperBase):
+            continue
+        names = metric._labelnames  # noqa: SLF001 (the label names a metric was declared with)
+        child = metric.labels(*["x"] * len(names)) if names else metric
+        for touch in ("inc", "set", "observe"):
+            if hasattr(child, touch):
+                getattr(child, touch)(1)
+                break
+    out: dict[str, set[str]] = {}
+    for family in m.registry.collect():
+        for sample in family.samples:
+            out.setdefault(sample.name, set()).update(sample.labels)
+    return out
+
+
+def _dashboard_queries(dash: dict[str, Any]) -> list[str]:
     exprs = [t["expr"] for p in dash["panels"] for t in p.get("targets", [])]
-    text = "\n".join(exprs)
-    for metric in ("detour_requests_total", "detour_upstream_attempts_total", "detour_fallbacks_total",
-                   "detour_breaker_state", "detour_time_to_first_token_seconds_bucket",
-                   "detour_request_duration_seconds_bucket"):
-        assert metric in text, metric
+    exprs += [v["query"]["query"] for v in dash.get("templating", {}).get("list", [])
+              if isinstance(v.get("query"), dict)]
+    return exprs
+
+
+def test_dashboard_queries_use_metrics_and_labels_the_proxy_exposes() -> None:
+    """Every metric name in every PromQL query of the shipped dashboard is a series the proxy
+    really exposes (right suffix), and every label it filters or groups by exists on it."""
+    series = _exposed_series()
+    dash = json.loads((CHART_DIR / "dashboards" / "detour.json").read_text())
+    checked = set()
+    for expr in _dashboard_queries(dash):
+        used = _SELECTOR.findall(expr)
+        assert used, f"no detour_ metric in {expr!r}"
+        for name, selector in used:
+            assert name in series, f"{name} (in {expr!r}) is not exposed; exposed: {sorted(series)}"
+            unknown = set(_MATCHER.findall(selector)) - series[name] - TARGET_LABELS
+            assert not unknown, f"{name} has no label(s) {unknown} (in {expr!r})"
+            checked.add(name)
+        for group in _GROUPING.findall(expr):
+            for label in filter(None, (x.strip() for x in group.split(","))):
+                missing = [n for n, _ in used if label not in series[n] | TARGET_LABELS]
+                assert not missing, f"grouping label {label!r} is not on {missing} (in {expr!r})"
+        for var_label in re.findall(r"label_values\([^,]+,\s*([a-z_]+)\)", expr):
+            assert var_label in series[used[0][0]] | TARGET_LABELS, expr
+    # the panels the issue asks for: providers, fallbacks, breakers, TTFT and latency percentiles
+    assert {"detour_requests_total", "detour_upstream_attempts_total", "detour_fallbacks_total",
+            "detour_breaker_state", "detour_time_to_first_token_seconds_bucket",
+            "detour_request_duration_seconds_bucket"} <= checked
+
+
+def test_dashboard_covers_providers_fallbacks_breakers_and_ttft() -> None:
+    from detour_proxy.metrics import BREAKER_VALUES
+
+    dash = json.loads((CHART_DIR / "dashboards" / "detour.json").read_text())
+    text = "\n".join(_dashboard_queries(dash))
     assert re.search(r"sum by \(provider, result\) \(rate\(detour_upstream_attempts_total", text)
     assert "histogram_quantile(0.99" in text and "histogram_quantile(0.5" in text
     breaker = next(p for p in dash["panels"] if "detour_breaker_state" in json.dumps(p.get("targets")) and p["type"] == "state-timeline")
     mapping = breaker["fieldConfig"]["defaults"]["mappings"][0]["options"]
-    assert {k: v["text"] for k, v in mapping.items()} == {"0": "closed", "1": "half-open", "2": "open"}
+    # the value mapping says what the gauge's values mean in the code
+    assert {k: v["text"] for k, v in mapping.items()} == {str(v): k for k, v in BREAKER_VALUES.items()}
     ids = [p["id"] for p in dash["panels"]]
     assert len(ids) == len(set(ids))
     assert dash["uid"] and dash["title"] == "Detour"
+
+
+def _admits(peer: dict[str, Any], pod_labels: dict[str, str]) -> bool:
+    """Does a NetworkPolicyPeer with only a podSelector.matchLabels admit a pod of the policy's namespace?"""
+    return set(peer) == {"podSelector"} and peer["podSelector"]["matchLabels"].items() <= pod_labels.items()
 
 
 def test_network_policies(full_docs: list[dict[str, Any]]) -> None:
@@ -69,6 +132,30 @@ def test_network_policies(full_docs: list[dict[str, Any]]) -> None:
     assert proxy["spec"]["egress"] == FULL_VALUES["networkPolicy"]["egress"]
     op = find(full_docs, "NetworkPolicy", "detour-operator")
     assert op["spec"]["policyTypes"] == ["Ingress"]  # egress to the API server stays open
+    assert op["spec"]["ingress"][0]["from"] == FULL_VALUES["networkPolicy"]["metricsFrom"]
+
+
+def test_restricted_proxy_ingress_still_admits_helm_test_and_prometheus(full_docs: list[dict[str, Any]]) -> None:
+    """ingressFrom would otherwise block the `helm test` pod and Prometheus scraping /metrics on the
+    proxy port."""
+    peers = find(full_docs, "NetworkPolicy", "detour-proxy")["spec"]["ingress"][0]["from"]
+    np = FULL_VALUES["networkPolicy"]
+    for peer in np["ingressFrom"] + np["metricsFrom"]:
+        assert peer in peers
+    test_pod = find(full_docs, "Pod", "detour-test-readyz")
+    assert any(_admits(p, test_pod["metadata"]["labels"]) for p in peers), "the helm test pod is blocked"
+    proxy_pod = find(full_docs, "Deployment", "detour-proxy")["spec"]["template"]["metadata"]["labels"]
+    assert not any(_admits(p, proxy_pod) for p in peers), "the test-pod rule must not admit every pod"
+    # without the test hook, no rule for it
+    no_tests = render_docs(FULL_VALUES | {"tests": {"enabled": False}})
+    peers = find(no_tests, "NetworkPolicy", "detour-proxy")["spec"]["ingress"][0]["from"]
+    assert not any("podSelector" in p for p in peers)
+
+
+def test_open_proxy_ingress_needs_no_extra_rules() -> None:
+    docs = render_docs({"networkPolicy": {"enabled": True,
+                                          "metricsFrom": FULL_VALUES["networkPolicy"]["metricsFrom"]}})
+    assert "from" not in find(docs, "NetworkPolicy", "detour-proxy")["spec"]["ingress"][0]  # from anywhere
 
 
 def test_ingress_and_httproute_target_the_proxy_service(full_docs: list[dict[str, Any]]) -> None:

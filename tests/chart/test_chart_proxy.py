@@ -1,7 +1,8 @@
 """The rendered chart: the proxy pod spec (volumes, probes, downward API, security, shutdown).
 
-Rendering uses the real Helm v4 engine (helm-python-sdk), for the default values and for a values
-set with every optional feature on (chartlib.FULL_VALUES).
+Rendering uses the real Helm v4 engine (helm-python-sdk), for the default values, a values set
+with every optional feature on (chartlib.FULL_VALUES) and the kind walkthrough's values
+(ci/kind-values.yaml).
 """
 
 from __future__ import annotations
@@ -11,20 +12,8 @@ from typing import Any
 
 import pytest
 import yaml
-from kubernetes_validate.utils import latest_version
 
 from chartlib import assert_restricted, find, find_container, helm, kinds, named_port, render_docs
-
-# The newest Kubernetes the validator knows, and the oldest the chart supports (Chart.yaml kubeVersion).
-K8S_VERSIONS = [latest_version(), "1.28.0"]
-
-# proxy pod spec
-
-
-
-
-
-
 
 
 def test_proxy_command_labels_and_ports(any_docs: list[dict[str, Any]]) -> None:
@@ -72,9 +61,6 @@ def test_proxy_downward_api_env(any_docs: list[dict[str, Any]]) -> None:
     env = {e["name"]: e for e in find_container(find(any_docs, "Deployment", "detour-proxy"), "proxy")["env"]}
     assert env["POD_NAME"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.name"}}
     assert env["POD_NAMESPACE"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.namespace"}}
-
-
-
 
 
 @pytest.mark.parametrize("deployment,container", [("detour-proxy", "proxy"), ("detour-operator", "operator")])
@@ -142,6 +128,14 @@ def test_proxy_service_hpa_and_pdb(default_docs: list[dict[str, Any]], full_docs
     assert pods_metric == {"type": "Pods", "pods": {"metric": {"name": "detour_requests_per_second"},
                                                      "target": {"type": "AverageValue", "averageValue": "150"}}}
     assert find(full_docs, "PodDisruptionBudget")["spec"]["minAvailable"] == "50%"
+
+
+def test_hpa_min_above_max_is_refused() -> None:
+    with pytest.raises(helm.HelmError, match="minReplicas must not exceed"):
+        render_docs({"proxy": {"autoscaling": {"minReplicas": 5, "maxReplicas": 3}}})
+    # equal is fine: a fixed-size HPA
+    hpa = find(render_docs({"proxy": {"autoscaling": {"minReplicas": 3, "maxReplicas": 3}}}), "HorizontalPodAutoscaler")
+    assert (hpa["spec"]["minReplicas"], hpa["spec"]["maxReplicas"]) == (3, 3)
 
 
 def test_fixed_replicas_without_autoscaling() -> None:

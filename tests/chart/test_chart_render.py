@@ -1,7 +1,8 @@
 """The rendered chart: lint, Kubernetes OpenAPI validation of every manifest, the core objects.
 
-Rendering uses the real Helm v4 engine (helm-python-sdk), for the default values and for a values
-set with every optional feature on (chartlib.FULL_VALUES).
+Rendering uses the real Helm v4 engine (helm-python-sdk), for the default values, a values set
+with every optional feature on (chartlib.FULL_VALUES) and the kind walkthrough's values
+(ci/kind-values.yaml).
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ from chartlib import CHART_DIR, FULL_VALUES, NAMESPACE, RELEASE, helm, kinds, st
 # The newest Kubernetes the validator knows, and the oldest the chart supports (Chart.yaml kubeVersion).
 K8S_VERSIONS = [latest_version(), "1.28.0"]
 
-# ---------------------------------------------------------------------------------------------
 # lint
 
 
@@ -48,11 +48,27 @@ def test_chart_metadata_and_crds_are_loaded_by_helm() -> None:
                       ("kopf.dev", "kopfpeerings"), ("kopf.dev", "clusterkopfpeerings")}
 
 
-# ---------------------------------------------------------------------------------------------
 # schema validation of every rendered manifest
 
-# ServiceMonitor and HTTPRoute are CRD-defined kinds that kubernetes-validate has no schema for.
-# They are checked against these minimal schemas: the subset of the upstream CRDs
+
+def _chart_crd_schemas() -> dict[tuple[str, str], dict[str, Any]]:
+    """(apiVersion, kind) -> openAPIV3Schema of every CRD the chart ships in crds/ (Detour's and
+    kopf's peering kinds): the schemas the API server itself applies to those objects."""
+    out = {}
+    for path in sorted((CHART_DIR / "crds").glob("*.yaml")):
+        crd = yaml.safe_load(path.read_text())
+        for version in crd["spec"]["versions"]:
+            if version.get("served", True):
+                key = (f"{crd['spec']['group']}/{version['name']}", crd["spec"]["names"]["kind"])
+                out[key] = version["schema"]["openAPIV3Schema"]
+    return out
+
+
+CHART_CRD_SCHEMAS = _chart_crd_schemas()
+
+# ServiceMonitor and HTTPRoute are CRD-defined kinds that kubernetes-validate has no schema for,
+# and no package installable here (PyPI, for Python 3.11) ships their upstream CRDs. They are
+# checked against these minimal schemas: the subset of the upstream CRDs
 # (monitoring.coreos.com/v1 ServiceMonitor, gateway.networking.k8s.io/v1 HTTPRoute) that the
 # chart uses, with required fields and no unknown keys.
 _META = {"type": "object", "required": ["name", "namespace"],
@@ -112,6 +128,11 @@ def test_every_manifest_validates_against_kubernetes_openapi(any_docs: list[dict
         if key in CRD_KIND_SCHEMAS:
             jsonschema.validate(strip(doc), CRD_KIND_SCHEMAS[key])
             continue
+        if key in CHART_CRD_SCHEMAS:
+            # the CRD's schema covers the body; metadata is validated by the API server's ObjectMeta
+            jsonschema.validate({k: v for k, v in strip(doc).items() if k != "metadata"}, CHART_CRD_SCHEMAS[key])
+            jsonschema.validate(doc["metadata"], _META | {"required": ["name"]})
+            continue
         try:
             kubernetes_validate.validate(strip(doc), version, strict=True)
         except kubernetes_validate.ValidationError as exc:
@@ -122,7 +143,7 @@ def test_every_manifest_validates_against_kubernetes_openapi(any_docs: list[dict
 
 
 def test_every_object_is_namespaced_and_labelled(any_docs: list[dict[str, Any]]) -> None:
-    cluster_scoped = {"ClusterRole", "ClusterRoleBinding"}
+    cluster_scoped = {"ClusterRole", "ClusterRoleBinding", "ClusterKopfPeering"}
     for doc in any_docs:
         md = doc["metadata"]
         if doc["kind"] in cluster_scoped:
@@ -157,6 +178,3 @@ def test_default_render_has_the_core_objects(default_docs: list[dict[str, Any]])
         ("Service", "detour"), ("Service", "detour-operator-metrics"),
         ("ServiceAccount", "detour-operator"), ("ServiceAccount", "detour-proxy"),
     ])
-
-
-# ---------------------------------------------------------------------------------------------

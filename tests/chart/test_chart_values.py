@@ -40,6 +40,11 @@ GOOD = {
     "no shared health": {"settings": {"sharedHealth": {"enabled": False}}},
     "numeric durations": {"settings": {"health": {"window": 90}}},
     "pdb percent": {"proxy": {"podDisruptionBudget": {"maxUnavailable": "25%"}}},
+    "localhost seccomp profile": {"podSecurityContext": {"seccompProfile": {"type": "Localhost",
+                                                                          "localhostProfile": "detour.json"}}},
+    "NET_BIND_SERVICE added back": {"containerSecurityContext": {"capabilities": {"drop": ["ALL"],
+                                                                                 "add": ["NET_BIND_SERVICE"]}}},
+    "another uid": {"podSecurityContext": {"runAsUser": 20000, "runAsGroup": 20000, "fsGroup": 20000}},
 }
 
 BAD = {
@@ -67,6 +72,22 @@ BAD = {
     "ingress path without slash": _set("ingress.hosts", [{"host": "x", "paths": [{"path": "v1", "pathType": "Prefix"}]}]),
     "bad spread policy": _set("proxy.topologySpreadConstraints",
                               [{"maxSkew": 1, "topologyKey": "k", "whenUnsatisfiable": "Maybe"}]),
+    # the restricted security context cannot be weakened
+    "privileged container": _set("containerSecurityContext.privileged", True),
+    "root allowed in the pod": _set("podSecurityContext.runAsNonRoot", False),
+    "root allowed in the container": _set("containerSecurityContext.runAsNonRoot", False),
+    "privileged and root together": {"containerSecurityContext": {"privileged": True, "runAsNonRoot": False}},
+    "uid 0": _set("podSecurityContext.runAsUser", 0),
+    "container uid 0": _set("containerSecurityContext.runAsUser", 0),
+    "privilege escalation": _set("containerSecurityContext.allowPrivilegeEscalation", True),
+    "writable root filesystem": _set("containerSecurityContext.readOnlyRootFilesystem", False),
+    "capabilities not dropped": _set("containerSecurityContext.capabilities", {"drop": ["NET_RAW"]}),
+    "capability added": _set("containerSecurityContext.capabilities", {"drop": ["ALL"], "add": ["SYS_ADMIN"]}),
+    "unconfined pod seccomp": _set("podSecurityContext.seccompProfile.type", "Unconfined"),
+    "unconfined container seccomp": _set("containerSecurityContext.seccompProfile.type", "Unconfined"),
+    "localhost seccomp without a profile": _set("podSecurityContext.seccompProfile.type", "Localhost"),
+    "host proc mount": _set("containerSecurityContext.procMount", "Unmasked"),
+    "unknown security field": _set("containerSecurityContext.windowsOptions", {"hostProcess": True}),
 }
 
 
@@ -86,6 +107,23 @@ def test_bad_values_are_rejected_at_install(chart, values: dict[str, Any]) -> No
     # and `helm lint` reports them as errors
     report = helm.lint(CHART_DIR, copy.deepcopy(values))
     assert report["errors"]
+
+
+# A null removes a default key (Helm's coalescing). chart.validate_schema() re-merges the chart's
+# defaults, so these are checked the way `helm install` and `helm lint` see them.
+REMOVED = {
+    "runAsNonRoot removed": _set("podSecurityContext.runAsNonRoot", None),
+    "pod seccompProfile removed": _set("podSecurityContext.seccompProfile", None),
+    "readOnlyRootFilesystem removed": _set("containerSecurityContext.readOnlyRootFilesystem", None),
+    "capabilities drop removed": _set("containerSecurityContext.capabilities", {"drop": None}),
+}
+
+
+@pytest.mark.parametrize("values", REMOVED.values(), ids=REMOVED.keys())
+def test_removing_a_restrictive_security_field_is_rejected_at_install(values: dict[str, Any]) -> None:
+    with pytest.raises(helm.HelmValuesError, match="missing property"):
+        render_docs(values)
+    assert helm.lint(CHART_DIR, copy.deepcopy(values))["errors"]
 
 
 def test_schema_is_a_valid_draft_2020_12_schema() -> None:

@@ -65,14 +65,17 @@ def test_example_kinds(example: tuple[str, list[dict[str, Any]]]) -> None:
         assert d["apiVersion"] == "detour.dev/v1alpha1"
 
 
-def test_real_example_is_an_openai_azure_anthropic_chain() -> None:
-    docs = load_dir(EXAMPLES)
+def test_both_examples_are_an_openai_azure_anthropic_chain(example: tuple[str, list[dict[str, Any]]]) -> None:
+    _, docs = example
     providers = {p["metadata"]["name"]: p["spec"] for p in by_kind(docs, "LLMProvider")}
     assert sorted(p["type"] for p in providers.values()) == ["anthropic", "azure-openai", "openai"]
     policy = by_kind(docs, "RoutingPolicy")[0]["spec"]
     chain = [providers[t["providerRef"]]["type"] for t in sorted(policy["targets"], key=lambda t: t["priority"])]
     assert chain == ["openai", "azure-openai", "anthropic"]
     assert policy["strategy"] == "priority"
+    azure = next(p for p in providers.values() if p["type"] == "azure-openai")
+    assert azure["apiVersion"] and not azure["baseURL"].rstrip("/").endswith("/v1"), \
+        "Azure's baseURL is the resource root; the adapter appends /openai/deployments/..."
 
 
 def test_providers_reference_existing_secret_keys(example: tuple[str, list[dict[str, Any]]]) -> None:
@@ -144,6 +147,61 @@ def test_sim_providers_point_at_the_in_cluster_simulators() -> None:
         assert host in services and url.port == services[host]["spec"]["ports"][0]["port"]
         want = "anthropic" if p["spec"]["type"] == "anthropic" else "openai"
         assert flavors[host] == want
+
+
+def _sim_flavors(docs: list[dict[str, Any]]) -> dict[str, str]:
+    out = {}
+    for dep in by_kind(docs, "Deployment"):
+        cmd = dep["spec"]["template"]["spec"]["containers"][0]["command"]
+        out[dep["metadata"]["name"]] = cmd[cmd.index("--flavor") + 1]
+    return out
+
+
+def test_sim_example_fails_over_openai_azure_anthropic_through_the_real_proxy() -> None:
+    """The sim example as the operator renders it, served by the real proxy against detour-sim
+    processes of the example's flavours on loopback: each hop's type and URL shape really reach
+    its simulator, and breaking the hops in order walks the OpenAI -> Azure -> Anthropic chain."""
+    import base64
+
+    import httpx
+
+    from detour_operator.render import render
+    from detour_operator.settings import OperatorSettings
+    from support import ProxyServer, Sim, chat_body
+
+    docs = load_dir(SIM)
+    ns = docs[0]["metadata"]["name"]
+    secret = by_kind(docs, "Secret")[0]
+    secrets = {secret["metadata"]["name"]: {k: base64.b64encode(v.encode()).decode()
+                                            for k, v in secret["stringData"].items()}}
+    result = render(by_kind(docs, "LLMProvider"), by_kind(docs, "RoutingPolicy"), secrets, OperatorSettings(), ns)
+    assert result.error is None and result.config_yaml, result.problems
+    config = yaml.safe_load(result.config_yaml)
+    sims = {name: Sim(name, flavor) for name, flavor in _sim_flavors(docs).items()}
+    try:
+        for p in config["providers"]:
+            url = urlparse(p["baseURL"])
+            host = url.hostname.split(".")[0]
+            p["baseURL"] = sims[host].url + url.path  # in-cluster Service -> the same simulator on loopback
+            p["apiKey"] = {"value": base64.b64decode(result.credentials[p["name"]]).decode()}
+        model = by_kind(docs, "RoutingPolicy")[0]["spec"]["match"]["models"][0]
+        with ProxyServer(config) as proxy, httpx.Client(base_url=proxy.url, timeout=30) as client:
+            def target() -> str:
+                r = client.post("/v1/chat/completions", json=chat_body(model))
+                assert r.status_code == 200, r.text
+                assert r.json()["choices"][0]["message"]["content"]
+                return r.headers["x-detour-target"]
+
+            assert target() == "sim-openai/gpt-4o-mini"
+            sims["sim-openai"].faults(status=503)
+            assert target() == "sim-azure/gpt-4o-mini"
+            assert sims["sim-azure"].requests("/openai/deployments/gpt-4o-mini/chat/completions") == 1
+            sims["sim-azure"].faults(status=500)
+            assert target() == "sim-anthropic/claude-3-5-haiku-latest"
+            assert sims["sim-anthropic"].requests("/v1/messages") == 1
+    finally:
+        for sim in sims.values():
+            sim.stop()
 
 
 def test_kind_config_maps_localhost_8080_to_the_proxy_nodeport() -> None:

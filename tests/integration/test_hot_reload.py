@@ -20,7 +20,7 @@ import pytest
 import yaml
 from aiohttp import web
 
-from detour_proxy import services
+from detour_proxy import credentials, services
 from detour_proxy.policy import BreakerState, TargetKey
 from e2e.proxyproc import K8sVolume, ProxyProcess, write_atomic
 from support import ProxyServer, poll
@@ -316,12 +316,16 @@ class RecordingUpstream:
         self.thread.join(5)
 
 
-def test_rotated_key_file_is_used(tmp_path):
-    secrets = K8sVolume(tmp_path / "credentials", {"upstream": "sk-old-key\n"})
+def test_rotated_key_files_are_used_at_once_through_the_watcher(tmp_path, monkeypatch):
+    # The per-use re-check of key files is pushed an hour away: only the config watcher's
+    # `refresh()` can make the rotated provider key and client key take effect.
+    monkeypatch.setattr(credentials, "RECHECK_SECONDS", 3600.0)
+    secrets = K8sVolume(tmp_path / "credentials", {"upstream": "sk-old-key\n", "client": "ck-old\n"})
     with RecordingUpstream() as up:
         cfg = {"providers": [{"name": "up", "type": "openai", "baseURL": up.url + "/v1",
                               "apiKey": {"file": str(secrets.path("upstream"))}}],
-               "routes": [{"name": "chat", "targets": [{"provider": "up", "model": MODEL}]}]}
+               "routes": [{"name": "chat", "targets": [{"provider": "up", "model": MODEL}]}],
+               "clientAuth": {"keys": [{"file": str(secrets.path("client"))}]}}
         path = tmp_path / "config.yaml"
         write_atomic(path, cfg)
         with ProxyServer(cfg, config_path=path) as proxy:
@@ -329,19 +333,64 @@ def test_rotated_key_file_is_used(tmp_path):
             try:
                 c = httpx.Client(base_url=proxy.url, timeout=10)
                 body = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}]}
-                assert c.post("/v1/chat/completions", json=body).status_code == 200
+
+                def chat(client_key: str) -> httpx.Response:
+                    return c.post("/v1/chat/completions", json=body,
+                                  headers={"Authorization": f"Bearer {client_key}"})
+
+                assert chat("ck-old").status_code == 200
                 assert up.auth[-1] == "Bearer sk-old-key"
                 hash_before = proxy.state.gateway.hash
                 t0 = time.monotonic()
-                secrets.update({"upstream": "sk-new-key\n"})  # Secret rotation: `..data` swap
-                while True:
-                    assert c.post("/v1/chat/completions", json=body).status_code == 200
-                    if up.auth[-1] == "Bearer sk-new-key":
-                        break
-                    assert time.monotonic() - t0 < 2.0, "rotated key not used within 2s"
+                secrets.update({"upstream": "sk-new-key\n", "client": "ck-new\n"})  # `..data` swap
+                while chat("ck-new").status_code != 200:
+                    assert time.monotonic() - t0 < 2.0, "rotated client key not accepted within 2s"
                     time.sleep(0.02)
+                assert up.auth[-1] == "Bearer sk-new-key", "provider key rotated in the same refresh"
+                assert chat("ck-old").status_code == 401, "the rotated-out client key is refused"
                 assert proxy.state.gateway.hash == hash_before  # a key rotation needs no reload
                 assert proxy.state.metrics.config_reloads.labels("success")._value.get() == 0
                 c.close()
             finally:
                 _stop_services(proxy)
+
+
+async def _read_stream(client: httpx.AsyncClient, body: dict) -> tuple[int, str, str]:
+    async with client.stream("POST", "/v1/chat/completions", json=body) as r:
+        text = "".join([chunk async for chunk in r.aiter_text()])
+        return r.status_code, r.headers.get("x-detour-target", ""), text
+
+
+async def test_in_flight_requests_and_streams_finish_on_the_config_they_started_with(tmp_path, primary, secondary):
+    sims = {"primary": primary, "secondary": secondary}
+    path = tmp_path / "config.yaml"
+    write_atomic(path, config(sims, "primary"))
+    # Every request to primary waits 1.5 s for its headers; streams then send 8 chunks 0.1 s apart.
+    primary.faults(latency=1.5, chunkDelay=0.1)
+    with ProxyServer(config(sims, "primary"), config_path=path) as proxy:
+        reloader = _start_reload(proxy)
+        try:
+            async with httpx.AsyncClient(base_url=proxy.url, timeout=10) as client:
+                body = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}]}
+                slow = asyncio.create_task(client.post("/v1/chat/completions", json=body))
+                stream = asyncio.create_task(_read_stream(client, {**body, "stream": True}))
+                await asyncio.to_thread(primary.wait, "requests./v1/chat/completions", 2)
+
+                write_atomic(path, config(sims, "secondary"))
+                assert await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(
+                    reloader.reload(reason="test"), proxy.loop)), "the new config was installed"
+                r = await client.post("/v1/chat/completions", json=body)
+                assert r.headers["x-detour-target"] == f"secondary/{MODEL}", "new requests use the new route"
+                assert not slow.done() and not stream.done(), "both were still in flight at the swap"
+
+                done = await slow
+                status, target, text = await stream
+            assert done.status_code == 200 and done.headers["x-detour-target"] == f"primary/{MODEL}"
+            assert done.json()["choices"][0]["message"]["content"] == "The quick brown fox jumps over the lazy dog."
+            assert status == 200 and target == f"primary/{MODEL}"
+            assert text.rstrip().endswith("data: [DONE]") and "lazy" in text and "error" not in text
+            assert primary.stats()["requests"]["/v1/chat/completions"] == 2, "no retry hid a failure"
+            assert secondary.requests() == 1
+        finally:
+            primary.clear()
+            _stop_services(proxy)

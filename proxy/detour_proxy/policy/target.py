@@ -334,6 +334,15 @@ class TargetState:
             self._sideline_until = until
             self._sideline_rate = rate_limit
 
+    def drop_import(self, now: float) -> bool:
+        """The peer whose report opened this breaker is gone: close it again if that report is
+        all that holds it open (still OPEN, open period flagged imported: no local failure,
+        probe or Retry-After has touched it since). Returns whether it was closed."""
+        if self._breaker.state(now) is BreakerState.OPEN and self._breaker.imported:
+            self._breaker.close()
+            return True
+        return False
+
     def import_open(self, until: float, now: float) -> bool:
         """A peer's open breaker: open until min(until, now + maxCooldown); never shortens."""
         return self._breaker.import_open(until, now)

@@ -1,0 +1,156 @@
+"""A minimal Kubernetes API client for shared health: patch an annotation, list and watch Pods.
+
+Why raw aiohttp and not the official client's sync API in a thread: the watch is a stream that
+lives for minutes; in a thread it would pin an executor worker and could not be cancelled on
+shutdown (uvicorn's loop close waits for the default executor). aiohttp is already the proxy's
+I/O library, is cancellable, and needs three calls (list, watch, patch). The official
+`kubernetes` package is still used for what it is good at: reading the kubeconfig or the
+in-cluster service account (server, CA, client certs, token, token refresh) into a
+`Configuration`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import ssl
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+from urllib.parse import quote
+
+import aiohttp
+import orjson
+
+__all__ = ["ApiError", "KubeAPI"]
+
+
+class ApiError(Exception):
+    """The API server refused or could not be reached; `reason` is a short, secret-free label."""
+
+    def __init__(self, reason: str, status: int | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.status = status
+
+
+class KubeAPI:
+    """The three Pod calls shared health needs, over one aiohttp session."""
+
+    def __init__(self, host: str, *, token: Callable[[], str | None] = lambda: None,
+                 ssl_context: ssl.SSLContext | bool | None = None, timeout: float = 5.0) -> None:
+        self.host = host.rstrip("/")
+        self._token = token
+        self._ssl = ssl_context
+        self._timeout = timeout
+        self._session: aiohttp.ClientSession | None = None
+
+    @classmethod
+    def from_environment(cls) -> KubeAPI:
+        """In-cluster service account when running in a Pod, else $KUBECONFIG / ~/.kube/config.
+        Blocking (file reads, maybe an exec plugin): call it in a thread."""
+        from kubernetes import client, config  # imported lazily: only when shared health is on
+
+        cfg = client.Configuration()
+        if os.environ.get("KUBERNETES_SERVICE_HOST"):
+            config.load_incluster_config(client_configuration=cfg)
+        else:
+            config.load_kube_config(client_configuration=cfg, persist_config=False)
+        ctx: ssl.SSLContext | bool | None = None
+        if cfg.host.startswith("https"):
+            if cfg.verify_ssl:
+                ctx = ssl.create_default_context(cafile=cfg.ssl_ca_cert or None)
+                if cfg.assert_hostname is False:
+                    ctx.check_hostname = False
+            else:
+                ctx = False
+            if cfg.cert_file:
+                if ctx is False:
+                    ctx = ssl.create_default_context()
+                    ctx.check_hostname = False
+                    ctx.verify_mode = ssl.CERT_NONE
+                ctx.load_cert_chain(cfg.cert_file, cfg.key_file)
+
+        def token() -> str | None:
+            # Calls the refresh hook of in-cluster configs (bound service account tokens rotate).
+            return cfg.get_api_key_with_prefix("authorization")
+
+        return cls(cfg.host, token=token, ssl_context=ctx)
+
+    def _sess(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(ssl=self._ssl if self._ssl is not None else True, limit=4),
+                json_serialize=lambda o: orjson.dumps(o).decode())
+        return self._session
+
+    def _headers(self, extra: dict[str, str] | None = None) -> dict[str, str]:
+        h = {"Accept": "application/json", "User-Agent": "detour-proxy/shared-health"}
+        tok = self._token()
+        if tok:
+            h["Authorization"] = tok
+        if extra:
+            h.update(extra)
+        return h
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+    @staticmethod
+    async def _check(resp: aiohttp.ClientResponse) -> None:
+        if resp.status >= 400:
+            reason = {401: "unauthorized", 403: "forbidden (RBAC: the proxy needs get/list/watch/patch on pods)",
+                      404: "not found"}.get(resp.status, f"HTTP {resp.status}")
+            raise ApiError(reason, resp.status)
+
+    async def patch_annotation(self, namespace: str, pod: str, key: str, value: str) -> None:
+        url = f"{self.host}/api/v1/namespaces/{quote(namespace)}/pods/{quote(pod)}"
+        body = orjson.dumps({"metadata": {"annotations": {key: value}}})
+        try:
+            async with self._sess().patch(
+                    url, data=body, timeout=aiohttp.ClientTimeout(total=self._timeout),
+                    headers=self._headers({"Content-Type": "application/merge-patch+json"})) as resp:
+                await self._check(resp)
+                await resp.read()
+        except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+            raise ApiError(f"unreachable ({type(exc).__name__})") from None
+
+    async def list_pods(self, namespace: str, params: dict[str, str]) -> tuple[list[dict[str, Any]], str]:
+        url = f"{self.host}/api/v1/namespaces/{quote(namespace)}/pods"
+        try:
+            async with self._sess().get(url, params=params, headers=self._headers(),
+                                        timeout=aiohttp.ClientTimeout(total=self._timeout * 2)) as resp:
+                await self._check(resp)
+                doc = orjson.loads(await resp.read())
+        except (aiohttp.ClientError, asyncio.TimeoutError, OSError, orjson.JSONDecodeError) as exc:
+            raise ApiError(f"unreachable ({type(exc).__name__})") from None
+        rv = str((doc.get("metadata") or {}).get("resourceVersion") or "")
+        return list(doc.get("items") or []), rv
+
+    async def watch_pods(self, namespace: str, params: dict[str, str], resource_version: str,
+                         idle_timeout: float, on_open: Callable[[], None] | None = None
+                         ) -> AsyncIterator[dict[str, Any]]:
+        """Watch events (`{"type", "object"}`) until the server ends the stream or it is idle
+        for `idle_timeout` seconds (then the caller re-watches). `on_open` is called once the
+        server has accepted the watch (a quiet watch yields nothing for minutes)."""
+        url = f"{self.host}/api/v1/namespaces/{quote(namespace)}/pods"
+        q = dict(params, watch="true", timeoutSeconds="300", allowWatchBookmarks="true")
+        if resource_version:
+            q["resourceVersion"] = resource_version
+        timeout = aiohttp.ClientTimeout(total=None, connect=self._timeout, sock_read=idle_timeout)
+        try:
+            async with self._sess().get(url, params=q, headers=self._headers(), timeout=timeout) as resp:
+                await self._check(resp)
+                if on_open is not None:
+                    on_open()
+                buf = b""
+                async for chunk in resp.content.iter_any():
+                    buf += chunk
+                    while b"\n" in buf:
+                        line, buf = buf.split(b"\n", 1)
+                        if line.strip():
+                            yield orjson.loads(line)
+        except (aiohttp.ClientError, OSError, orjson.JSONDecodeError) as exc:
+            raise ApiError(f"watch broken ({type(exc).__name__})") from None
+        except asyncio.TimeoutError:
+            return  # idle: re-watch
