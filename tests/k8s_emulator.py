@@ -50,7 +50,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, NamedTuple
 
 import jsonpatch
 import kmock
@@ -344,7 +344,7 @@ class K8sEmulator:
     def object(self, resource: str, namespace: str | None, name: str) -> dict[str, Any] | None:
         """The current server-side state of one object (None if absent), read in the server loop."""
         async def get() -> dict[str, Any] | None:
-            key = (resource, namespace, name)
+            key = (kmock.resource(resource) if isinstance(resource, str) else resource, namespace, name)
             if key not in self._kmock.objects or self._kmock.objects[key].deleted:
                 return None
             return copy.deepcopy(self._kmock.objects[key].raw)
@@ -353,7 +353,7 @@ class K8sEmulator:
     def history(self, resource: str, namespace: str | None, name: str) -> int:
         """How many versions of an object the server stored (counts writes, for no-churn checks)."""
         async def count() -> int:
-            key = (resource, namespace, name)
+            key = (kmock.resource(resource), namespace, name)  # a plain string never matches a stored key
             return len(self._kmock.objects[key].history) if key in self._kmock.objects else 0
         return self.call(count())
 
@@ -383,6 +383,9 @@ def wait_for(predicate: Any, timeout: float = 10.0, interval: float = 0.02, what
 # above so the operator suites are unaffected. Pods are created over HTTP like any client would
 # (the server assigns uid/resourceVersion); label-selector watches, fieldSelector `!=`, and
 # merge-patching pod annotations already work through RealisticEmulator.
+# `api_calls` (every request, with its subresource) and `versions` (an object's write history, with
+# resourceVersions to order writes across objects) serve the operator suites' no-churn and
+# write-order checks.
 # ------------------------------------------------------------------------------------------------
 
 def create_pod(k8s: K8sEmulator, name: str, labels: dict[str, str] | None = None,
@@ -406,18 +409,53 @@ def pod_annotation(k8s: K8sEmulator, name: str, key: str, namespace: str | None 
     return ((obj or {}).get("metadata", {}).get("annotations") or {}).get(key)
 
 
+class ApiCall(NamedTuple):
+    """One request the emulated server received (see `api_calls`)."""
+
+    method: str        # GET, POST, PATCH, ...
+    action: str        # LIST, WATCH, FETCH, CREATE, UPDATE, DELETE
+    plural: str        # resource plural, "" for discovery and the like
+    namespace: str     # "" for cluster-wide requests
+    name: str          # "" for collection requests
+    subresource: str   # "status", or ""
+
+
+def api_calls(k8s: K8sEmulator) -> list[ApiCall]:
+    """Every request the server got so far, in arrival order, read in the server loop.
+
+    Count them to measure a client's API load, e.g. status writes of one object:
+    `[c for c in api_calls(k8s) if c.method == "PATCH" and c.subresource == "status" and c.name == "openai"]`.
+    """
+    async def collect() -> list[ApiCall]:
+        return [ApiCall(str(getattr(req.method, "value", req.method) or ""),
+                        str(getattr(req.action, "value", req.action) or ""),
+                        req.resource.plural if req.resource is not None else "",
+                        req.namespace or "", req.name or "", req.subresource or "")
+                for req in list(k8s.emulator)]
+    return k8s.call(collect())
+
+
 def api_requests(k8s: K8sEmulator) -> list[tuple[str, str, str, str]]:
     """Every request the server got so far as `(method, action, resource plural, object name)`,
     read in the server loop: count them to measure the API load of a set of clients."""
-    async def collect() -> list[tuple[str, str, str, str]]:
-        out = []
-        for req in list(k8s.emulator):
-            out.append((str(getattr(req.method, "value", req.method) or ""),
-                        str(getattr(req.action, "value", req.action) or ""),
-                        req.resource.plural if req.resource is not None else "",
-                        req.name or ""))
-        return out
+    return [(c.method, c.action, c.plural, c.name) for c in api_calls(k8s)]
+
+
+def versions(k8s: K8sEmulator, resource: str, namespace: str | None, name: str) -> list[dict[str, Any]]:
+    """Every version of one object the server stored, oldest first (each with its resourceVersion):
+    the write history, to check the order of writes across objects."""
+    async def collect() -> list[dict[str, Any]]:
+        key = (kmock.resource(resource), namespace, name)
+        if key not in k8s.emulator.objects:
+            return []
+        return [copy.deepcopy(dict(v.raw)) for v in k8s.emulator.objects[key].history.raw if v is not None]
     return k8s.call(collect())
+
+
+def resource_version(obj: dict[str, Any]) -> int:
+    """A stored version's resourceVersion as a number (the emulator's are one cluster-wide counter)."""
+    return int(obj["metadata"]["resourceVersion"])
+
 
 if __name__ == "__main__":  # standalone: python tests/k8s_emulator.py PORT KUBECONFIG [CRD.yaml...]
     with K8sEmulator(sys.argv[2], port=int(sys.argv[1]), crds=sys.argv[3:]) as k:

@@ -5,15 +5,27 @@ endpoint, namespaces, peering) get safe defaults. kopf itself handles SIGTERM/SI
 watching, lets running handlers finish, and exits.
 
 Only one replica acts at a time through kopf peering (`--peering detour`, needs the
-KopfPeering CRDs that the chart installs); `--standalone` turns coordination off (single replica,
-tests).
+KopfPeering CRDs and object that the chart installs); `--standalone` turns coordination off
+(single replica, tests). kopf lets the live peer with the highest priority act and pauses the
+others, but when peers share a priority it pauses *all* of them. So each replica gets its own
+priority, derived from its pod name (`POD_ID`, else the hostname, which is the pod name in
+Kubernetes): stable for the life of the pod, different across pods.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
+import os
+import socket
 
 DEFAULT_LIVENESS = "http://0.0.0.0:8081/healthz"
+
+
+def replica_priority(pod_id: str) -> int:
+    """A kopf peering priority for this replica: 31 bits of sha256(pod name), so two pods of
+    one Deployment get different priorities (equal ones would pause every replica)."""
+    return int.from_bytes(hashlib.sha256(pod_id.encode()).digest()[:4], "big") & 0x7FFFFFFF
 
 
 def kopf_args(argv: list[str] | None = None) -> list[str]:
@@ -24,12 +36,19 @@ def kopf_args(argv: list[str] | None = None) -> list[str]:
     peering = parser.add_mutually_exclusive_group()
     peering.add_argument("--peering", default="detour", help="kopf peering name for leader election (default: detour)")
     peering.add_argument("--standalone", action="store_true", help="no peering: this replica always acts")
+    parser.add_argument("--priority", type=int, default=None,
+                        help="kopf peering priority (default: derived from POD_ID or the hostname)")
     parser.add_argument("--liveness", default=DEFAULT_LIVENESS, help=f"liveness endpoint (default: {DEFAULT_LIVENESS})")
     parser.add_argument("--verbose", action="store_true")
     args = parser.parse_args(argv)
     out = ["run", "-m", "detour_operator.handlers", f"--liveness={args.liveness}"]
     out += [f"--namespace={ns}" for ns in args.namespace] or ["--all-namespaces"]
-    out += ["--standalone"] if args.standalone else [f"--peering={args.peering}"]
+    if args.standalone:
+        out.append("--standalone")
+    else:
+        prio = args.priority if args.priority is not None else replica_priority(
+            os.environ.get("POD_ID") or socket.gethostname())
+        out += [f"--peering={args.peering}", f"--priority={prio}"]
     if args.verbose:
         out.append("--verbose")
     return out

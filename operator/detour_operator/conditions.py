@@ -87,7 +87,39 @@ def available_condition(health: Mapping[str, Any] | None, generation: int | None
     return condition("Available", None, "NoReports", "no fresh health reports from proxy pods", generation)
 
 
-def same_status(current: Mapping[str, Any] | None, desired: Mapping[str, Any]) -> bool:
-    """True when patching `desired` over `current` would change nothing (patch only on change)."""
+def merge_patch_apply(target: Any, patch: Any) -> Any:
+    """RFC 7386: what the API server holds after merge-patching `target` with `patch`."""
+    if not isinstance(patch, Mapping):
+        return patch
+    out = dict(target) if isinstance(target, Mapping) else {}
+    for key, value in patch.items():
+        if value is None:
+            out.pop(key, None)
+        else:
+            out[key] = merge_patch_apply(out.get(key), value)
+    return out
+
+
+def _with_removals(current: Any, desired: Any) -> Any:
+    """`desired`, plus explicit nulls for the keys of nested objects that `current` has and `desired` lacks."""
+    if not isinstance(desired, Mapping):
+        return desired
+    out = {k: _with_removals(current.get(k) if isinstance(current, Mapping) else None, v) for k, v in desired.items()}
+    if isinstance(current, Mapping):
+        out.update({k: None for k in current if k not in desired})
+    return out
+
+
+def status_patch(current: Mapping[str, Any] | None, desired: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The merge patch that makes status hold `desired`, or None when it already does (patch only on change).
+
+    Why explicit nulls: a merge patch keeps every key it does not mention, so a nested object
+    written whole each time (status.health) would keep a key that is no longer desired (an old
+    lastError) forever, and the status would never compare equal again (a write on every timer
+    tick). Top-level keys that `desired` does not name are left alone (another writer owns them:
+    the health timer owns `health`, the reconcile `configHash`); a top-level None removes a key.
+    The comparison is with what the server will hold after the patch, not with `desired` itself.
+    """
     current = current or {}
-    return all(current.get(k) == v for k, v in desired.items())
+    body = {k: _with_removals(current.get(k), v) for k, v in desired.items()}
+    return None if merge_patch_apply(current, body) == dict(current) else body

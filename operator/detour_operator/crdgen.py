@@ -22,6 +22,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel
 
+from detour_proxy import config as cfg
 from detour_proxy._durations import DURATION_PATTERN, format_duration
 
 from . import specs
@@ -34,16 +35,19 @@ FALLBACK_DESCRIPTIONS = {"Backoff": "Full-jitter exponential backoff between tri
 
 READY = '.status.conditions[?(@.type=="Ready")].status'
 
-# Rules spanning fields (CEL), kept to ones the API server can check cheaply.
+# Rules spanning fields (CEL), kept to ones the API server can check cheaply. Each has a pydantic
+# twin (specs.py validators, detour_proxy.config.check_latency_tolerance), so the operator refuses
+# exactly what the API server refuses; tests/unit/operator/test_op_cel_rules.py evaluates both.
+# There is deliberately no rule tying `weight` to `strategy: weighted`: every strategy uses weights
+# (priority ties, the latency band, least-busy's weight-0 last resort).
 PROVIDER_RULES = [
     {"rule": "(has(self.type) && self.type == 'openai-compatible') || has(self.apiKeySecretRef)",
      "message": "apiKeySecretRef is required unless type is openai-compatible",
      "fieldPath": ".apiKeySecretRef", "reason": "FieldValueRequired"},
 ]
 POLICY_RULES = [
-    {"rule": "(has(self.strategy) && self.strategy == 'weighted') || self.targets.all(t, !has(t.weight) || t.weight == 1)",
-     "message": "target weights other than 1 need strategy: weighted", "fieldPath": ".targets"},
-    {"rule": "!has(self.latencyTolerance) || (has(self.strategy) && self.strategy == 'latency')",
+    {"rule": (f"!has(self.latencyTolerance) || self.latencyTolerance == {cfg.LATENCY_TOLERANCE_DEFAULT!r} "
+              "|| (has(self.strategy) && self.strategy == 'latency')"),
      "message": "latencyTolerance applies only to strategy: latency", "fieldPath": ".latencyTolerance"},
 ]
 
@@ -167,7 +171,7 @@ def build() -> dict[str, dict[str, Any]]:
     rpol = _crd(
         "RoutingPolicy", "routingpolicies", "rpol", specs.RoutingPolicySpec, specs.RoutingPolicyStatus, POLICY_RULES,
         [{"name": "Strategy", "type": "string", "jsonPath": ".spec.strategy"},
-         {"name": "Targets", "type": "string", "jsonPath": ".spec.targets[*].providerRef"}, ready, age],
+         {"name": "Targets", "type": "string", "jsonPath": ".status.targets"}, ready, age],
         "A Detour route: which requests it serves, the LLMProviders it sends them to, and its retry/fallback policy.")
     return {"llmproviders.detour.dev.yaml": llmp, "routingpolicies.detour.dev.yaml": rpol}
 

@@ -18,7 +18,7 @@ from typing import Any
 import kopf
 
 from . import health, specs
-from .reconcile import Indexes, Reconciler, start_metrics
+from .reconcile import SECRET_EVENTS, Indexes, Reconciler, start_metrics
 from .settings import load_settings
 
 SETTINGS = load_settings()
@@ -43,6 +43,10 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: logg
         prefix="detour.dev", key="last-handled-configuration")
     settings.posting.level = logging.WARNING  # our own Events are explicit; no "handler succeeded" spam
     settings.watching.server_timeout = 300
+    # No namespace/CRD observation: the chart's RBAC grants neither (kopf would warn), `--namespace`
+    # takes exact names, and the CRDs are installed with the chart before the operator starts (they
+    # are discovered once at startup; a CRD installed later needs an operator restart).
+    settings.scanning.disabled = True
     memo.detour = Reconciler(SETTINGS)
     start_metrics(int(os.environ.get("DETOUR_OPERATOR_METRICS_PORT", "9090")), logger)
 
@@ -104,9 +108,12 @@ async def policy_changed(namespace: str, memo: kopf.Memo, logger: logging.Logger
 @kopf.on.event("v1", "secrets", labels={k: kopf.ABSENT for k in OWN_LABEL})
 async def secret_changed(namespace: str, name: str, memo: kopf.Memo, logger: logging.Logger,
                          secret_dependents_idx: kopf.Index, **kwargs: Any) -> None:
-    if (namespace, name) in secret_dependents_idx:  # only Secrets an LLMProvider references
-        indexes = Indexes.from_kwargs({"secret_dependents_idx": secret_dependents_idx, **kwargs})
-        await memo.detour.request(namespace, "Secret", indexes, logger)
+    if (namespace, name) not in secret_dependents_idx:  # only Secrets an LLMProvider references matter
+        SECRET_EVENTS.labels("ignored").inc()
+        return
+    SECRET_EVENTS.labels("rerender").inc()
+    indexes = Indexes.from_kwargs({"secret_dependents_idx": secret_dependents_idx, **kwargs})
+    await memo.detour.request(namespace, "Secret", indexes, logger)
 
 
 @kopf.timer(G, V, LLMP, interval=SETTINGS.health_interval, initial_delay=0.0)

@@ -78,7 +78,8 @@ def rollup(reports: Iterable[Mapping[str, Any]], provider: str, now: datetime.da
         state = "Degraded"
     else:
         state = "Healthy"
-    # No None values: a merge patch would delete such keys, and the next comparison would differ.
+    # No error in the window: lastError/lastErrorAt are absent. The status patch then sends explicit
+    # nulls for them (conditions.status_patch), since a merge patch keeps keys it does not mention.
     health: dict[str, Any] = {"state": state, "breaker": f"{opened}/{pods} open", "requests": requests,
                               "failureRatio": ratio, "pods": pods}
     if last is not None:

@@ -44,6 +44,17 @@ def secret(namespace: str, credentials: Mapping[str, str], owners: list[dict[str
             "data": dict(sorted(credentials.items()))}
 
 
+def with_retained_keys(desired: dict[str, Any], current: Mapping[str, Any] | None) -> dict[str, Any]:
+    """`desired` Secret that still carries the keys `current` has and `desired` drops.
+
+    Written before the ConfigMap (see Reconciler._publish): the old config may still name those
+    key files until the new ConfigMap is out. Values of kept keys come from `desired`.
+    """
+    have = (current or {}).get("data") or {}
+    retained = {k: v for k, v in have.items() if k not in desired.get("data", {})}
+    return {**desired, "data": dict(sorted({**retained, **desired.get("data", {})}.items()))}
+
+
 def diff(current: Mapping[str, Any] | None, desired: Mapping[str, Any]) -> dict[str, Any] | None:
     """A merge patch turning `current` into `desired` (labels/annotations/owners/data), or None if equal.
 

@@ -30,6 +30,12 @@ from .settings import OperatorSettings
 RECONCILES = Counter("detour_operator_reconcile_total", "Namespace reconciles by trigger kind and result.",
                      ["kind", "result"])
 ERRORS = Counter("detour_operator_reconcile_errors_total", "Reconciles that failed (and will be retried).")
+SECRET_EVENTS = Counter("detour_operator_secret_events_total",
+                        "Secret watch events, by whether an LLMProvider references the Secret (rerender) or not (ignored).",
+                        ["result"])
+HEALTH_ROLLUPS = Counter("detour_operator_health_rollups_total",
+                         "Health roll-ups of one LLMProvider by the timer, by whether its status was patched.",
+                         ["result"])
 MERGE = "application/merge-patch+json"
 PLURAL = {"LLMProvider": "llmproviders", "RoutingPolicy": "routingpolicies"}
 _metrics_started = False
@@ -122,9 +128,8 @@ class Reconciler:
             owners = manifests.owner_references(
                 o for o in providers + policies if (o["kind"], o["metadata"]["name"]) in result.included)
             assert result.config_yaml is not None and result.config_hash is not None
-            changed = await self._publish(ns, [
-                manifests.secret(ns, result.credentials, owners),  # keys first: the config may name them
-                manifests.configmap(ns, result.config_yaml, result.config_hash, owners)])
+            changed = await self._publish(ns, manifests.secret(ns, result.credentials, owners),
+                                          manifests.configmap(ns, result.config_yaml, result.config_hash, owners))
             outcome = "published" if changed else "unchanged"
             if changed:
                 logger.info("published routing config %s to %s/%s", result.config_hash, ns, manifests.CONFIGMAP)
@@ -140,50 +145,69 @@ class Reconciler:
                                                  result.config_hash, result.error, gen)
             status = {"observedGeneration": gen,
                       "configHash": result.config_hash if key in result.included else None}
+            if obj["kind"] == render.RPOL:
+                status["targets"] = render.target_summary(obj)
             await self._patch_status(obj, status, conds, now, logger, events=True)
         return outcome
 
-    async def _publish(self, ns: str, desired: list[dict[str, Any]]) -> bool:
-        changed = False
-        for obj in desired:
-            name, kind = obj["metadata"]["name"], obj["kind"]
-            read = self.core.read_namespaced_config_map if kind == "ConfigMap" else self.core.read_namespaced_secret
-            try:
-                current = self.api.sanitize_for_serialization(await asyncio.to_thread(read, name, ns))
-            except kubernetes.client.ApiException as exc:
-                if exc.status != 404:
-                    raise
-                current = None
-            patch = manifests.diff(current, obj)
-            if patch is None:
-                continue
-            changed = True
-            if current is None:
-                create = (self.core.create_namespaced_config_map if kind == "ConfigMap"
-                          else self.core.create_namespaced_secret)
-                await asyncio.to_thread(create, ns, obj)
-            else:
-                update = (self.core.patch_namespaced_config_map if kind == "ConfigMap"
-                          else self.core.patch_namespaced_secret)
-                await asyncio.to_thread(update, name, ns, patch, _content_type=MERGE)
+    async def _publish(self, ns: str, secret: dict[str, Any], configmap: dict[str, Any]) -> bool:
+        """Write the credentials Secret and the ConfigMap so that the config never names a missing key.
+
+        Order: the Secret with the union of its old and new keys, then the ConfigMap, then the
+        Secret pruned to the new keys. A new provider's key file therefore exists before the
+        config points at it, and a removed provider's key file goes only after the config
+        stopped pointing at it. Each step writes only if it changes something.
+        """
+        current_secret = await self._read(ns, "Secret", manifests.SECRET)
+        current_cm = await self._read(ns, "ConfigMap", manifests.CONFIGMAP)
+        changed, current_secret = await self._write(ns, current_secret,
+                                                    manifests.with_retained_keys(secret, current_secret))
+        changed |= (await self._write(ns, current_cm, configmap))[0]
+        changed |= (await self._write(ns, current_secret, secret))[0]
         return changed
 
+    async def _read(self, ns: str, kind: str, name: str) -> dict[str, Any] | None:
+        read = self.core.read_namespaced_config_map if kind == "ConfigMap" else self.core.read_namespaced_secret
+        try:
+            return self.api.sanitize_for_serialization(await asyncio.to_thread(read, name, ns))
+        except kubernetes.client.ApiException as exc:
+            if exc.status != 404:
+                raise
+            return None
+
+    async def _write(self, ns: str, current: dict[str, Any] | None, obj: dict[str, Any],
+                     ) -> tuple[bool, dict[str, Any] | None]:
+        """Create or merge-patch `obj` if it differs from `current`: (changed, what the server holds now)."""
+        patch = manifests.diff(current, obj)
+        if patch is None:
+            return False, current
+        name, kind = obj["metadata"]["name"], obj["kind"]
+        if current is None:
+            create = (self.core.create_namespaced_config_map if kind == "ConfigMap"
+                      else self.core.create_namespaced_secret)
+            fresh = await asyncio.to_thread(create, ns, obj)
+        else:
+            update = (self.core.patch_namespaced_config_map if kind == "ConfigMap"
+                      else self.core.patch_namespaced_secret)
+            fresh = await asyncio.to_thread(update, name, ns, patch, _content_type=MERGE)
+        return True, self.api.sanitize_for_serialization(fresh)
+
     async def _patch_status(self, obj: dict[str, Any], status: dict[str, Any], new_conds: list[dict[str, Any]],
-                            now: str, logger: logging.Logger, events: bool = False) -> None:
-        """Merge conditions into the last known status and patch it if anything changed."""
+                            now: str, logger: logging.Logger, events: bool = False) -> bool:
+        """Merge conditions into the last known status and patch it if anything changed (True if patched)."""
         md = obj["metadata"]
         known = self.statuses.get(md["uid"]) or obj.get("status") or {}
         merged = conditions.merge(known.get("conditions"), new_conds, now)
-        desired = {**status, "conditions": merged}
-        if conditions.same_status(known, desired):
-            return
-        body = {"status": desired}
+        patch = conditions.status_patch(known, {**status, "conditions": merged})
+        if patch is None:
+            return False
         fresh = await asyncio.to_thread(
             self.custom.patch_namespaced_custom_object_status, specs.GROUP, specs.VERSION, md["namespace"],
-            PLURAL[obj["kind"]], md["name"], body, _content_type=MERGE)
-        self.statuses[md["uid"]] = dict(fresh.get("status") or desired)
+            PLURAL[obj["kind"]], md["name"], {"status": patch}, _content_type=MERGE)
+        self.statuses[md["uid"]] = dict(fresh.get("status") or conditions.merge_patch_apply(known, patch))
         if events:
             self._post_events(obj, known.get("conditions") or [], merged)
+        return True
 
     def _post_events(self, obj: dict[str, Any], old: list[dict[str, Any]], new: list[dict[str, Any]]) -> None:
         before = {c["type"]: c for c in old}
@@ -208,5 +232,6 @@ class Reconciler:
             now = datetime.datetime.now(datetime.timezone.utc)
             rolled = health.rollup(reports, name, now, self.settings.degraded_failure_ratio)
             gen = obj["metadata"].get("generation")
-            await self._patch_status(obj, {"health": rolled}, [conditions.available_condition(rolled, gen)],
-                                     conditions.now_rfc3339(), logger)
+            patched = await self._patch_status(obj, {"health": rolled}, [conditions.available_condition(rolled, gen)],
+                                               conditions.now_rfc3339(), logger)
+            HEALTH_ROLLUPS.labels("patched" if patched else "unchanged").inc()

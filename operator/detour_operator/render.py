@@ -87,11 +87,7 @@ def _provider(obj: Mapping[str, Any], secrets: Mapping[str, Mapping[str, str]],
         return None
     data = spec.model_dump(mode="json", by_alias=True, exclude_defaults=True, exclude={"api_key_secret_ref"})
     data["name"] = name
-    ref = spec.api_key_secret_ref  # type: ignore[attr-defined]
-    if ref is None and spec.type is not cfg.ProviderType.openai_compatible:  # type: ignore[attr-defined]
-        result.add(key, Problem("Accepted", "InvalidSpec",
-                                "spec.apiKeySecretRef is required unless type is openai-compatible"))
-        return None
+    ref = spec.api_key_secret_ref  # type: ignore[attr-defined]  # required unless openai-compatible (spec rule)
     if ref is not None:
         data["apiKey"] = {"file": f"{settings.credentials_mount_path.rstrip('/')}/{name}"}
     provider, err = _validate(cfg.Provider, data)
@@ -140,6 +136,17 @@ def _route(obj: Mapping[str, Any], providers: set[str], excluded: set[str], resu
         result.add(key, Problem("ResolvedRefs", "ProviderNotReady", "LLMProvider not ready: " + ", ".join(broken)))
         return None
     return spec.order, name, data  # type: ignore[attr-defined]
+
+
+def target_summary(policy: Mapping[str, Any]) -> str:
+    """`status.targets` of a RoutingPolicy: the LLMProviders its targets name, in spec order, once each.
+
+    One string because the API server's printer columns print only the first result of a JSONPath
+    (`.spec.targets[*].providerRef` would show just the first provider).
+    """
+    targets = (policy.get("spec") or {}).get("targets")
+    refs = [t.get("providerRef") for t in targets if isinstance(t, Mapping)] if isinstance(targets, list) else []
+    return ",".join(dict.fromkeys(r for r in refs if isinstance(r, str) and r))
 
 
 def canonical_yaml(config: cfg.RoutingConfig, namespace: str) -> bytes:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, create_model
+from pydantic import BaseModel, ConfigDict, Field, create_model, model_validator
 from pydantic.alias_generators import to_camel
 
 from detour_proxy import config as cfg
@@ -23,14 +23,32 @@ API_VERSION = f"{GROUP}/{VERSION}"
 HttpStatus = Annotated[int, Field(ge=100, le=599)]
 
 
-def _derive(name: str, base: type[BaseModel], drop: set[str], doc: str, **extra: Any) -> type[BaseModel]:
-    """A model with `base`'s fields (same aliases, bounds, descriptions) minus `drop`, plus `extra`."""
+def _derive(name: str, base: type[BaseModel], drop: set[str], doc: str,
+            validators: dict[str, Any] | None = None, **extra: Any) -> type[BaseModel]:
+    """A model with `base`'s fields (same aliases, bounds, descriptions) minus `drop`, plus `extra`.
+
+    Field bounds carry over; cross-field validators do not (they may name dropped fields), so
+    the ones that still apply are passed in `validators`. Each mirrors a CEL rule of the CRD
+    (crdgen.PROVIDER_RULES / POLICY_RULES), so the operator refuses exactly what the API
+    server would (checked by tests/unit/operator/test_op_cel_rules.py).
+    """
     fields: dict[str, Any] = {
         fname: (finfo.annotation, finfo) for fname, finfo in base.model_fields.items() if fname not in drop
     }
     fields.update(extra)
-    model = create_model(name, __config__=base.model_config, __doc__=doc, **fields)
+    model = create_model(name, __config__=base.model_config, __doc__=doc, __validators__=validators or {}, **fields)
     return model
+
+
+def _key_needed_unless_openai_compatible(spec: Any) -> Any:
+    if spec.api_key_secret_ref is None and spec.type is not cfg.ProviderType.openai_compatible:
+        raise ValueError("apiKeySecretRef is required unless type is openai-compatible")
+    return spec
+
+
+def _latency_tolerance_needs_latency(spec: Any) -> Any:
+    cfg.check_latency_tolerance(spec.strategy, spec.latency_tolerance)
+    return spec
 
 
 class SecretKeyRef(BaseModel):
@@ -45,6 +63,7 @@ class SecretKeyRef(BaseModel):
 LLMProviderSpec = _derive(
     "LLMProviderSpec", cfg.Provider, {"name", "api_key"},
     "One upstream LLM provider endpoint; the provider's name is the object's metadata.name.",
+    validators={"_key_rule": model_validator(mode="after")(_key_needed_unless_openai_compatible)},
     api_key_secret_ref=(SecretKeyRef | None, Field(None, description=(
         "Secret key holding the provider API key; required unless type is openai-compatible. "
         "The operator copies it into Secret detour-credentials, never into the ConfigMap."))),
@@ -60,6 +79,7 @@ PolicyTarget = _derive(
 RoutingPolicySpec = _derive(
     "RoutingPolicySpec", cfg.Route, {"name", "targets", "fallback_on_status_codes"},
     "One route of the routing config; the route's name is the object's metadata.name.",
+    validators={"_latency_rule": model_validator(mode="after")(_latency_tolerance_needs_latency)},
     targets=(list[PolicyTarget], Field(..., min_length=1, max_length=32, description="Targets, in priority order for the priority strategy.")),  # type: ignore[valid-type]
     fallback_on_status_codes=(list[HttpStatus], Field(
         default_factory=lambda: [401, 403, 404, 408, 429, 500, 502, 503, 504],
@@ -112,3 +132,5 @@ class RoutingPolicyStatus(_Status):
     observed_generation: int | None = Field(None, description="Last metadata.generation the operator processed.")
     conditions: list[Condition] = Field(default_factory=list, description="Accepted, ResolvedRefs, Programmed, Ready.")
     config_hash: str | None = Field(None, description="Hash of the published routing config that includes this policy.")
+    # One string, not a list: a printer column prints only the first result of its JSONPath.
+    targets: str = Field("", description="The LLMProviders that the targets name, comma-separated in spec order (the Targets column).")

@@ -172,6 +172,9 @@ class StreamFailover(str, Enum):
     continue_ = "continue"  # ask the next target to continue the delivered text
 
 
+LATENCY_TOLERANCE_DEFAULT = 0.2
+
+
 class Route(_Model):
     """A route: which requests it serves, and the targets, strategy and policies that serve them."""
 
@@ -183,7 +186,7 @@ class Route(_Model):
     fallback_on_status_codes: list[int] = Field(default_factory=lambda: [401, 403, 404, 408, 429, 500, 502, 503, 504], description="Upstream statuses that move the request to the next target.")
     timeout: Duration = Field(60.0, description="Deadline for the whole request, all attempts and backoff together.")
     stream_failover: StreamFailover = Field(StreamFailover.error, description="After tokens reached the client: end with an error event (error) or continue on the next target (continue).")
-    latency_tolerance: float = Field(0.2, ge=0.0, le=10.0, description="latency strategy: targets within this fraction of the best EWMA share traffic.")
+    latency_tolerance: float = Field(LATENCY_TOLERANCE_DEFAULT, ge=0.0, le=10.0, description="latency strategy: targets within this fraction of the best EWMA share traffic.")
     hedge: Hedge | None = Field(None, description="Optional hedging of slow non-streaming requests.")
 
     @field_validator("retry", "fallback_on_status_codes", mode="after")
@@ -194,6 +197,22 @@ class Route(_Model):
         if bad:
             raise ValueError(f"not HTTP status codes: {bad}")
         return v
+
+    @model_validator(mode="after")
+    def _latency_tolerance_needs_latency(self) -> Route:
+        check_latency_tolerance(self.strategy, self.latency_tolerance)
+        return self
+
+
+def check_latency_tolerance(strategy: Strategy | str, tolerance: float) -> None:
+    """Cross-field rule, mirrored by a CEL rule in the RoutingPolicy CRD (detour_operator.crdgen).
+
+    A non-default `latencyTolerance` only means something to the latency strategy; elsewhere it
+    would be silently ignored, so it is refused. `weight` has no such rule: every strategy uses
+    it (priority ties, the latency band, least-busy's weight-0 last resort).
+    """
+    if tolerance != LATENCY_TOLERANCE_DEFAULT and Strategy(strategy) is not Strategy.latency:
+        raise ValueError("latencyTolerance applies only to strategy: latency")
 
 
 class Breaker(_Model):

@@ -230,9 +230,6 @@ def test_peering_object_is_rendered_even_without_chart_rbac() -> None:
     assert find(docs, "KopfPeering")["metadata"]["name"] == _peering_arg(docs)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "needs operator/detour_operator/cli.py to pass kopf a distinct --priority per replica (e.g. from "
-    "POD_ID): kopf pauses every replica when peers share a priority, so 2+ replicas never act"))
 def test_peered_replicas_get_distinct_kopf_priorities(monkeypatch: pytest.MonkeyPatch) -> None:
     from detour_operator import cli
 

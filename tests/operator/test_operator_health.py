@@ -1,5 +1,6 @@
 """Health roll-up end to end: fake proxy Pods publish `detour.dev/health`; LLMProvider status and
-the Health/Breaker printer columns show it (columns resolved by kubectl with the CRD's JSONPaths)."""
+the Health/Breaker printer columns show it (columns resolved by kubectl with the CRD's JSONPaths);
+an error that goes away leaves status, and an unchanged picture writes no status at all."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ from typing import Any
 
 import yaml
 from conftest import CRDS, NS, apply_examples, cond, get, kubectl, wait_for
+from k8s_emulator import api_calls
+from prometheus_client import REGISTRY
 
 PROXY_LABELS = {"app.kubernetes.io/component": "proxy"}
 
@@ -74,6 +77,10 @@ def test_pod_health_shows_in_status_and_printer_columns(k8s, operator, core, cus
     assert rows["anthropic"][1:] == ["anthropic", "True", "Healthy", "0/2", "open"]
     out = kubectl(k8s, "get", "rpol", "-o", f"custom-columns=NAME:.metadata.name,{columns('routingpolicies.detour.dev.yaml')}")
     assert out.stdout.splitlines()[1].split() == ["chat", "priority", "openai,azure,anthropic", "True"]
+    # The Targets column reads one scalar the operator writes (a real API server's table converter
+    # prints only the first result of a JSONPath, so `.spec.targets[*].providerRef` would show "openai").
+    assert "TARGETS:.status.targets" in columns("routingpolicies.detour.dev.yaml")
+    assert get(custom, "routingpolicies", "chat")["status"]["targets"] == "openai,azure,anthropic"
 
     # the second pod opens its breaker too: Unavailable, Available=False
     core.patch_namespaced_pod("proxy-b", NS, {"metadata": {"annotations": {"detour.dev/health": report(
@@ -83,3 +90,43 @@ def test_pod_health_shows_in_status_and_printer_columns(k8s, operator, core, cus
     assert openai["status"]["health"]["breaker"] == "2/2 open"
     assert cond(openai, "Available")["status"] == "False"
     assert openai["status"]["observedGeneration"] == openai["metadata"]["generation"]
+
+
+def status_patches(k8s) -> list:
+    return [c for c in api_calls(k8s) if c.method == "PATCH" and c.subresource == "status" and c.plural == "llmproviders"]
+
+
+def rollups(result: str) -> float:
+    return REGISTRY.get_sample_value("detour_operator_health_rollups_total", {"result": result}) or 0.0
+
+
+def test_an_error_that_goes_away_leaves_status_and_unchanged_ticks_write_nothing(k8s, operator, core, custom):
+    apply_examples(k8s, custom)
+    err_at = stamp(2)
+    pod(core, "proxy-a", report("proxy-a", [target("openai", "closed", 20, 0.1, "http_503", err_at)]))
+    wait_for(lambda: get(custom, "llmproviders", "openai")["status"]["health"].get("lastError") == "http_503", 5,
+             what=lambda: get(custom, "llmproviders", "openai")["status"]["health"])
+
+    # the pod's window no longer holds an error: lastError/lastErrorAt leave status.health
+    core.patch_namespaced_pod("proxy-a", NS, {"metadata": {"annotations": {"detour.dev/health": report(
+        "proxy-a", [target("openai", "closed", 20, 0.0)])}}})
+    wait_for(lambda: "lastError" not in get(custom, "llmproviders", "openai")["status"]["health"], 5,
+             what=lambda: get(custom, "llmproviders", "openai")["status"]["health"])
+    health = get(custom, "llmproviders", "openai")["status"]["health"]
+    assert health == {"state": "Healthy", "breaker": "0/1 open", "requests": 20, "failureRatio": 0.0, "pods": 1}
+
+    # unchanged inputs: several timer ticks for each of the 3 providers, no status write at all
+    writes, ticks = len(status_patches(k8s)), rollups("unchanged")
+    wait_for(lambda: rollups("unchanged") >= ticks + 5 * 3, 10, what="five more health ticks per provider")
+    assert len(status_patches(k8s)) == writes, status_patches(k8s)[writes:]
+
+    # the error comes back and then the reports stop (pod gone): Unknown, and no stale error either
+    core.patch_namespaced_pod("proxy-a", NS, {"metadata": {"annotations": {"detour.dev/health": report(
+        "proxy-a", [target("openai", "open", 20, 0.9, "timeout", stamp(1))])}}})
+    wait_for(lambda: get(custom, "llmproviders", "openai")["status"]["health"].get("lastError") == "timeout", 5)
+    core.delete_namespaced_pod("proxy-a", NS)
+    openai = wait_for(lambda: (o := get(custom, "llmproviders", "openai"))["status"]["health"]["state"] == "Unknown"
+                      and o, 5)
+    assert openai["status"]["health"] == {"state": "Unknown", "breaker": "0/0 open", "requests": 0,
+                                          "failureRatio": 0.0, "pods": 0}
+    assert cond(openai, "Available")["reason"] == "NoReports"

@@ -9,8 +9,10 @@ from typing import Any
 import kubernetes
 import yaml
 from conftest import EXAMPLES, NS, G, V, apply_examples, cond, forbid_in_log, get, kubectl, ready, wait_for
+from k8s_emulator import api_calls, resource_version, versions
 from prometheus_client import REGISTRY
 
+from detour_operator import conditions
 from detour_operator import render as rnd
 from detour_operator.handlers import SETTINGS
 from detour_proxy.config import parse_config
@@ -28,6 +30,18 @@ def reconciles() -> float:
         if metric.name == "detour_operator_reconcile":
             total += sum(s.value for s in metric.samples if s.name == "detour_operator_reconcile_total")
     return total
+
+
+def secret_events(result: str) -> float:
+    return REGISTRY.get_sample_value("detour_operator_secret_events_total", {"result": result}) or 0.0
+
+
+def lists(k8s: Any) -> list[Any]:
+    return [c for c in api_calls(k8s) if c.action == "LIST"]
+
+
+def events_for(core: Any, name: str, reason: str, ns: str = NS) -> list[Any]:
+    return [e for e in core.list_namespaced_event(ns).items if e.involved_object.name == name and e.reason == reason]
 
 
 def test_examples_publish_config_and_credentials(k8s, operator, core, custom):
@@ -64,6 +78,8 @@ def test_examples_publish_config_and_credentials(k8s, operator, core, custom):
     events = wait_for(lambda: {e.reason for e in core.list_namespaced_event(NS).items} >= {"Accepted", "Published"}
                       and core.list_namespaced_event(NS).items, 5, what="events")
     assert any(e.involved_object.name == "chat" and e.reason == "Published" for e in events)
+    # kopf neither lists nor watches CRDs or namespaces (the chart's RBAC grants neither)
+    assert not [c for c in api_calls(k8s) if c.plural in ("customresourcedefinitions", "namespaces")]
 
     # keys never leave the Secrets: not in the ConfigMap, statuses, events or the operator's log
     statuses = [str(get(custom, "llmproviders", n).get("status")) for n in ("openai", "azure", "anthropic")]
@@ -88,6 +104,9 @@ def test_missing_provider_keeps_last_good_config_and_recovers(k8s, operator, cor
     assert rr["status"] == "False" and rr["reason"] == "ProviderNotFound" and "mistral" in rr["message"]
     assert cond(batch, "Accepted")["status"] == "True"
     assert configmap(core).data["config.yaml"] == good
+    rejected = wait_for(lambda: events_for(core, "batch", "Rejected"), 5, what="a Rejected Event for batch")
+    assert rejected[0].type == "Warning" and "mistral" in rejected[0].message
+    assert rejected[0].involved_object.kind == "RoutingPolicy"
 
     # break the only valid policy too: nothing valid remains, so nothing is published
     custom.patch_namespaced_custom_object(G, V, NS, "routingpolicies", "chat", {
@@ -126,7 +145,12 @@ def test_deleting_a_provider_rerenders(k8s, operator, core, custom):
     config = parse_config(configmap(core).data["config.yaml"])
     assert [p.name for p in config.providers] == ["azure", "openai"]
     assert [r.name for r in config.routes] == ["embeddings"]
-    assert set(core.read_namespaced_secret("detour-credentials", NS).data) == {"azure", "openai"}
+    wait_for(lambda: set(core.read_namespaced_secret("detour-credentials", NS).data) == {"azure", "openai"}, 5)
+    # the config stopped naming anthropic's key file before the file went (write history order)
+    cm_dropped = next(v for v in versions(k8s, "v1/configmaps", NS, "detour-routing")
+                      if "anthropic" not in v["data"]["config.yaml"])
+    key_dropped = next(v for v in versions(k8s, "v1/secrets", NS, "detour-credentials") if "anthropic" not in v["data"])
+    assert resource_version(cm_dropped) < resource_version(key_dropped)
     chat = wait_for(lambda: ready(custom, "routingpolicies", "chat", "False"), 10)
     assert "anthropic" in cond(chat, "ResolvedRefs")["message"]
 
@@ -156,16 +180,24 @@ def test_secret_change_rerenders_dependents_only_on_change(k8s, operator, core, 
     # the label patch and kopf's bookkeeping annotation, but no status write
     assert k8s.history(f"{G}/{V}/llmproviders", NS, "openai") <= status_writes + 2
 
-    # a new key in the referenced Secret reaches detour-credentials; the config itself is unchanged
+    # a new key in the referenced Secret reaches detour-credentials; the config itself is unchanged;
+    # the operator re-renders from its indexes: no LIST request for this (or any) event after startup
+    listed, before = len(lists(k8s)), reconciles()
     new_key = base64.b64encode(b"sk-rotated").decode()
     core.patch_namespaced_secret("llm-keys", NS, {"data": {"openai": new_key}})
     wait_for(lambda: core.read_namespaced_secret("detour-credentials", NS).data["openai"] == new_key, 10)
+    wait_for(lambda: reconciles() > before, 10, what="the rotation's reconcile finished")
     assert k8s.history("v1/configmaps", NS, "detour-routing") == cm_writes
+    assert lists(k8s)[listed:] == []
 
-    # a Secret nobody references does not trigger a reconcile
-    before = reconciles()
+    # a Secret nobody references does not trigger a reconcile: wait until the operator has handled
+    # its event (and ignored it), then check that no reconcile happened
+    before, ignored = reconciles(), secret_events("ignored")
     core.create_namespaced_secret(NS, {"metadata": {"name": "unrelated"}, "data": {"x": "eQ=="}})
-    custom.patch_namespaced_custom_object(G, V, NS, "llmproviders", "azure", {"metadata": {"labels": {"t": "b"}}})
+    wait_for(lambda: secret_events("ignored") > ignored, 10, what="the unrelated Secret's event handled")
+    assert reconciles() == before
+    # ...while a change of a referenced one does, exactly once
+    core.patch_namespaced_secret("llm-keys", NS, {"data": {"azure": base64.b64encode(b"azure-rotated").decode()}})
     wait_for(lambda: reconciles() > before, 10)
     assert reconciles() == before + 1
 
@@ -174,3 +206,78 @@ def test_secret_change_rerenders_dependents_only_on_change(k8s, operator, core, 
     obj = wait_for(lambda: ready(custom, "llmproviders", "anthropic", "False"), 10)
     rr = cond(obj, "ResolvedRefs")
     assert rr["reason"] == "SecretKeyNotFound" and "llm-keys" in rr["message"] and "anthropic" in rr["message"]
+
+
+def provider_body(name: str, secret: str, key: str) -> dict[str, Any]:
+    return {"apiVersion": f"{G}/{V}", "kind": "LLMProvider", "metadata": {"name": name},
+            "spec": {"type": "openai", "baseURL": f"https://{name}.example.com/v1",
+                     "apiKeySecretRef": {"name": secret, "key": key}}}
+
+
+def policy_body(name: str, *providers: str, order: int = 0) -> dict[str, Any]:
+    return {"apiVersion": f"{G}/{V}", "kind": "RoutingPolicy", "metadata": {"name": name},
+            "spec": {"order": order, "targets": [{"providerRef": p, "model": "m"} for p in providers]}}
+
+
+def test_creating_a_missing_secret_recovers(k8s, operator, core, custom):
+    apply_examples(k8s, custom)
+    custom.create_namespaced_custom_object(G, V, NS, "llmproviders", provider_body("late", "late-keys", "token"))
+    custom.create_namespaced_custom_object(G, V, NS, "routingpolicies", policy_body("later", "late", order=50))
+    late = wait_for(lambda: ready(custom, "llmproviders", "late", "False"), 10)
+    rr = cond(late, "ResolvedRefs")
+    assert rr["reason"] == "SecretNotFound" and "late-keys" in rr["message"]
+    assert "name: late" not in configmap(core).data["config.yaml"]
+
+    core.create_namespaced_secret(NS, {"metadata": {"name": "late-keys"}, "stringData": {"token": "sk-late"}})
+    for plural, name in [("llmproviders", "late"), ("routingpolicies", "later")]:
+        wait_for(lambda: ready(custom, plural, name), 10, what=f"{name} recovers")
+    assert parse_config(configmap(core).data["config.yaml"]).provider("late").api_key.file.endswith("/late")
+    creds = core.read_namespaced_secret("detour-credentials", NS).data
+    assert base64.b64decode(creds["late"]) == b"sk-late"
+    # the key file existed before the config pointed at it (write history order)
+    key_added = next(v for v in versions(k8s, "v1/secrets", NS, "detour-credentials") if "late" in v["data"])
+    cm_names = next(v for v in versions(k8s, "v1/configmaps", NS, "detour-routing")
+                    if "name: late" in v["data"]["config.yaml"])
+    assert resource_version(key_added) < resource_version(cm_names)
+
+
+def test_namespaces_are_isolated(k8s, operator, core, custom):
+    apply_examples(k8s, custom)
+    core.create_namespace({"metadata": {"name": "team-b"}})
+    core.create_namespaced_secret("team-b", {"metadata": {"name": "b-keys"}, "stringData": {"k": "sk-team-b"}})
+    custom.create_namespaced_custom_object(G, V, "team-b", "llmproviders", provider_body("bprov", "b-keys", "k"))
+    custom.create_namespaced_custom_object(G, V, "team-b", "routingpolicies", policy_body("bchat", "bprov"))
+    cm_b = wait_for(lambda: core.read_namespaced_config_map("detour-routing", "team-b"), 10, what="team-b's ConfigMap")
+    config_b = parse_config(cm_b.data["config.yaml"])
+    assert [p.name for p in config_b.providers] == ["bprov"] and [r.name for r in config_b.routes] == ["bchat"]
+    secret_b = core.read_namespaced_secret("detour-credentials", "team-b")
+    assert {k: base64.b64decode(v) for k, v in secret_b.data.items()} == {"bprov": b"sk-team-b"}
+    assert {o.name for o in cm_b.metadata.owner_references} == {"bprov", "bchat"}
+    wait_for(lambda: (c := cond(custom.get_namespaced_custom_object(G, V, "team-b", "routingpolicies", "bchat"),
+                                "Ready")) and c["status"] == "True", 10, what="team-b's policy Ready")
+
+    # the default namespace is untouched by team-b's objects, and the reverse
+    config_a = parse_config(configmap(core).data["config.yaml"])
+    assert [p.name for p in config_a.providers] == ["anthropic", "azure", "openai"]
+    assert "bprov" not in core.read_namespaced_secret("detour-credentials", NS).data
+    # a policy in team-b cannot name a provider of the default namespace
+    custom.create_namespaced_custom_object(G, V, "team-b", "routingpolicies", policy_body("borrow", "openai"))
+    borrow = wait_for(lambda: (o := custom.get_namespaced_custom_object(G, V, "team-b", "routingpolicies", "borrow"))
+                      and cond(o, "ResolvedRefs") and o, 10)
+    assert cond(borrow, "ResolvedRefs")["reason"] == "ProviderNotFound"
+
+
+def test_last_transition_time_stays_across_an_unrelated_spec_change(k8s, operator, core, custom):
+    apply_examples(k8s, custom)
+    before = get(custom, "routingpolicies", "chat")
+    ltt = {c["type"]: c["lastTransitionTime"] for c in before["status"]["conditions"]}
+    # let the clock pass the (1 s resolution) timestamps, so a reset would be visible
+    wait_for(lambda: conditions.now_rfc3339() > max(ltt.values()), 3, what="the clock moving on")
+
+    custom.patch_namespaced_custom_object(G, V, NS, "routingpolicies", "chat", {"spec": {"timeout": "50s"}})
+    after = wait_for(lambda: (o := get(custom, "routingpolicies", "chat"))["status"]["observedGeneration"] == 2 and o, 10)
+    assert after["metadata"]["generation"] == 2
+    assert {c["type"]: c["lastTransitionTime"] for c in after["status"]["conditions"]} == ltt
+    assert all(c["observedGeneration"] == 2 and c["status"] == "True" for c in after["status"]["conditions"])
+    assert "timeout: 50s" in configmap(core).data["config.yaml"]
+    assert cond(after, "Programmed")["message"] != cond(before, "Programmed")["message"]  # new hash, same LTT

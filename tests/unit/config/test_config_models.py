@@ -2,37 +2,15 @@
 
 from __future__ import annotations
 
+import pathlib
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from detour_proxy.config import ConfigError, config_hash, format_duration, load_config, parse_config, parse_duration
 
-ISSUE_EXAMPLE = """
-providers:
-  - name: primary
-    type: openai
-    baseURL: http://127.0.0.1:9101/v1
-    apiKey: {env: PRIMARY_KEY}
-    timeouts: {connect: 2s, firstToken: 10s, total: 60s}
-  - name: secondary
-    type: openai-compatible
-    baseURL: http://127.0.0.1:9102/v1
-routes:
-  - name: chat
-    match: {models: ["gpt-4o-mini", "chat-*"]}
-    strategy: priority
-    targets:
-      - {provider: primary, model: gpt-4o-mini, priority: 0}
-      - {provider: secondary, model: llama-3-8b, priority: 1, weight: 1}
-    retry: {attempts: 2, backoff: {initial: 100ms, max: 2s}, onStatusCodes: [429, 500, 502, 503, 504], respectRetryAfter: true, maxRetryAfter: 10s}
-    fallbackOnStatusCodes: [401, 403, 404, 408, 429, 500, 502, 503, 504]
-    timeout: 60s
-health:
-  window: 60s
-  breaker: {failureRatio: 0.5, minRequests: 10, consecutiveFailures: 5, cooldown: 30s, maxCooldown: 5m, halfOpenProbes: 1}
-retryBudget: {ratio: 0.2, minPerSecond: 5}
-"""
+ISSUE_EXAMPLE = (pathlib.Path(__file__).parent / "issue_example.yaml").read_text()
 
 
 def test_issue_example_is_accepted_as_written():
@@ -58,6 +36,26 @@ def test_errors_name_the_field_and_reason(patch, field):
     msg = str(exc.value)
     key = field.split(":")[0]
     assert "routes[0]." in msg and key in msg
+
+
+def test_latency_tolerance_only_with_the_latency_strategy():
+    # The same rule as the RoutingPolicy CRD's CEL rule (tests/unit/operator/test_op_cel_rules.py).
+    with pytest.raises(ConfigError) as exc:
+        parse_config(ISSUE_EXAMPLE.replace("    timeout: 60s\n", "    timeout: 60s\n    latencyTolerance: 0.5\n"))
+    assert "routes[0]" in str(exc.value) and "latencyTolerance applies only to strategy: latency" in str(exc.value)
+    latency = parse_config(ISSUE_EXAMPLE.replace("strategy: priority", "strategy: latency")
+                           .replace("    timeout: 60s\n", "    timeout: 60s\n    latencyTolerance: 0.5\n"))
+    assert latency.routes[0].latency_tolerance == 0.5
+    # the default written out has no effect anywhere, so it is accepted with any strategy
+    assert parse_config(ISSUE_EXAMPLE.replace("    timeout: 60s\n", "    timeout: 60s\n    latencyTolerance: 0.2\n"))
+
+
+def test_weights_count_with_every_strategy():
+    # priority ties are shared by weight (README), so weights are not tied to strategy: weighted
+    tie = ISSUE_EXAMPLE.replace("priority: 1, weight: 1", "priority: 0, weight: 3")
+    for strategy in ("priority", "weighted", "latency", "least-busy"):
+        route = parse_config(tie.replace("strategy: priority", f"strategy: {strategy}")).routes[0]
+        assert [t.weight for t in route.targets] == [1, 3]
 
 
 def test_unknown_provider_reference_is_refused():

@@ -57,7 +57,24 @@ def test_available_from_health():
     assert c.available_condition(None, 1)["status"] == "Unknown"
 
 
-def test_same_status_is_a_subset_check():
-    assert c.same_status({"a": 1, "b": 2}, {"a": 1})
-    assert c.same_status({"a": 1}, {"b": None})
-    assert not c.same_status({"a": 1}, {"a": 2})
+def test_status_patch_is_none_when_the_server_already_holds_the_desired_status():
+    assert c.status_patch({"a": 1, "b": 2}, {"a": 1}) is None  # keys others own are left alone
+    assert c.status_patch({"a": 1}, {"b": None}) is None  # None means absent
+    assert c.status_patch({"a": 1}, {"a": 2}) == {"a": 2}
+    assert c.status_patch({"a": 1, "h": {"x": 1}}, {"a": 1, "h": {"x": 1}}) is None
+
+
+def test_status_patch_removes_nested_keys_no_longer_desired():
+    # An error that went away: the merge patch must null lastError, or the server keeps it forever.
+    current = {"observedGeneration": 1, "health": {"state": "Degraded", "lastError": "http_503", "lastErrorAt": "T"}}
+    desired = {"health": {"state": "Unknown"}}
+    patch = c.status_patch(current, desired)
+    assert patch == {"health": {"state": "Unknown", "lastError": None, "lastErrorAt": None}}
+    held = c.merge_patch_apply(current, patch)
+    assert held == {"observedGeneration": 1, "health": {"state": "Unknown"}}
+    assert c.status_patch(held, desired) is None  # the next tick with the same picture writes nothing
+
+
+def test_merge_patch_apply_follows_rfc_7386():
+    assert c.merge_patch_apply({"a": {"b": 1, "c": 2}, "d": 3}, {"a": {"b": None, "e": [1]}, "d": None}) == {"a": {"c": 2, "e": [1]}}
+    assert c.merge_patch_apply({"a": 1}, {"a": {"b": None}}) == {"a": {}}

@@ -104,3 +104,11 @@ def test_global_settings_are_rendered():
 def test_inline_client_keys_are_refused_in_settings():
     with pytest.raises(ValueError):
         OperatorSettings.model_validate({"clientAuth": {"keys": [{"value": "secret"}]}})
+
+
+def test_target_summary_names_each_provider_once_in_spec_order():
+    from detour_operator.render import target_summary
+    policy = {"spec": {"targets": [{"providerRef": "openai", "model": "a"}, {"providerRef": "azure", "model": "b"},
+                                   {"providerRef": "openai", "model": "c"}, {"model": "no-ref"}]}}
+    assert target_summary(policy) == "openai,azure"
+    assert target_summary({"spec": {"targets": "garbage"}}) == "" and target_summary({}) == ""

@@ -45,8 +45,20 @@ def test_settings_file(tmp_path, monkeypatch):
         load_settings()
 
 
-def test_cli_wraps_kopf_run():
+def test_cli_wraps_kopf_run(monkeypatch):
+    monkeypatch.setenv("POD_ID", "detour-operator-7d9f8-abcde")
+    prio = cli.replica_priority("detour-operator-7d9f8-abcde")
     assert cli.kopf_args([]) == ["run", "-m", "detour_operator.handlers", "--liveness=http://0.0.0.0:8081/healthz",
-                                 "--all-namespaces", "--peering=detour"]
+                                 "--all-namespaces", "--peering=detour", f"--priority={prio}"]
     args = cli.kopf_args(["-n", "a", "-n", "b", "--standalone"])
     assert "--namespace=a" in args and "--namespace=b" in args and "--standalone" in args
+    assert not any(a.startswith("--priority") for a in args)      # no peering, no priority
+    assert cli.kopf_args(["--priority", "7"])[-1] == "--priority=7"
+
+
+def test_replica_priorities_are_stable_and_differ_across_pods():
+    # kopf pauses *every* replica when live peers share a priority: two pods must never collide
+    names = [f"detour-operator-7d9f8-{i:05d}" for i in range(2000)]
+    prios = [cli.replica_priority(n) for n in names]
+    assert len(set(prios)) == len(names)
+    assert prios[0] == cli.replica_priority(names[0]) and all(0 <= p < 2**31 for p in prios)
