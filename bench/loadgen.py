@@ -23,6 +23,8 @@ import time
 import aiohttp
 import orjson
 
+from procs import HEADERS  # same directory: the headers every target gets
+
 
 def pct(values: list[float], p: float) -> float:
     if not values:
@@ -60,11 +62,6 @@ def _mark_start(loop: asyncio.AbstractEventLoop, t_start: float) -> list[float]:
 
     loop.call_at(t_start, mark)
     return cpu
-
-
-#: Sent to every target (the rules run routes on them; the others ignore them). Same as post.lua.
-HEADERS = {"Content-Type": "application/json", "Authorization": "Bearer bench-key", "x-team": "bench",
-           "x-detour-metadata": '{"tier":"standard"}'}
 
 
 async def throughput(url: str, body: bytes, conns: int, warmup: float, duration: float) -> dict:

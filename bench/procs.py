@@ -62,6 +62,12 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+#: Request headers of every benchmark request, to every target (the "rules + limits" run routes on
+#: `x-team` and `x-detour-metadata`; the other targets ignore them). post.lua sends the same.
+HEADERS = {"Content-Type": "application/json", "Authorization": "Bearer bench-key", "x-team": "bench",
+           "x-detour-metadata": '{"tier":"standard"}'}
+
+
 def wait_ready(proc: subprocess.Popen, url: str, body: bytes, timeout: float = 30.0) -> None:
     """Poll until a POST to `url` answers 200 (the server is up and routes to the upstream)."""
     deadline = time.monotonic() + timeout
@@ -70,7 +76,7 @@ def wait_ready(proc: subprocess.Popen, url: str, body: bytes, timeout: float = 3
         if proc.poll() is not None:
             raise RuntimeError(f"{proc.args[:4]} exited with {proc.returncode}")
         try:
-            req = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json"})
+            req = urllib.request.Request(url, data=body, headers=HEADERS)
             with urllib.request.urlopen(req, timeout=2) as resp:
                 resp.read()
                 if resp.status == 200:

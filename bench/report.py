@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import statistics
+
 LABELS = {"direct": "direct to upstream", "passthrough": "raw-ASGI pass-through (ceiling)",
           "detour": "Detour", "detour-accesslog": "Detour, access log on",
           "detour-rules": "Detour, header/metadata routes + limits", "direct-sim": "direct to detour-sim"}
@@ -78,19 +80,17 @@ def render(res: dict) -> str:
                f"{meta['duration_s']:g} s measured, closed loop over keep-alive connections."
                + (" **Quick smoke run: not for publication.**" if meta["quick"] else ""))
     out += ["", "## Throughput (requests/s)", ""]
-    targets = [t for t in ("direct", "passthrough", "detour", "detour-rules", "detour-accesslog")
+    targets = [t for t in ("direct", "passthrough", "detour", "detour-accesslog")
                if any(c["target"] == t for c in cells)]
-    rules = "detour-rules" in targets
     out.append("| workload | conc. | " + " | ".join(LABELS[t] for t in targets)
-               + " | Detour / pass-through | Detour / direct |" + (" rules / plain Detour |" if rules else ""))
-    out.append("|---|---:|" + "---:|" * len(targets) + "---:|---:|" + ("---:|" if rules else ""))
+               + " | Detour / pass-through | Detour / direct |")
+    out.append("|---|---:|" + "---:|" * len(targets) + "---:|---:|")
     for workload in ("non-stream", "stream"):
         for conns in concs:
             row = [_cell(cells, t, workload, conns) for t in targets]
             d, p, t = (_cell(cells, x, workload, conns) for x in ("direct", "passthrough", "detour"))
             out.append(f"| {workload} | {conns} | " + " | ".join(f"{c['rps']:,.0f}" if c else "-" for c in row)
-                       + f" | {_ratio(t, p)} | {_ratio(t, d)} |"
-                       + (f" {_ratio(_cell(cells, 'detour-rules', workload, conns), t)} |" if rules else ""))
+                       + f" | {_ratio(t, p)} | {_ratio(t, d)} |")
     out += ["", "## Latency and CPU", "",
             "Latency of complete responses (the whole stream for streaming). *Server CPU*: CPU time of the "
             "server process / wall time of the measured run; *core 1*: busy share of the load generator + "
@@ -123,6 +123,20 @@ def render(res: dict) -> str:
             out += ["", f"Detour's TTFT overhead over the pass-through: **{dp50:+.0f} µs at p50, {dp99:+.0f} µs "
                     "at p99** (this includes the first-token gate: Detour holds the response headers until the "
                     "first content chunk has arrived)."]
+    ab = res.get("rules_ab") or []
+    if ab:
+        out += ["", "## Cost of header/metadata routes and limits (interleaved A/B)", "",
+                "Plain Detour vs Detour with `RULES` (two non-matching header/metadata routes first, then a "
+                "route that needs a header and a metadata value, with request and token limits on its "
+                "targets). Both servers run at once on the server core; each cell is measured alternately, "
+                "the order flipped every round, and the medians are compared.", "",
+                "| workload | conc. | plain Detour req/s (runs) | rules + limits req/s (runs) | median ratio |",
+                "|---|---:|---:|---:|---:|"]
+        for row in ab:
+            a_, b_ = row["detour"]["rps"], row["detour-rules"]["rps"]
+            ratio = statistics.median(b_) / statistics.median(a_) if a_ and statistics.median(a_) else 0
+            out.append(f"| {row['workload']} | {row['conns']} | {statistics.median(a_):,.0f} ({', '.join(f'{v:,}' for v in a_)}) | "
+                       f"{statistics.median(b_):,.0f} ({', '.join(f'{v:,}' for v in b_)}) | {ratio:.3f} |")
     mem = res.get("memory") or {}
     if mem:
         out += ["", "## Memory of the Detour process (RSS)", "",

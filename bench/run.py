@@ -21,6 +21,7 @@ import os
 import platform
 import resource
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -118,7 +119,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--chunks", type=int, default=4, help="content chunks per upstream stream")
     p.add_argument("--no-access-log-run", action="store_true", help="skip the Detour-with-access-log target")
     p.add_argument("--no-rules-run", action="store_true",
-                   help="skip the Detour-with-header/metadata-routes-and-limits target")
+                   help="skip the A/B of Detour with header/metadata routes and limits")
+    p.add_argument("--ab-rounds", type=int, default=3, help="A/B rounds per cell (default 3)")
+    p.add_argument("--ab-duration", type=float, default=5.0, help="measured seconds per A/B run (default 5)")
     p.add_argument("--no-sim-check", action="store_true", help="skip the direct-to-detour-sim comparison")
     p.add_argument("--ttft-duration", type=float, default=5.0, help="seconds of TTFT sampling per target")
     p.add_argument("--ttft-connections", type=int, default=1)
@@ -132,7 +135,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     a = p.parse_args(argv)
     if a.quick:
         a.duration, a.warmup, a.ttft_duration, a.wait_idle, a.retries = 2.0, 0.5, 1.0, 5.0, 0
-        a.no_access_log_run = a.no_sim_check = a.no_rules_run = True
+        a.ab_rounds, a.ab_duration = 1, 2.0
+        a.no_access_log_run = a.no_sim_check = True
     a.concurrency = [int(c) for c in a.concurrency.split(",")]
     if a.loadgen == "auto":
         a.loadgen = "wrk" if shutil.which("wrk") else "python"
@@ -171,7 +175,7 @@ class Bench:
         if target == "passthrough":
             argv = [PY, str(BENCH / "passthrough.py"), "--upstream", upstream, "--port", str(port)]
         else:
-            cfg = self.tmp / "detour.yaml"
+            cfg = self.tmp / f"{target}.yaml"
             cfg.write_text(detour_config(upstream, rules=target == "detour-rules"))
             argv = [PY, "-m", "detour_proxy", "--config", str(cfg), "--port", str(port), "--no-watch"]
             if target in ("detour", "detour-rules"):
@@ -194,13 +198,14 @@ class Bench:
                 return json.loads(line[len("BENCH_JSON "):])
         raise RuntimeError(f"wrk printed no result: {out.decode()[-500:]}")
 
-    def load(self, url: str, workload: str, conns: int, server: subprocess.Popen | None) -> dict:
+    def load(self, url: str, workload: str, conns: int, server: subprocess.Popen | None,
+             duration: float | None = None) -> dict:
         """One cell, re-run (up to --retries times) when other processes loaded the machine during it."""
         best = None
         for attempt in range(1 + self.a.retries):
             if self.a.wait_idle > 0:
                 wait_idle(self.a.wait_idle)
-            cell = self._load_once(url, workload, conns, server)
+            cell = self._load_once(url, workload, conns, server, duration or self.a.duration)
             cell["tries"] = attempt + 1
             if best is None or cell["foreign"] < best["foreign"]:
                 best = cell
@@ -210,7 +215,8 @@ class Bench:
                   + ("; re-running it" if attempt < self.a.retries else ""), flush=True)
         return best
 
-    def _load_once(self, url: str, workload: str, conns: int, server: subprocess.Popen | None) -> dict:
+    def _load_once(self, url: str, workload: str, conns: int, server: subprocess.Popen | None,
+                   duration: float) -> dict:
         """Warm-up, then a measured run with CPU sampling around it."""
         a, body, curl = self.a, self.bodies[workload], url + "/v1/chat/completions"
         if a.loadgen == "wrk":
@@ -218,11 +224,11 @@ class Bench:
                 self._wrk(curl, body, conns, a.warmup)
             snap = self._snap(server)
             ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)
-            res = self._wrk(curl, body, conns, a.duration)
+            res = self._wrk(curl, body, conns, duration)
             ru1 = resource.getrusage(resource.RUSAGE_CHILDREN)
             res["cpu_s"] = (ru1.ru_utime + ru1.ru_stime) - (ru0.ru_utime + ru0.ru_stime)
         else:
-            res, snap = self._python(curl, body, conns, "throughput", a.warmup, a.duration, server)
+            res, snap = self._python(curl, body, conns, "throughput", a.warmup, duration, server)
         res.update(self._since(snap, server, res["cpu_s"]))
         secs = res["duration_us"] / 1e6
         errors = sum(v for k, v in res.items() if k.startswith("errors_"))
@@ -278,8 +284,7 @@ class Bench:
     def run(self) -> dict:
         a = self.a
         upstream = self.start_upstream(a.upstream)
-        targets = (["direct", "passthrough", "detour"] + ([] if a.no_rules_run else ["detour-rules"])
-                   + ([] if a.no_access_log_run else ["detour-accesslog"]))
+        targets = ["direct", "passthrough", "detour"] + ([] if a.no_access_log_run else ["detour-accesslog"])
         cells, ttft, memory = [], {}, {}
         for target in targets:
             server, url = (None, upstream) if target == "direct" else self.start_server(target, upstream)
@@ -303,6 +308,7 @@ class Bench:
                     mem = rss_kib(server.pid)
                     memory[target].update(after_kib=mem["rss"], peak_kib=mem["peak"])
                 self.procs.stop(server)
+        rules_ab = [] if a.no_rules_run else self.rules_ab(upstream)
         if not a.no_sim_check and a.upstream == "raw":
             sim = self.start_upstream("sim")
             for workload, _ in WORKLOADS:
@@ -310,7 +316,38 @@ class Bench:
                 cells.append({"target": "direct-sim", "workload": workload, "conns": a.concurrency[0], **cell})
                 print(f"  {'direct-sim':17} {workload:10} c={a.concurrency[0]:<3} {cell['rps']:9,.0f} req/s",
                       flush=True)
-        return {"meta": self.meta(), "cells": cells, "ttft": ttft, "memory": memory}
+        return {"meta": self.meta(), "cells": cells, "ttft": ttft, "memory": memory, "rules_ab": rules_ab}
+
+    def rules_ab(self, upstream: str) -> list[dict]:
+        """Plain Detour vs Detour with header/metadata routes and limits, interleaved.
+
+        Run-to-run drift on a shared VM is larger than the cost being measured, so both
+        servers run at once on the server core (the idle one uses nothing) and each cell is
+        measured A, B, A, B, ... with the order flipped every round; medians are compared."""
+        a = self.a
+        servers = {t: self.start_server(t, upstream) for t in ("detour", "detour-rules")}
+        out = []
+        try:
+            for workload, _ in WORKLOADS:
+                for conns in a.concurrency:
+                    runs: dict[str, list[dict]] = {t: [] for t in servers}
+                    for rnd in range(a.ab_rounds):
+                        order = list(servers) if rnd % 2 == 0 else list(servers)[::-1]
+                        for t in order:
+                            proc, url = servers[t]
+                            runs[t].append(self.load(url, workload, conns, proc, duration=a.ab_duration))
+                    row = {"workload": workload, "conns": conns,
+                           **{t: {"rps": [round(c["rps"]) for c in cs], "p50_ms": [c["p50_ms"] for c in cs],
+                                  "errors": sum(c["errors"] for c in cs)} for t, cs in runs.items()}}
+                    out.append(row)
+                    med = {t: statistics.median(row[t]["rps"]) for t in servers}
+                    print(f"  A/B {workload:10} c={conns:<3} plain {med['detour']:8,.0f}  rules "
+                          f"{med['detour-rules']:8,.0f} req/s (medians of {a.ab_rounds})  "
+                          f"ratio {med['detour-rules'] / med['detour']:.3f}", flush=True)
+        finally:
+            for proc, _ in servers.values():
+                self.procs.stop(proc)
+        return out
 
     def meta(self) -> dict:
         a = self.a

@@ -62,7 +62,7 @@ class OpenAIEndpoints:
             elif name == b"x-request-id" and _REQUEST_ID.match(value):
                 request_id = value.decode()
         if want_headers or (gw is not None and gw.router.uses_metadata):
-            headers = {k: v for k, v in scope["headers"]}
+            headers = dict(scope["headers"])
         if request_id is None:
             request_id = _new_request_id()
         try:

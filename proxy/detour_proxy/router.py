@@ -43,6 +43,7 @@ class Router:
         self.uses_metadata = any(r.metadata for r in self._routes)
         self._model_only = not (self.uses_headers or self.uses_metadata)
         self._cache: dict[str, RouteRuntime | None] = {}
+        self._candidates: dict[str, tuple[_CompiledRoute, ...]] = {}
 
     def match(self, model: str, headers: Mapping[bytes, bytes] | None = None,
               body: dict[str, Any] | None = None) -> RouteRuntime | None:
@@ -55,22 +56,46 @@ class Router:
             if len(self._cache) < _CACHE_LIMIT:
                 self._cache[model] = found
             return found
-        metadata = request_metadata(headers, body) if self.uses_metadata else {}
-        for r in self._routes:
-            if not r.model_ok(model):
+        # The model part of every match is cached too: per request only the header and metadata
+        # conditions of the routes whose patterns take this model are checked, and the metadata
+        # is parsed only when one of them has metadata conditions.
+        cands = self._candidates.get(model)
+        if cands is None:
+            cands = tuple(r for r in self._routes if r.model_ok(model))
+            if len(self._candidates) < _CACHE_LIMIT:
+                self._candidates[model] = cands
+        metadata: dict[str, Any] | None = None
+        for r in cands:
+            if r.headers and not _headers_hold(r.headers, headers):
                 continue
-            if r.headers and (headers is None or any(headers.get(k) != v for k, v in r.headers)):
-                continue
-            if r.metadata and any(_meta_str(metadata.get(k)) != v for k, v in r.metadata):
-                continue
+            if r.metadata:
+                if metadata is None:
+                    metadata = request_metadata(headers, body)
+                if not _metadata_holds(r.metadata, metadata):
+                    continue
             return r.runtime
         return None
-
 
     def conditions_for(self, model: str) -> list[str]:
         """Names of the routes that serve `model` but whose header/metadata conditions this
         request did not meet (for the 404's message; off the hot path)."""
         return [r.runtime.route.name for r in self._routes if r.model_ok(model) and (r.headers or r.metadata)]
+
+
+def _headers_hold(conditions: tuple[tuple[bytes, bytes], ...], headers: Mapping[bytes, bytes] | None) -> bool:
+    if headers is None:
+        return False
+    for name, value in conditions:
+        if headers.get(name) != value:
+            return False
+    return True
+
+
+def _metadata_holds(conditions: tuple[tuple[str, str], ...], metadata: dict[str, Any]) -> bool:
+    for key, value in conditions:
+        if _meta_str(metadata.get(key)) != value:
+            return False
+    return True
 
 
 def _meta_str(value: Any) -> str | None:

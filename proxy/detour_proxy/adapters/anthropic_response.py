@@ -17,7 +17,7 @@ from typing import Any
 
 import orjson
 
-from .base import DONE, SSEParser, StreamEvent, UpstreamError
+from .base import DONE, SSEParser, SSEStreamDecoder, StreamEvent, UpstreamError
 from .errors import stream_error
 
 __all__ = ["from_anthropic", "AnthropicStreamDecoder", "FINISH_REASONS", "usage_of"]
@@ -91,7 +91,7 @@ def from_anthropic(raw: bytes, model: str = "", created: int | None = None) -> b
     return orjson.dumps(doc)
 
 
-class AnthropicStreamDecoder:
+class AnthropicStreamDecoder(SSEStreamDecoder):
     """Anthropic SSE events -> OpenAI chunk events (see the module docstring).
 
     `include_usage`: emit a final `choices: []` chunk with usage (the client asked for
@@ -129,20 +129,9 @@ class AnthropicStreamDecoder:
         return StreamEvent("chunk", self._head() + orjson.dumps(delta) + tail, text, bearing)
 
     # -- decoding ---------------------------------------------------------------------------
-    def feed(self, data: bytes) -> list[StreamEvent]:
-        if self._over:
-            return []
-        return self._events(self._sse.feed(data))
-
-    def close(self) -> list[StreamEvent]:
-        if self._over:
-            return []
-        out = self._events(self._sse.close())
-        if not self._over:
-            self._over = True
-            out.append(StreamEvent.failed(UpstreamError(
-                502, "stream_error", "truncated", "anthropic stream ended before message_stop")))
-        return out
+    def _unterminated(self) -> StreamEvent:
+        return StreamEvent.failed(UpstreamError(
+            502, "stream_error", "truncated", "anthropic stream ended before message_stop"))
 
     def _fail(self, err: UpstreamError, out: list[StreamEvent]) -> None:
         self._over = True

@@ -253,3 +253,34 @@ class SSEParser:
         elif name == b"event":
             self._event = value.decode("utf-8", "replace")
         # id / retry / unknown fields do not matter to a one-shot LLM stream
+
+
+class SSEStreamDecoder:
+    """What every SSE-based `StreamDecoder` shares: bytes go through an `SSEParser` into the
+    subclass's `_events`, nothing is emitted once `_over` (after `done`/`error`), and a byte
+    stream that ends without its end marker gets `_unterminated()` (a truncation error, or
+    `done` when the dialect allows it). Subclasses set `_sse` and `_over` (slots of their own)."""
+
+    __slots__ = ()
+    _sse: SSEParser
+    _over: bool
+
+    def _events(self, sse_events: list[SSEEvent]) -> list[StreamEvent]:
+        raise NotImplementedError
+
+    def _unterminated(self) -> StreamEvent:
+        raise NotImplementedError
+
+    def feed(self, data: bytes) -> list[StreamEvent]:
+        if self._over:
+            return []
+        return self._events(self._sse.feed(data))
+
+    def close(self) -> list[StreamEvent]:
+        if self._over:
+            return []
+        out = self._events(self._sse.close())
+        if not self._over:
+            self._over = True
+            out.append(self._unterminated())
+        return out

@@ -14,7 +14,7 @@ import orjson
 
 from ..config import ContinuationMode, Provider
 from .base import (
-    DONE, ContinuationUnsupported, Headers, SSEParser, StreamEvent,
+    DONE, ContinuationUnsupported, Headers, SSEParser, SSEStreamDecoder, StreamEvent,
     UpstreamError, UpstreamRequest,
 )
 from .errors import NormalizedErrors, stream_error
@@ -133,7 +133,7 @@ def _has_content(delta: dict[str, Any]) -> bool:
                 or delta.get("tool_calls"))
 
 
-class OpenAIStreamDecoder:
+class OpenAIStreamDecoder(SSEStreamDecoder):
     """Reads an OpenAI SSE stream without rewriting it.
 
     A stream that ends without `[DONE]` is truncated (an error event from `close()`), except
@@ -149,24 +149,11 @@ class OpenAIStreamDecoder:
         self._finished = False   # a finish_reason was seen
         self._over = False       # done or error emitted
 
-    def feed(self, data: bytes) -> list[StreamEvent]:
-        if self._over:
-            return []
-        return self._events(self._sse.feed(data))
-
-    def close(self) -> list[StreamEvent]:
-        if self._over:
-            return []
-        out = self._events(self._sse.close())
-        if not self._over:
-            self._over = True
-            if self._finished:
-                out.append(DONE)
-            else:
-                out.append(StreamEvent.failed(UpstreamError(
-                    502, "stream_error", "truncated",
-                    f"{self._label} stream ended before [DONE]")))
-        return out
+    def _unterminated(self) -> StreamEvent:
+        if self._finished:   # a finish_reason arrived: some servers end without [DONE]
+            return DONE
+        return StreamEvent.failed(UpstreamError(502, "stream_error", "truncated",
+                                                f"{self._label} stream ended before [DONE]"))
 
     def _events(self, sse_events: list) -> list[StreamEvent]:
         out: list[StreamEvent] = []

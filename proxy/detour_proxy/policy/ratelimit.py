@@ -61,7 +61,7 @@ class UsageLog:
     """
 
     __slots__ = ("window", "granularity", "slack", "_entries", "_sum", "_cut", "_cut_sum",
-                 "_horizon")
+                 "_horizon", "_next")
 
     def __init__(self, window: float = WINDOW, granularity: float = GRANULARITY,
                  slack: float | None = None) -> None:
@@ -73,10 +73,16 @@ class UsageLog:
         self._cut = 0          # entries[:_cut] are out of the window at `_horizon`...
         self._cut_sum = 0.0    # ...and hold this much
         self._horizon = -math.inf
+        self._next = math.inf  # the lowest horizon at which `_seek` has anything to move
 
     def _seek(self, now: float) -> None:
-        entries = self._entries
         horizon = now - self.window
+        if self._horizon <= horizon < self._next:
+            # Fast path (nearly every call, on the request path): time moved forward but no
+            # entry leaves the window or the log, so nothing but the horizon changes.
+            self._horizon = horizon
+            return
+        entries = self._entries
         drop = horizon - self.slack
         while entries and entries[0][1] <= drop:
             c = entries.popleft()[2]
@@ -96,6 +102,12 @@ class UsageLog:
             self._cut_sum -= entries[cut][2]
         self._cut = cut
         self._horizon = horizon
+        # Next change: the oldest entry is dropped once horizon >= its last + slack, the first
+        # entry still in the window expires once horizon >= its last.
+        nxt = entries[0][1] + self.slack if entries else math.inf
+        if cut < len(entries) and entries[cut][1] < nxt:
+            nxt = entries[cut][1]
+        self._next = nxt
 
     def add(self, now: float, count: float) -> list[float]:
         """Count `count` at `now`; returns the entry holding it (for a later correction)."""
@@ -108,6 +120,8 @@ class UsageLog:
         else:
             entry = [now, now, count]
             entries.append(entry)
+            if now < self._next:   # the new entry may be the next to expire (or to be dropped)
+                self._next = now
         self._sum += count
         return entry
 
