@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import statistics
 
 LABELS = {"direct": "direct to upstream", "passthrough": "raw-ASGI pass-through (ceiling)",
           "detour": "Detour", "detour-accesslog": "Detour, access log on",
@@ -53,8 +52,11 @@ def analyse(res: dict) -> list[str]:
                     notes.append(f"{where}: {name} used only {c['server_cpu']:.0%} of its core and core 1 was "
                                  f"{c['core_client']:.0%} busy: neither side saturated (latency-bound; raise "
                                  "the concurrency).")
-            if p and t and t["rps"] < TARGET_SHARE * p["rps"]:
-                notes.append(f"{where}: Detour is at {t['rps'] / p['rps']:.0%} of the pass-through ceiling, "
+            share = next((x["detour/passthrough"] for x in res.get("pairs") or ()
+                          if (x["workload"], x["conns"]) == (workload, conns) and "detour/passthrough" in x),
+                         t["rps"] / p["rps"] if p and t and p["rps"] else None)
+            if share is not None and share < TARGET_SHARE:
+                notes.append(f"{where}: Detour is at {share:.0%} of the pass-through ceiling, "
                              f"below the {TARGET_SHARE:.0%} target.")
     noisy = [c for c in cells if c.get("foreign", 0) >= FOREIGN_MAX]
     if noisy:
@@ -76,21 +78,31 @@ def render(res: dict) -> str:
     out.append(f"Server under test pinned to core {meta['server_core']}; upstream "
                f"({'bench/upstream.py' if meta['upstream'] == 'raw' else 'detour-sim'}, {meta['chunks']} content "
                f"chunks per stream, no delay) and load generator ({meta['loadgen']}) pinned to core "
-               f"{meta['client_core']}. Each cell: {meta['warmup_s']:g} s warm-up (discarded), then "
-               f"{meta['duration_s']:g} s measured, closed loop over keep-alive connections."
+               f"{meta['client_core']}. Each run: {meta['warmup_s']:g} s warm-up (discarded), then "
+               f"{meta['duration_s']:g} s measured, closed loop over keep-alive connections; every target runs "
+               f"once per round, {meta.get('rounds', 1)} rounds per cell, in rotating order."
                + (" **Quick smoke run: not for publication.**" if meta["quick"] else ""))
     out += ["", "## Throughput (requests/s)", ""]
-    targets = [t for t in ("direct", "passthrough", "detour", "detour-accesslog")
+    targets = [t for t in ("direct", "passthrough", "detour", "detour-rules", "detour-accesslog")
                if any(c["target"] == t for c in cells)]
-    out.append("| workload | conc. | " + " | ".join(LABELS[t] for t in targets)
-               + " | Detour / pass-through | Detour / direct |")
-    out.append("|---|---:|" + "---:|" * len(targets) + "---:|---:|")
+    pairs = {(x["workload"], x["conns"]): x for x in res.get("pairs") or ()}
+    ratios = [k for k in ("detour/passthrough", "detour/direct", "detour-rules/detour", "detour-accesslog/detour")
+              if any(k in x for x in pairs.values())]
+    names = {"detour/passthrough": "Detour / pass-through", "detour/direct": "Detour / direct",
+             "detour-rules/detour": "rules + limits / Detour", "detour-accesslog/detour": "access log / Detour"}
+    out.append("Medians of the runs of each target; the ratios are medians of ratios between runs of the same "
+               "round (adjacent in time), so slow drift of the machine's speed cancels out.")
+    out.append("")
+    out.append("| workload | conc. | " + " | ".join(LABELS[t] for t in targets) + " | "
+               + " | ".join(names[k] for k in ratios) + " |")
+    out.append("|---|---:|" + "---:|" * (len(targets) + len(ratios)))
     for workload in ("non-stream", "stream"):
         for conns in concs:
             row = [_cell(cells, t, workload, conns) for t in targets]
-            d, p, t = (_cell(cells, x, workload, conns) for x in ("direct", "passthrough", "detour"))
+            pr = pairs.get((workload, conns), {})
             out.append(f"| {workload} | {conns} | " + " | ".join(f"{c['rps']:,.0f}" if c else "-" for c in row)
-                       + f" | {_ratio(t, p)} | {_ratio(t, d)} |")
+                       + " | " + " | ".join(f"**{pr[k]:.2f}**" if k == "detour/passthrough" and k in pr
+                                            else f"{pr[k]:.3f}" if k in pr else "-" for k in ratios) + " |")
     out += ["", "## Latency and CPU", "",
             "Latency of complete responses (the whole stream for streaming). *Server CPU*: CPU time of the "
             "server process / wall time of the measured run; *core 1*: busy share of the load generator + "
@@ -123,20 +135,6 @@ def render(res: dict) -> str:
             out += ["", f"Detour's TTFT overhead over the pass-through: **{dp50:+.0f} µs at p50, {dp99:+.0f} µs "
                     "at p99** (this includes the first-token gate: Detour holds the response headers until the "
                     "first content chunk has arrived)."]
-    ab = res.get("rules_ab") or []
-    if ab:
-        out += ["", "## Cost of header/metadata routes and limits (interleaved A/B)", "",
-                "Plain Detour vs Detour with `RULES` (two non-matching header/metadata routes first, then a "
-                "route that needs a header and a metadata value, with request and token limits on its "
-                "targets). Both servers run at once on the server core; each cell is measured alternately, "
-                "the order flipped every round, and the medians are compared.", "",
-                "| workload | conc. | plain Detour req/s (runs) | rules + limits req/s (runs) | median ratio |",
-                "|---|---:|---:|---:|---:|"]
-        for row in ab:
-            a_, b_ = row["detour"]["rps"], row["detour-rules"]["rps"]
-            ratio = statistics.median(b_) / statistics.median(a_) if a_ and statistics.median(a_) else 0
-            out.append(f"| {row['workload']} | {row['conns']} | {statistics.median(a_):,.0f} ({', '.join(f'{v:,}' for v in a_)}) | "
-                       f"{statistics.median(b_):,.0f} ({', '.join(f'{v:,}' for v in b_)}) | {ratio:.3f} |")
     mem = res.get("memory") or {}
     if mem:
         out += ["", "## Memory of the Detour process (RSS)", "",

@@ -108,8 +108,9 @@ def detour_config(upstream: str, rules: bool) -> str:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--duration", type=float, default=10.0, help="measured seconds per cell (default 10)")
-    p.add_argument("--warmup", type=float, default=2.0, help="discarded warm-up seconds per cell (default 2)")
+    p.add_argument("--duration", type=float, default=5.0, help="measured seconds per run (default 5)")
+    p.add_argument("--warmup", type=float, default=1.0, help="discarded warm-up seconds per run (default 1)")
+    p.add_argument("--rounds", type=int, default=3, help="rounds per cell, every target once a round (default 3)")
     p.add_argument("--concurrency", default="16,64", help="comma-separated connection counts")
     p.add_argument("--quick", action="store_true", help="smoke run: 2 s cells, 0.5 s warm-up, no extras")
     p.add_argument("--loadgen", choices=("auto", "wrk", "python"), default="auto",
@@ -119,9 +120,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--chunks", type=int, default=4, help="content chunks per upstream stream")
     p.add_argument("--no-access-log-run", action="store_true", help="skip the Detour-with-access-log target")
     p.add_argument("--no-rules-run", action="store_true",
-                   help="skip the A/B of Detour with header/metadata routes and limits")
-    p.add_argument("--ab-rounds", type=int, default=3, help="A/B rounds per cell (default 3)")
-    p.add_argument("--ab-duration", type=float, default=5.0, help="measured seconds per A/B run (default 5)")
+                   help="skip the Detour-with-header/metadata-routes-and-limits target")
     p.add_argument("--no-sim-check", action="store_true", help="skip the direct-to-detour-sim comparison")
     p.add_argument("--ttft-duration", type=float, default=5.0, help="seconds of TTFT sampling per target")
     p.add_argument("--ttft-connections", type=int, default=1)
@@ -134,8 +133,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--out", default=str(BENCH / "results"))
     a = p.parse_args(argv)
     if a.quick:
-        a.duration, a.warmup, a.ttft_duration, a.wait_idle, a.retries = 2.0, 0.5, 1.0, 5.0, 0
-        a.ab_rounds, a.ab_duration = 1, 2.0
+        a.duration, a.warmup, a.ttft_duration, a.wait_idle, a.retries, a.rounds = 2.0, 0.5, 1.0, 5.0, 0, 1
         a.no_access_log_run = a.no_sim_check = True
     a.concurrency = [int(c) for c in a.concurrency.split(",")]
     if a.loadgen == "auto":
@@ -198,14 +196,13 @@ class Bench:
                 return json.loads(line[len("BENCH_JSON "):])
         raise RuntimeError(f"wrk printed no result: {out.decode()[-500:]}")
 
-    def load(self, url: str, workload: str, conns: int, server: subprocess.Popen | None,
-             duration: float | None = None) -> dict:
+    def load(self, url: str, workload: str, conns: int, server: subprocess.Popen | None) -> dict:
         """One cell, re-run (up to --retries times) when other processes loaded the machine during it."""
         best = None
         for attempt in range(1 + self.a.retries):
             if self.a.wait_idle > 0:
                 wait_idle(self.a.wait_idle)
-            cell = self._load_once(url, workload, conns, server, duration or self.a.duration)
+            cell = self._load_once(url, workload, conns, server, self.a.duration)
             cell["tries"] = attempt + 1
             if best is None or cell["foreign"] < best["foreign"]:
                 best = cell
@@ -282,33 +279,58 @@ class Bench:
 
     # -- the run --------------------------------------------------------------------------------
     def run(self) -> dict:
+        """Every target is up at once (servers on the server core; idle ones use nothing), and
+        each cell rotates through all of them for `--rounds` rounds. A shared VM's speed drifts
+        by more than the differences measured here between runs minutes apart, so ratios are
+        taken between runs of the same round (adjacent in time), and their median is reported."""
         a = self.a
         upstream = self.start_upstream(a.upstream)
-        targets = ["direct", "passthrough", "detour"] + ([] if a.no_access_log_run else ["detour-accesslog"])
-        cells, ttft, memory = [], {}, {}
-        for target in targets:
-            server, url = (None, upstream) if target == "direct" else self.start_server(target, upstream)
-            if server is not None and target.startswith("detour"):
-                memory[target] = {"before_kib": rss_kib(server.pid)["rss"]}
+        names = (["direct", "passthrough", "detour"] + ([] if a.no_rules_run else ["detour-rules"])
+                 + ([] if a.no_access_log_run else ["detour-accesslog"]))
+        servers: dict[str, tuple[subprocess.Popen | None, str]] = {"direct": (None, upstream)}
+        cells, ttft, memory, pairs = [], {}, {}, []
+        try:
+            for t in names[1:]:
+                servers[t] = self.start_server(t, upstream)
+                if t.startswith("detour"):
+                    memory[t] = {"before_kib": rss_kib(servers[t][0].pid)["rss"]}
             for workload, _ in WORKLOADS:
                 for conns in a.concurrency:
-                    cell = self.load(url, workload, conns, server)
-                    cells.append({"target": target, "workload": workload, "conns": conns, **cell})
-                    print(f"  {target:17} {workload:10} c={conns:<3} {cell['rps']:9,.0f} req/s  "
-                          f"p50 {cell['p50_ms']:6.2f} ms  p99 {cell['p99_ms']:6.2f} ms  "
-                          f"server cpu {fmt_pct(cell['server_cpu'])}  core 1 {cell['core_client']:.0%}  "
-                          f"others {cell['foreign']:.2f} cores"
-                          + (f"  ERRORS {cell['errors']}" if cell["errors"] else ""), flush=True)
-            if target in ("direct", "passthrough", "detour"):
-                ttft[target] = self.ttft(url)
-                print(f"  {target:17} ttft p50 {ttft[target]['ttft_p50_ms']:.3f} ms  "
-                      f"p99 {ttft[target]['ttft_p99_ms']:.3f} ms", flush=True)
-            if server is not None:
-                if target in memory:
-                    mem = rss_kib(server.pid)
-                    memory[target].update(after_kib=mem["rss"], peak_kib=mem["peak"])
-                self.procs.stop(server)
-        rules_ab = [] if a.no_rules_run else self.rules_ab(upstream)
+                    runs: dict[str, list[dict]] = {t: [] for t in names}
+                    for rnd in range(a.rounds):
+                        for t in names[rnd % len(names):] + names[:rnd % len(names)]:
+                            proc, url = servers[t]
+                            runs[t].append(self.load(url, workload, conns, proc))
+                    for t in names:
+                        cell = sorted(runs[t], key=lambda c: c["rps"])[len(runs[t]) // 2]   # the median run
+                        cells.append({"target": t, "workload": workload, "conns": conns, **cell,
+                                      "runs_rps": [round(c["rps"]) for c in runs[t]]})
+                        each = ", ".join(f"{c['rps']:,.0f}" for c in runs[t])
+                        print(f"  {t:17} {workload:10} c={conns:<3} {cell['rps']:9,.0f} req/s (median of "
+                              f"{each})  p50 {cell['p50_ms']:6.2f} ms  "
+                              f"p99 {cell['p99_ms']:6.2f} ms  server cpu {fmt_pct(cell['server_cpu'])}  "
+                              f"others {cell['foreign']:.2f} cores"
+                              + (f"  ERRORS {cell['errors']}" if cell["errors"] else ""), flush=True)
+                    pair = {"workload": workload, "conns": conns}
+                    for num, den in (("detour", "passthrough"), ("detour", "direct"), ("detour-rules", "detour"),
+                                     ("detour-accesslog", "detour")):
+                        if num in runs and den in runs:
+                            pair[f"{num}/{den}"] = statistics.median(
+                                x["rps"] / y["rps"] for x, y in zip(runs[num], runs[den]) if y["rps"])
+                    pairs.append(pair)
+                    print("    paired ratios: " + ", ".join(f"{k} {v:.3f}" for k, v in pair.items()
+                                                          if "/" in k), flush=True)
+            for t in ("direct", "passthrough", "detour"):
+                ttft[t] = self.ttft(servers[t][1])
+                print(f"  {t:17} ttft p50 {ttft[t]['ttft_p50_ms']:.3f} ms  p99 {ttft[t]['ttft_p99_ms']:.3f} ms",
+                      flush=True)
+            for t in memory:
+                mem = rss_kib(servers[t][0].pid)
+                memory[t].update(after_kib=mem["rss"], peak_kib=mem["peak"])
+        finally:
+            for proc, _ in servers.values():
+                if proc is not None:
+                    self.procs.stop(proc)
         if not a.no_sim_check and a.upstream == "raw":
             sim = self.start_upstream("sim")
             for workload, _ in WORKLOADS:
@@ -316,38 +338,7 @@ class Bench:
                 cells.append({"target": "direct-sim", "workload": workload, "conns": a.concurrency[0], **cell})
                 print(f"  {'direct-sim':17} {workload:10} c={a.concurrency[0]:<3} {cell['rps']:9,.0f} req/s",
                       flush=True)
-        return {"meta": self.meta(), "cells": cells, "ttft": ttft, "memory": memory, "rules_ab": rules_ab}
-
-    def rules_ab(self, upstream: str) -> list[dict]:
-        """Plain Detour vs Detour with header/metadata routes and limits, interleaved.
-
-        Run-to-run drift on a shared VM is larger than the cost being measured, so both
-        servers run at once on the server core (the idle one uses nothing) and each cell is
-        measured A, B, A, B, ... with the order flipped every round; medians are compared."""
-        a = self.a
-        servers = {t: self.start_server(t, upstream) for t in ("detour", "detour-rules")}
-        out = []
-        try:
-            for workload, _ in WORKLOADS:
-                for conns in a.concurrency:
-                    runs: dict[str, list[dict]] = {t: [] for t in servers}
-                    for rnd in range(a.ab_rounds):
-                        order = list(servers) if rnd % 2 == 0 else list(servers)[::-1]
-                        for t in order:
-                            proc, url = servers[t]
-                            runs[t].append(self.load(url, workload, conns, proc, duration=a.ab_duration))
-                    row = {"workload": workload, "conns": conns,
-                           **{t: {"rps": [round(c["rps"]) for c in cs], "p50_ms": [c["p50_ms"] for c in cs],
-                                  "errors": sum(c["errors"] for c in cs)} for t, cs in runs.items()}}
-                    out.append(row)
-                    med = {t: statistics.median(row[t]["rps"]) for t in servers}
-                    print(f"  A/B {workload:10} c={conns:<3} plain {med['detour']:8,.0f}  rules "
-                          f"{med['detour-rules']:8,.0f} req/s (medians of {a.ab_rounds})  "
-                          f"ratio {med['detour-rules'] / med['detour']:.3f}", flush=True)
-        finally:
-            for proc, _ in servers.values():
-                self.procs.stop(proc)
-        return out
+        return {"meta": self.meta(), "cells": cells, "ttft": ttft, "memory": memory, "pairs": pairs}
 
     def meta(self) -> dict:
         a = self.a
@@ -370,7 +361,7 @@ class Bench:
                 "aiohttp/uvicorn/uvloop/httptools/detour": "/".join(versions[1:]),
                 "loadgen": wrk or "built-in aiohttp load generator (bench/loadgen.py)",
                 "loadgen_kind": a.loadgen, "upstream": a.upstream, "chunks": a.chunks,
-                "duration_s": a.duration, "warmup_s": a.warmup, "concurrency": a.concurrency,
+                "duration_s": a.duration, "warmup_s": a.warmup, "rounds": a.rounds, "concurrency": a.concurrency,
                 "ttft_connections": a.ttft_connections, "ttft_duration_s": a.ttft_duration,
                 "server_core": a.server_core, "client_core": a.client_core, "quick": a.quick,
                 "commit": commit + ("+dirty" if dirty else "")}

@@ -25,7 +25,13 @@ Hook = Callable[[AppState], Awaitable[Any]]
 
 
 class HotPath:
-    """Pure ASGI middleware: POST /v1/chat/completions and /v1/embeddings bypass FastAPI."""
+    """The ASGI app uvicorn serves: POST /v1/chat/completions and /v1/embeddings go straight to
+    the lean handlers; everything else (lifespan included) goes to the FastAPI app, `self.app`.
+
+    It wraps FastAPI from the outside rather than being added as a middleware: inside, every
+    hot request would first pass Starlette's error, telemetry and body-limit middlewares, each
+    wrapping `send`/`receive` (a call per streamed chunk) for work the handlers already do
+    (they answer unexpected errors with an OpenAI-format 500 and enforce the body limit)."""
 
     def __init__(self, app: Any, endpoints: OpenAIEndpoints) -> None:
         self.app = app
@@ -41,7 +47,8 @@ class HotPath:
 
 
 def create_app(state: AppState, *, on_startup: list[Hook] | None = None,
-               on_shutdown: list[Hook] | None = None) -> FastAPI:
+               on_shutdown: list[Hook] | None = None) -> HotPath:
+    """The ASGI app: the hot path in front of the FastAPI app (models, health, metrics, docs)."""
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await state.upstream.start()
@@ -61,7 +68,6 @@ def create_app(state: AppState, *, on_startup: list[Hook] | None = None,
                   description="OpenAI-compatible reliability gateway for LLM calls.",
                   telemetry={"tracing": False, "metrics": False, "logs": False})
     app.state.detour = state
-    app.add_middleware(HotPath, endpoints=OpenAIEndpoints(state))
 
     @app.post("/v1/chat/completions", tags=["openai"], summary="Chat completions (stream and non-stream)")
     async def chat_completions() -> None:  # pragma: no cover - served by HotPath
@@ -102,4 +108,4 @@ def create_app(state: AppState, *, on_startup: list[Hook] | None = None,
     async def metrics() -> Response:
         return Response(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
-    return app
+    return HotPath(app, OpenAIEndpoints(state))

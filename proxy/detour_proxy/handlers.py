@@ -33,6 +33,7 @@ _CLIENT_FAULT = frozenset((400, 404, 413, 422))   # refused because of the reque
 HOT_PATHS = {"/v1/chat/completions": "chat", "/v1/embeddings": "embeddings",
              "/chat/completions": "chat", "/embeddings": "embeddings"}
 BODY_READ_TIMEOUT = 30.0
+WATCH_AFTER = 0.05   # seconds into a request before a client disconnect is watched for
 
 
 class ClientGone(Exception):
@@ -95,9 +96,7 @@ class OpenAIEndpoints:
         rm = route.metrics
         rm.in_flight.inc()
         tracing.start_request(ctx)
-        task = asyncio.current_task()
-        gone = [False]  # set by the watcher when the client disconnected (cheaper than an asyncio.Event)
-        watcher = asyncio.get_running_loop().create_task(_watch_disconnect(receive, task, gone))
+        watch = _DisconnectWatch(receive, asyncio.current_task())
         outcome = "cancelled"
         status = 499
         try:
@@ -120,14 +119,14 @@ class OpenAIEndpoints:
                 await send({"type": "http.response.start", "status": status, "headers": reply.headers})
                 await send({"type": "http.response.body", "body": reply.body, "more_body": False})
         except asyncio.CancelledError:
-            if not gone[0]:
+            if not watch.gone:
                 raise
-            task.uncancel()  # our own cancellation: the client left, nothing more to send
+            watch.task.uncancel()  # our own cancellation: the client left, nothing more to send
         except Exception as exc:  # a bug: answer in the OpenAI format, log it once, keep serving
             outcome = "error"
             status = await _internal_error(send, exc, request_id, route.route.name, stream, ctx.status)
         finally:
-            watcher.cancel()
+            watch.stop()
             rm.in_flight.dec()
             elapsed = time.perf_counter() - started
             rm.duration.observe(elapsed)
@@ -147,15 +146,40 @@ def _new_request_id() -> str:
     return b.hex()
 
 
-async def _watch_disconnect(receive: Any, task: asyncio.Task[Any] | None, gone: list[bool]) -> None:
-    """Cancel the request's task when the client disconnects (cancelling its upstream call)."""
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            gone[0] = True
-            if task is not None:
-                task.cancel()
-            return
+class _DisconnectWatch:
+    """Cancels the request's task when its client disconnects, which cancels the upstream call.
+
+    The watcher (a task blocked in `receive()`) starts only `WATCH_AFTER` seconds into the
+    request, from a timer: most requests are done sooner and never pay for creating and
+    cancelling a task, and a client that leaves is still noticed within `WATCH_AFTER`."""
+
+    __slots__ = ("receive", "task", "gone", "_timer", "_watcher")
+
+    def __init__(self, receive: Any, task: asyncio.Task[Any] | None) -> None:
+        self.receive = receive
+        self.task = task
+        self.gone = False
+        self._watcher: asyncio.Task[None] | None = None
+        self._timer: asyncio.TimerHandle | None = asyncio.get_running_loop().call_later(WATCH_AFTER, self._start)
+
+    def _start(self) -> None:
+        self._timer = None
+        self._watcher = asyncio.get_running_loop().create_task(self._watch())
+
+    async def _watch(self) -> None:
+        while True:
+            message = await self.receive()
+            if message["type"] == "http.disconnect":
+                self.gone = True
+                if self.task is not None:
+                    self.task.cancel()
+                return
+
+    def stop(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        if self._watcher is not None:
+            self._watcher.cancel()
 
 
 async def _read_body(receive: Any, limit: int) -> bytes:

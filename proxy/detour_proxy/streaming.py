@@ -74,6 +74,7 @@ class Relay:
                 f"delivered_chunks={self.chunks}\n\n").encode()
 
     def _frame(self, ev: StreamEvent) -> bytes | None:
+        """The payload to relay for `ev` (None: drop it), with the relay's bookkeeping."""
         payload = ev.payload
         if self.stream_id is None:
             doc = orjson.loads(payload)
@@ -90,7 +91,7 @@ class Relay:
                     self.text.append(ev.text)
             else:
                 self.non_text = True
-        return b"data: " + payload + b"\n\n"
+        return payload
 
     def _rewrite(self, ev: StreamEvent) -> bytes | None:
         """Continuation chunks carry the original id and model; the leading role chunk is dropped."""
@@ -113,9 +114,9 @@ class Relay:
     async def emit(self, events: list[StreamEvent], prefix: bytes = b"") -> None:
         parts = [prefix] if prefix else []
         for ev in events:
-            framed = self._frame(ev)
-            if framed is not None:
-                parts.append(framed)
+            payload = self._frame(ev)
+            if payload is not None:
+                parts += (b"data: ", payload, b"\n\n")
         if parts:
             await self.send({"type": "http.response.body", "body": b"".join(parts), "more_body": True})
 
