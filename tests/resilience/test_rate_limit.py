@@ -3,8 +3,10 @@
 1. With a healthy fallback: the rate-limited primary is sidelined for its Retry-After, so it
    sees a handful of requests per Retry-After period however hard clients push; clients see
    no error, and a retry that went back to the primary waited at least the Retry-After.
-2. With no fallback: retries are the only amplification, and the process-wide retry budget
-   caps them (report upstream attempts per client request).
+2. With no fallback and no Retry-After (a pure retry storm): retries are the only
+   amplification, and the process-wide retry budget caps them (report upstream attempts per
+   client request). With a Retry-After Detour holds requests back itself until it has passed
+   (tests/integration/test_usage_routing.py).
 """
 
 from __future__ import annotations
@@ -68,27 +70,25 @@ async def test_429_storm_soak_retry_budget_caps_amplification_without_fallback(s
     only = sim_a
     duration = scaled(5.0, 30.0)
     budget = {"ratio": 0.2, "minPerSecond": 1, "window": "10s"}
-    # 3 tries per request and a tiny Retry-After: without a budget every request would cost 3.
+    # A pure retry storm: 429s without Retry-After (with one, Detour would hold requests back
+    # itself for that long, sending nothing, and the budget would have nothing to cap). 3 tries
+    # per request: without a budget every request would cost 3.
     cfg = gateway_config(only, retry={"attempts": 3, "backoff": {"initial": "5ms", "max": "20ms"},
                                       "respectRetryAfter": True, "maxRetryAfter": "5s"},
                          retry_budget=budget, breaker={"consecutiveFailures": 10**6, "minRequests": 10**6})
     with ProxyProcess(cfg, tmp_path) as proxy:
-        only.faults(status=429, retryAfterMs=20)
+        only.faults(status=429)
         load = await run_load(proxy.url, body=lambda i: chat(), concurrency=32, rate=RATE, duration=duration)
         upstream = only.requests()
         proxy.assert_healthy()
         m = proxy.metrics()
-        # Clients get a clean 429 that carries the provider's Retry-After hint: the provider's
-        # own answer, or (inside its Retry-After) Detour's refusal to send it more.
+        # Clients get a clean 429 in the OpenAI error format, saying what was tried.
         r = await asyncio.to_thread(httpx.post, proxy.url + "/v1/chat/completions", json=chat(),
                                     timeout=10)
-        assert r.status_code == 429 and r.json()["error"]["code"] in ("all_targets_failed", "rate_limited")
-        assert "retry-after" in r.headers
+        assert r.status_code == 429 and r.json()["error"]["code"] == "all_targets_failed"
 
     n = load.n
     assert {s.status for s in load.samples} == {429}, "no healthy target: every client gets the 429, cleanly"
-    without = [s for s in load.samples if not s.retry_after.isdigit()]
-    assert not without, f"{len(without)} of {n} 429 replies carry no Retry-After, e.g. {without[:3]}"
     rejections = m.get("detour_retry_budget_rejections_total")
     assert rejections > 0, "the budget never had to refuse a retry: the scenario did not test it"
     # The budget: retries <= ratio x requests + minPerSecond x window (over any 10 s window; the
