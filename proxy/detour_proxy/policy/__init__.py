@@ -15,7 +15,8 @@ from .clock import Clock, FakeClock, MonotonicClock
 from .outcome import REQUEST_ERROR_STATUSES, Outcome, OutcomeKind, error_class_for
 from .planner import GiveUp, RequestPlan, RoutePlanner, Try
 from .ratelimit import RateLimiter, Reservation, UsageLog, estimate_tokens
-from .target import HealthRegistry, TargetKey, TargetSnapshot, TargetState, merge_limits
+from .registry import HealthRegistry, merge_limits
+from .target import TargetKey, TargetSnapshot, TargetState
 from .window import SlidingWindow
 
 __all__ = [

@@ -45,7 +45,8 @@ from .balancer import order_targets
 from .breaker import Admission
 from .budget import RetryBudget
 from .outcome import Outcome, OutcomeKind
-from .target import HealthRegistry, TargetKey
+from .registry import HealthRegistry
+from .target import TargetKey
 
 __all__ = ["RoutePlanner", "RequestPlan", "Try", "GiveUp"]
 
