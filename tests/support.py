@@ -175,3 +175,25 @@ async def poll(predicate: Any, timeout: float, what: str, interval: float = 0.02
         if time.monotonic() > deadline:
             raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
         await asyncio.sleep(interval)
+
+
+class OutputReaders:
+    """A subprocess's stdout and stderr read line by line into `stdout` / `stderr`, each from a
+    daemon thread, so a chatty process never blocks on a full pipe and tests can poll its lines."""
+
+    def __init__(self, proc: subprocess.Popen) -> None:
+        self.stdout: list[str] = []
+        self.stderr: list[str] = []
+        self._threads = [threading.Thread(target=self._read, args=(stream, lines), daemon=True)
+                         for stream, lines in ((proc.stdout, self.stdout), (proc.stderr, self.stderr))]
+        for t in self._threads:
+            t.start()
+
+    @staticmethod
+    def _read(stream: Any, lines: list[str]) -> None:
+        for line in stream:
+            lines.append(line.rstrip("\n"))
+
+    def join(self, timeout: float = 5) -> None:
+        for t in self._threads:
+            t.join(timeout)

@@ -9,14 +9,13 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 
 import httpx
 import psutil
 import pytest
 
-from support import chat_body, wait_until
+from support import OutputReaders, chat_body, wait_until
 
 
 def free_port() -> int:
@@ -33,17 +32,8 @@ class DevRun:
         self.proc = subprocess.Popen([sys.executable, "-m", "detour_proxy.devrun", *args],
                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
                                      start_new_session=True)
-        self.stdout: list[str] = []
-        self.stderr: list[str] = []
-        self._readers = [threading.Thread(target=self._read, args=(s, out), daemon=True)
-                         for s, out in ((self.proc.stdout, self.stdout), (self.proc.stderr, self.stderr))]
-        for t in self._readers:
-            t.start()
-
-    @staticmethod
-    def _read(stream, out: list[str]) -> None:
-        for line in stream:
-            out.append(line.rstrip("\n"))
+        self._readers = OutputReaders(self.proc)
+        self.stdout, self.stderr = self._readers.stdout, self._readers.stderr
 
     def guide(self, timeout: float = 30) -> str:
         def printed() -> str | None:
@@ -56,8 +46,7 @@ class DevRun:
         if self.proc.poll() is None:            # a failed test: stop everything it started
             os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait(10)
-        for t in self._readers:
-            t.join(5)
+        self._readers.join(5)
 
 
 @pytest.fixture()

@@ -12,7 +12,6 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -23,7 +22,7 @@ import yaml
 
 from detour_proxy import handlers
 from detour_proxy.logs import JsonFormatter
-from support import ProxyServer, chat_body, two_provider_config, wait_until
+from support import OutputReaders, ProxyServer, chat_body, two_provider_config, wait_until
 from test_metrics import scrape, val
 
 PROVIDER_KEYS = ["sk-primary-CANARY-90ab", "sk-secondary-CANARY-77cd", "sk-dead-CANARY-12ef"]
@@ -41,12 +40,8 @@ class ProxyProcess:
             [*(cmd or [sys.executable, "-m", "detour_proxy"]), "--config", str(config), "--host", "127.0.0.1",
              "--port", "0", *args],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-        self.stdout: list[str] = []
-        self.stderr: list[str] = []
-        self._readers = [threading.Thread(target=self._read, args=(s, out), daemon=True)
-                         for s, out in ((self.proc.stdout, self.stdout), (self.proc.stderr, self.stderr))]
-        for t in self._readers:
-            t.start()
+        self._readers = OutputReaders(self.proc)
+        self.stdout, self.stderr = self._readers.stdout, self._readers.stderr
         deadline = time.monotonic() + 15
         self.url = ""
         while not self.url:
@@ -59,11 +54,6 @@ class ProxyProcess:
                 raise RuntimeError(f"proxy did not start: {self.stdout} {self.stderr}")
             time.sleep(0.02)
 
-    @staticmethod
-    def _read(stream, out: list[str]) -> None:
-        for line in stream:
-            out.append(line.rstrip("\n"))
-
     def stop(self) -> int:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
@@ -72,8 +62,7 @@ class ProxyProcess:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             rc = self.proc.wait(timeout=5)
-        for t in self._readers:
-            t.join(5)
+        self._readers.join(5)
         return rc
 
 
