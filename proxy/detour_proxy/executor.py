@@ -155,7 +155,7 @@ async def unary_attempt(state: AppState, ctx: RequestContext, tr: TargetRuntime,
     try:
         req = build_request(ctx, tr, stream=False)
         async with asyncio.timeout(min(tr.provider.config.timeouts.total, remaining)):
-            resp = await state.upstream.send(req, tr.provider.timeouts.unary)
+            resp = await state.upstream.send(req, tr.provider.client_timeout)
             usage.check_rate_headers(tr, resp.headers, clock.now())
             try:
                 raw = await resp.read()

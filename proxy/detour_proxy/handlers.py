@@ -130,9 +130,7 @@ class OpenAIEndpoints:
             rm.in_flight.dec()
             elapsed = time.perf_counter() - started
             rm.duration.observe(elapsed)
-            (rm.success if outcome == "success" else rm.cancelled if outcome == "cancelled"
-             else rm.client_error if outcome == "client_error" else rm.error if outcome == "error"
-             else rm.upstream_error).inc()
+            rm.outcomes[outcome].inc()
             tracing.end_request(ctx, status, outcome)
             _log(request_id, route.route.name, ctx.target.label if ctx.target else None, ctx.attempts,
                  status, started, outcome, kind, stream)

@@ -106,13 +106,14 @@ class TargetMetrics:
         )
 
 
+#: `outcome` values of detour_requests_total. `error` is an unexpected exception in Detour
+#: itself (a bug, answered 500); `cancelled`, a client that left.
+REQUEST_OUTCOMES = ("success", "upstream_error", "client_error", "cancelled", "error")
+
+
 @dataclass(slots=True)
 class RouteMetrics:
-    success: Counter
-    upstream_error: Counter
-    client_error: Counter
-    cancelled: Counter
-    error: Counter                # an unexpected exception in Detour itself (a bug): 500
+    outcomes: dict[str, Counter]  # detour_requests_total by outcome (REQUEST_OUTCOMES)
     duration: Histogram
     in_flight: Gauge
     budget_rejections: Counter
@@ -121,11 +122,7 @@ class RouteMetrics:
     @classmethod
     def bind(cls, m: Metrics, route: str) -> RouteMetrics:
         return cls(
-            success=m.requests.labels(route, "success"),
-            upstream_error=m.requests.labels(route, "upstream_error"),
-            client_error=m.requests.labels(route, "client_error"),
-            cancelled=m.requests.labels(route, "cancelled"),
-            error=m.requests.labels(route, "error"),
+            outcomes={o: m.requests.labels(route, o) for o in REQUEST_OUTCOMES},
             duration=m.request_duration.labels(route),
             in_flight=m.in_flight.labels(route),
             budget_rejections=m.budget_rejections.labels(route),

@@ -10,13 +10,15 @@ import random
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+import aiohttp
+
 from .adapters import Adapter, adapter_for
 from .config import Provider, Route, RoutingConfig, Target, config_hash
 from .credentials import ClientKeys, Credential
 from .metrics import Metrics, RouteMetrics, TargetMetrics
 from .policy import Clock, HealthRegistry, RetryBudget, RoutePlanner, TargetKey, TargetState, merge_limits
 from .router import Router
-from .upstream import UpstreamTimeouts
+from .upstream import client_timeout
 
 
 @dataclass(slots=True)
@@ -24,7 +26,7 @@ class ProviderRuntime:
     config: Provider
     adapter: Adapter
     credential: Credential | None
-    timeouts: UpstreamTimeouts
+    client_timeout: aiohttp.ClientTimeout   # connect only; built once per config
     can_continue: bool
     supports_embeddings: bool
 
@@ -85,7 +87,7 @@ def build_gateway(config: RoutingConfig, *, registry: HealthRegistry, budget: Re
             cred = prev if prev is not None and prev.describe == repr(p.api_key) else Credential(p.api_key)
         providers[p.name] = ProviderRuntime(
             config=p, adapter=adapter, credential=cred,
-            timeouts=UpstreamTimeouts.build(p.timeouts.connect),
+            client_timeout=client_timeout(p.timeouts.connect),
             can_continue=adapter.can_continue, supports_embeddings=adapter.supports("embeddings"),
         )
     registry.update_settings(config.health)

@@ -214,7 +214,7 @@ async def _attempt(state: AppState, ctx: RequestContext, tr: TargetRuntime, dead
             req = build_request(ctx, tr, stream=True)
         async with asyncio.timeout(max(0.0, min(prov.config.timeouts.first_token, deadline - started))) as tm:
             # Connect timeout only: no socket read timer until the first token (see upstream.arm_read_timeout).
-            resp = await state.upstream.send(req, prov.timeouts.unary)
+            resp = await state.upstream.send(req, prov.client_timeout)
             usage_acct.check_rate_headers(tr, resp.headers, clock.now())
             if resp.status != 200:
                 raw = await resp.read()

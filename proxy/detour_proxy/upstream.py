@@ -14,14 +14,13 @@ allocates a timer per chunk.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
 
 from .adapters import UpstreamRequest
 
-__all__ = ["Upstream", "UpstreamTimeouts", "CONNECT_ERRORS", "STREAM_ERRORS", "arm_read_timeout"]
+__all__ = ["Upstream", "client_timeout", "CONNECT_ERRORS", "STREAM_ERRORS", "arm_read_timeout"]
 
 # Errors before any response byte: the request may not have reached the provider.
 CONNECT_ERRORS: tuple[type[BaseException], ...] = (
@@ -40,15 +39,11 @@ STREAM_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 
-@dataclass(frozen=True, slots=True)
-class UpstreamTimeouts:
-    """aiohttp timeouts built once per provider (per config), not per request."""
-
-    unary: aiohttp.ClientTimeout   # connect only: used for unary calls and streams alike
-
-    @classmethod
-    def build(cls, connect: float) -> UpstreamTimeouts:
-        return cls(unary=aiohttp.ClientTimeout(total=None, connect=connect))
+def client_timeout(connect: float) -> aiohttp.ClientTimeout:
+    """The aiohttp timeout of every call to one provider: connect only (built once per config).
+    Unary calls are bounded by the caller's deadline, streams by `firstToken`, then by
+    `arm_read_timeout` and `total`."""
+    return aiohttp.ClientTimeout(total=None, connect=connect)
 
 
 class Upstream:
