@@ -22,8 +22,9 @@ provider, and failing fast with no attempt is worse than one probe. A target hel
 its own `limits` or by a provider's sideline (remaining budget 0, or a 429/503 Retry-After)
 is never forced: the provider said "not before X", and sending anyway would only collect the
 429 the limit exists to avoid. When nothing admits and nothing is forceable the request gets
-GiveUp('unavailable') with `retry_after`, the seconds until the soonest target frees (the
-executor turns it into a 503 with a `Retry-After` header).
+GiveUp('unavailable') with `retry_after`, the seconds until the soonest target frees, and
+`rate_limited` when every target is held back by a rate limit (the executor answers 429 then,
+else 503, with a `Retry-After` header).
 
 Hedging (routes with `hedge`): while a Try is in flight the executor may ask `hedge(now)` for
 a duplicate on the next untried admissible target; it spends the retry budget, counts as
