@@ -17,8 +17,8 @@ from typing import Any
 import httpx
 import uvicorn
 
-from detour_proxy.app import create_app
-from detour_proxy.app_state import AppState
+from detour_proxy.server import create_app
+from detour_proxy.state import AppState
 from detour_proxy.config import RoutingConfig, parse_config
 
 

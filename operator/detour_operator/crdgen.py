@@ -23,7 +23,7 @@ import yaml
 from pydantic import BaseModel
 
 from detour_proxy import config as cfg
-from detour_proxy._durations import DURATION_PATTERN, format_duration
+from detour_proxy.config.durations import DURATION_PATTERN, format_duration
 
 from . import specs
 

@@ -10,11 +10,11 @@ from pathlib import Path
 import uvicorn
 
 from . import tracing
-from .app import create_app
-from .app_state import AppState
+from .server.app import create_app
+from .state import AppState
 from .config import ConfigError
 from .logs import setup_logging
-from .services import startup_hooks, shutdown_hooks
+from .cluster.services import startup_hooks, shutdown_hooks
 
 log = logging.getLogger("detour.cli")
 

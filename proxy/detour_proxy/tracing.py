@@ -23,9 +23,9 @@ import time
 from typing import TYPE_CHECKING, Any, Mapping
 
 if TYPE_CHECKING:
-    from .executor import RequestContext
+    from .engine._executor import RequestContext
     from .policy import Outcome, Try
-    from .runtime import TargetRuntime
+    from .engine.gateway import TargetRuntime
 
 log = logging.getLogger("detour.tracing")
 

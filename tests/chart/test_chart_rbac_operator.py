@@ -54,7 +54,7 @@ OPERATOR_NEEDS: list[tuple[str, str, str, str]] = [
 # objects, keepalive/clean merge-patch its status (the CRDs have no status subresource).
 PEERING_NEEDS: list[tuple[str, str, str]] = [
     ("list", "kopf peering observer"), ("watch", "kopf peering observer"), ("patch", "kopf peering keepalive/clean")]
-# Proxy shared health (detour_proxy.shared_health.KubeApi): LIST + WATCH peers, PATCH own Pod.
+# Proxy shared health (detour_proxy.cluster.shared_health.KubeApi): LIST + WATCH peers, PATCH own Pod.
 PROXY_NEEDS: list[tuple[str, str, str, str]] = [
     ("", "pods", "list", "shared_health: list_pods"),
     ("", "pods", "watch", "shared_health: watch_pods"),

@@ -17,7 +17,7 @@ from typing import Any
 import httpx
 import orjson
 
-from detour_proxy.shared_health_codec import endpoint_id, format_time, parse_time
+from detour_proxy.cluster.health_codec import endpoint_id, format_time, parse_time
 from e2e.conftest import (COOLDOWN, MODEL, NS, Traffic, api_load, config, patches_by_pod, record)
 from e2e.proxyproc import write_atomic
 from k8s_emulator import K8sEmulator, pod_annotation

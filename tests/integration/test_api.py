@@ -10,7 +10,7 @@ import httpx
 import openai
 import pytest
 
-from detour_proxy import handlers
+from detour_proxy.server import endpoints as handlers
 from support import ProxyServer, chat_body, two_provider_config
 from test_metrics import scrape, val
 

@@ -20,7 +20,8 @@ import pytest
 import yaml
 from aiohttp import web
 
-from detour_proxy import credentials, services
+from detour_proxy.cluster import services
+from detour_proxy.config import credentials
 from detour_proxy.policy import BreakerState, TargetKey
 from e2e.proxyproc import K8sVolume, ProxyProcess, write_atomic
 from support import ProxyServer, poll

@@ -20,7 +20,7 @@ import openai
 import pytest
 import yaml
 
-from detour_proxy import handlers
+from detour_proxy.server import endpoints as handlers
 from detour_proxy.logs import JsonFormatter
 from support import OutputReaders, ProxyServer, chat_body, two_provider_config, wait_until
 from test_metrics import scrape, val

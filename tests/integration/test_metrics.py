@@ -12,7 +12,7 @@ import httpx
 import openai
 from prometheus_client.parser import text_string_to_metric_families
 
-from detour_proxy import services
+from detour_proxy.cluster import services
 from detour_proxy.config import parse_config
 from detour_proxy.policy import FakeClock
 from e2e.proxyproc import write_atomic

@@ -19,7 +19,7 @@ from typing import Any
 import orjson
 
 import detour_proxy.cli as cli
-from detour_proxy import handlers
+from detour_proxy.server import endpoints as handlers
 
 _create_app = cli.create_app
 

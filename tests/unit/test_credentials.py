@@ -9,7 +9,7 @@ import os
 import pytest
 
 from detour_proxy.config import SecretSource
-from detour_proxy.credentials import ClientKeys, Credential
+from detour_proxy.config.credentials import ClientKeys, Credential
 from e2e.proxyproc import K8sVolume
 
 SECRET = "sk-very-SECRET-123"

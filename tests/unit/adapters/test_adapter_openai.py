@@ -69,7 +69,7 @@ def test_executor_forwards_client_bytes(provider, kind, body):
     them without re-serializing (the hot path), for embeddings as for chat."""
     from types import SimpleNamespace
 
-    from detour_proxy.executor import build_request
+    from detour_proxy.engine._executor import build_request
 
     prov = SimpleNamespace(adapter=adapter_for(provider("openai")), api_key=lambda: "k")
     tr = SimpleNamespace(provider=prov, target=SimpleNamespace(model="emb"))

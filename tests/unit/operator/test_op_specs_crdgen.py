@@ -7,7 +7,7 @@ import pytest
 from detour_operator import cli, crdgen, specs
 from detour_operator.settings import load_settings
 from detour_proxy import config as cfg
-from detour_proxy._durations import DURATION_PATTERN
+from detour_proxy.config.durations import DURATION_PATTERN
 
 
 def test_spec_fields_are_the_config_fields():

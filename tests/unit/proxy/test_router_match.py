@@ -7,7 +7,7 @@ from types import SimpleNamespace
 import orjson
 
 from detour_proxy import config
-from detour_proxy.router import Router, request_metadata
+from detour_proxy.engine.router import Router, request_metadata
 
 
 def routes(*matches):

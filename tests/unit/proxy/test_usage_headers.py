@@ -11,7 +11,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from detour_proxy import config
 from detour_proxy.adapters import adapter_for
 from detour_proxy.policy import HealthRegistry, TargetKey
-from detour_proxy import usage
+from detour_proxy.engine import _usage as usage
 
 
 def target(ptype="openai", max_cooldown=300.0, limits=None):
@@ -92,7 +92,7 @@ def test_token_reservation_and_settlement():
 
 @pytest.mark.parametrize("wait,header", [(60.0, b"60"), (59.2, b"60"), (0.3, b"1"), (0.0, b"1")])
 def test_no_target_available_says_when_to_come_back(wait, header):
-    from detour_proxy.executor import failure_reply
+    from detour_proxy.engine._executor import failure_reply
     from detour_proxy.policy import GiveUp
     route = SimpleNamespace(route=SimpleNamespace(name="chat"), targets=[object()],
                             embeddings_eligible=lambda i: True)

@@ -14,9 +14,9 @@ import logging
 import pytest
 from aiohttp import web
 
-from detour_proxy.app_state import AppState
+from detour_proxy.state import AppState
 from detour_proxy.config import parse_config
-from detour_proxy.shared_health import KubeAPI, SharedHealthService
+from detour_proxy.cluster.shared_health import KubeAPI, SharedHealthService
 from support import poll
 
 FORBIDDEN = {"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "Forbidden", "code": 403}

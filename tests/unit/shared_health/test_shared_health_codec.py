@@ -9,7 +9,7 @@ import pytest
 
 from detour_proxy import config
 from detour_proxy.policy import BreakerState, FakeClock, HealthRegistry, Outcome, TargetKey
-from detour_proxy.shared_health_codec import (CodecError, PeerTable, decode, encode, endpoint_id,
+from detour_proxy.cluster.health_codec import (CodecError, PeerTable, decode, encode, endpoint_id,
                                               format_time, identity, merge_into, parse_time,
                                               plan_imports)
 

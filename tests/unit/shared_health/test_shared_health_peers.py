@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import orjson
 
-from detour_proxy.app_state import AppState
+from detour_proxy.state import AppState
 from detour_proxy.config import parse_config
 from detour_proxy.policy import FakeClock
-from detour_proxy.shared_health import ANNOTATION, SharedHealthService
-from detour_proxy.shared_health_codec import format_time
+from detour_proxy.cluster.shared_health import ANNOTATION, SharedHealthService
+from detour_proxy.cluster.health_codec import format_time
 
 WALL0 = 1_800_000_000.0
 

@@ -11,11 +11,11 @@ import asyncio
 
 import orjson
 
-from detour_proxy.app_state import AppState
+from detour_proxy.state import AppState
 from detour_proxy.config import parse_config
 from detour_proxy.policy import BreakerState, Outcome, OutcomeKind, TargetKey
-from detour_proxy.shared_health import ANNOTATION, SharedHealthService
-from detour_proxy.shared_health_codec import endpoint_id, format_time
+from detour_proxy.cluster.shared_health import ANNOTATION, SharedHealthService
+from detour_proxy.cluster.health_codec import endpoint_id, format_time
 from support import poll
 
 BASE = "http://127.0.0.1:1/v1"

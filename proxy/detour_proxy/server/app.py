@@ -15,10 +15,10 @@ import orjson
 from fastapi import FastAPI, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from . import __version__
-from .app_state import AppState
-from .errors import unauthorized
-from .handlers import HOT_PATHS, OpenAIEndpoints
+from .. import __version__
+from ..state import AppState
+from ..errors import unauthorized
+from .endpoints import HOT_PATHS, OpenAIEndpoints
 
 log = logging.getLogger("detour.app")
 Hook = Callable[[AppState], Awaitable[Any]]

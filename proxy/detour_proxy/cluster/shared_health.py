@@ -39,11 +39,11 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from .app_state import AppState
-from .config import SharedHealth as SharedHealthSettings
-from .policy import BreakerState, TargetKey
+from ..state import AppState
+from ..config import SharedHealth as SharedHealthSettings
+from ..policy import BreakerState, TargetKey
 from .kube_api import ApiError, KubeAPI
-from .shared_health_codec import (ANNOTATION, CodecError, PeerClaims, PeerTable, decode, encode,
+from .health_codec import (ANNOTATION, CodecError, PeerClaims, PeerTable, decode, encode,
                                   merge_into)
 
 log = logging.getLogger("detour.shared_health")

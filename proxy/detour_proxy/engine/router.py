@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Mapping
 import orjson
 
 if TYPE_CHECKING:
-    from .runtime import RouteRuntime
+    from .gateway import RouteRuntime
 
 _CACHE_LIMIT = 4096
 

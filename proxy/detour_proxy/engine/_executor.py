@@ -2,7 +2,7 @@
 
 The planner (pure) says "try target X after N s" or "give up"; this module sends the
 attempt through the upstream seam, turns what happened into an `Outcome`, reports it back
-and loops. Streams share the same loop shape in `streaming.py`; what both need lives here.
+and loops. Streams share the same loop shape in `_streaming.py`; what both need lives here.
 """
 
 from __future__ import annotations
@@ -14,15 +14,16 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from .adapters import UnsupportedRequest, UpstreamError, UpstreamRequest
-from . import tracing, usage
-from .errors import error_body
-from .policy import GiveUp, Outcome, OutcomeKind, RequestPlan, Try
-from .upstream import CONNECT_ERRORS, STREAM_ERRORS
+from ..adapters import UnsupportedRequest, UpstreamError, UpstreamRequest
+from .. import tracing
+from . import _usage as usage
+from ..errors import error_body
+from ..policy import GiveUp, Outcome, OutcomeKind, RequestPlan, Try
+from ..transport import CONNECT_ERRORS, STREAM_ERRORS
 
 if TYPE_CHECKING:
-    from .app_state import AppState
-    from .runtime import RouteRuntime, TargetRuntime
+    from ..state import AppState
+    from .gateway import RouteRuntime, TargetRuntime
 
 log = logging.getLogger("detour.executor")
 
@@ -189,7 +190,7 @@ async def unary_attempt(state: AppState, ctx: RequestContext, tr: TargetRuntime,
 async def run_unary(state: AppState, ctx: RequestContext) -> Reply:
     """Serve a non-streaming request: attempts until success, a final error, or the deadline."""
     if ctx.route.route.hedge is not None:  # opt-in per route; one attribute test otherwise
-        from .hedging import run_hedged
+        from ._hedging import run_hedged
         return await run_hedged(state, ctx)
     clock = state.clock
     route = ctx.route

@@ -42,8 +42,8 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from .app_state import AppState
-from .config import ConfigError, RoutingConfig, config_hash, load_config
+from ..state import AppState
+from ..config import ConfigError, RoutingConfig, config_hash, load_config
 
 log = logging.getLogger("detour.reload")
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 from typing import Any, Awaitable, Callable
 
-from .app_state import AppState
+from ..state import AppState
 
 Hook = Callable[[AppState], Awaitable[Any]]
 

@@ -20,12 +20,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from .config import ProviderType
-from .policy import Reservation, estimate_tokens
+from ..config import ProviderType
+from ..policy import Reservation, estimate_tokens
 
 if TYPE_CHECKING:
-    from .executor import RequestContext
-    from .runtime import TargetRuntime
+    from ._executor import RequestContext
+    from .gateway import TargetRuntime
 
 __all__ = ["check_rate_headers", "reserve", "settle", "reserve_stream", "settle_stream",
            "DEFAULT_RESET", "StreamMeter"]

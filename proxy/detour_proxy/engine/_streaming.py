@@ -21,18 +21,18 @@ from typing import TYPE_CHECKING, Any, Awaitable, Callable
 
 import orjson
 
-from .adapters import StreamEvent, UpstreamError
-from .adapters import UnsupportedRequest
-from .adapters.base import SSEEventTooLarge
-from . import usage as usage_acct
-from .executor import (RequestContext, build_request, exception_outcome, failure_reply, note_decision,
+from ..adapters import StreamEvent, UpstreamError
+from ..adapters import UnsupportedRequest
+from ..adapters.base import SSEEventTooLarge
+from . import _usage as usage_acct
+from ._executor import (RequestContext, build_request, exception_outcome, failure_reply, note_decision,
                        observe_usage, record, skip_unsupported)
-from .policy import GiveUp, Outcome, OutcomeKind
-from .upstream import CONNECT_ERRORS, STREAM_ERRORS, arm_read_timeout
+from ..policy import GiveUp, Outcome, OutcomeKind
+from ..transport import CONNECT_ERRORS, STREAM_ERRORS, arm_read_timeout
 
 if TYPE_CHECKING:
-    from .app_state import AppState
-    from .runtime import TargetRuntime
+    from ..state import AppState
+    from .gateway import TargetRuntime
 
 Send = Callable[[dict[str, Any]], Awaitable[None]]
 SSE_HEADERS = [(b"content-type", b"text/event-stream; charset=utf-8"), (b"cache-control", b"no-cache"),

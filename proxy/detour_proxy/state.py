@@ -15,8 +15,8 @@ from typing import Any, Callable
 from .config import ConfigError, RoutingConfig, load_config
 from .metrics import Metrics
 from .policy import Clock, HealthRegistry, MonotonicClock, RetryBudget, TargetKey
-from .runtime import Gateway, build_gateway
-from .upstream import Upstream
+from .engine import Gateway, build_gateway
+from .transport import Upstream
 
 log = logging.getLogger("detour.state")
 

@@ -18,13 +18,12 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from . import tracing
-from .errors import ClientError, bad_request, error_body, model_not_found, not_ready, too_large, unauthorized
-from .executor import RequestContext, run_unary
-from .streaming import run_stream
+from .. import tracing
+from ..errors import ClientError, bad_request, error_body, model_not_found, not_ready, too_large, unauthorized
+from ..engine import RequestContext, run_stream, run_unary
 
 if TYPE_CHECKING:
-    from .app_state import AppState
+    from ..state import AppState
 
 access_log = logging.getLogger("detour.access")
 error_log = logging.getLogger("detour.handlers")

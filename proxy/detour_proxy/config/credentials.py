@@ -20,7 +20,7 @@ import os
 import time
 from collections.abc import Callable, Iterable
 
-from .config import SecretSource
+from ._schema import SecretSource
 
 log = logging.getLogger("detour.credentials")
 

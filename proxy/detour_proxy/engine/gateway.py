@@ -12,13 +12,13 @@ from typing import Any, Callable
 
 import aiohttp
 
-from .adapters import Adapter, adapter_for
-from .config import Provider, Route, RoutingConfig, Target, config_hash
-from .credentials import ClientKeys, Credential
-from .metrics import Metrics, RouteMetrics, TargetMetrics
-from .policy import Clock, HealthRegistry, RetryBudget, RoutePlanner, TargetKey, TargetState, merge_limits
+from ..adapters import Adapter, adapter_for
+from ..config import Provider, Route, RoutingConfig, Target, config_hash
+from ..config.credentials import ClientKeys, Credential
+from ..metrics import Metrics, RouteMetrics, TargetMetrics
+from ..policy import Clock, HealthRegistry, RetryBudget, RoutePlanner, TargetKey, TargetState, merge_limits
 from .router import Router
-from .upstream import client_timeout
+from ..transport import client_timeout
 
 
 @dataclass(slots=True)

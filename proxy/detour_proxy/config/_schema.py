@@ -18,7 +18,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 
-from ._durations import Duration, format_duration, parse_duration
+from .durations import Duration, format_duration, parse_duration
 
 __all__ = [
     "ConfigError", "Duration", "format_duration", "parse_duration",

@@ -18,7 +18,7 @@ from typing import Any
 
 import aiohttp
 
-from .adapters import UpstreamRequest
+from ..adapters import UpstreamRequest
 
 __all__ = ["Upstream", "client_timeout", "CONNECT_ERRORS", "STREAM_ERRORS", "arm_read_timeout"]
 

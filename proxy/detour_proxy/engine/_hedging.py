@@ -19,16 +19,16 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING
 
-from . import tracing
-from .adapters import UnsupportedRequest, UpstreamError
-from .executor import Reply, failure_reply, note_decision, record, unary_attempt
-from .policy import GiveUp, Outcome
+from .. import tracing
+from ..adapters import UnsupportedRequest, UpstreamError
+from ._executor import Reply, failure_reply, note_decision, record, unary_attempt
+from ..policy import GiveUp, Outcome
 
 if TYPE_CHECKING:
-    from .app_state import AppState
-    from .executor import RequestContext
-    from .policy import RequestPlan
-    from .runtime import TargetRuntime
+    from ..state import AppState
+    from ._executor import RequestContext
+    from ..policy import RequestPlan
+    from .gateway import TargetRuntime
 
 __all__ = ["run_hedged"]
 
