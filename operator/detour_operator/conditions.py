@@ -13,7 +13,7 @@ import datetime
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from .render import Problem
+from .render import DEGRADED, Problem
 
 ORDER = ("Accepted", "ResolvedRefs", "Programmed", "Ready", "Available")
 
@@ -44,9 +44,15 @@ def merge(old: Iterable[Mapping[str, Any]] | None, new: Iterable[dict[str, Any]]
     return [out[t] for t in sorted(out, key=lambda t: (rank.get(t, len(ORDER)), t))]
 
 
-def object_conditions(problems: list[Problem], included: bool, config_hash: str | None,
-                      render_error: str | None, generation: int | None) -> list[dict[str, Any]]:
-    """Accepted, ResolvedRefs, Programmed and the Ready summary for one LLMProvider/RoutingPolicy."""
+def object_conditions(problems: list[Problem], included: bool, render_error: str | None,
+                      generation: int | None) -> list[dict[str, Any]]:
+    """Accepted, ResolvedRefs, Programmed and the Ready summary for one LLMProvider/RoutingPolicy.
+
+    No config hash in any message: a message that names the namespace's config hash changes on
+    every edit of *any* object, so every object's status would be rewritten (and an Event posted)
+    for one edit. The hash is on the ConfigMap (annotation detour.dev/config-hash) and in
+    status.configHash, which moves only when this object's own state is (re)published.
+    """
     by_cond = {p.condition: p for p in problems}
     acc = by_cond.get("Accepted")
     accepted = (condition("Accepted", False, acc.reason, acc.message, generation) if acc else
@@ -58,9 +64,9 @@ def object_conditions(problems: list[Problem], included: bool, config_hash: str 
         resolved = condition("ResolvedRefs", False, refs.reason, refs.message, generation)
     else:
         resolved = condition("ResolvedRefs", True, "ResolvedRefs", "all references resolved", generation)
-    if included and config_hash:
+    if included:
         programmed = condition("Programmed", True, "Programmed",
-                               f"included in routing config {config_hash} (ConfigMap detour-routing)", generation)
+                               "included in the routing config (ConfigMap detour-routing)", generation)
     elif render_error:
         programmed = condition("Programmed", False, "NoValidConfig",
                                f"nothing published ({render_error}); the last good config stays", generation)
@@ -69,8 +75,13 @@ def object_conditions(problems: list[Problem], included: bool, config_hash: str 
                                "left out of the routing config; see Accepted and ResolvedRefs", generation)
     parts = [accepted, resolved, programmed]
     failing = next((c for c in parts if c["status"] != "True"), None)
-    ready = (condition("Ready", False, failing["reason"], f"{failing['type']}: {failing['message']}", generation)
-             if failing else condition("Ready", True, "Ready", programmed["message"], generation))
+    if failing is resolved and refs is not None and refs.reason == DEGRADED and included:
+        # Published without some targets: it serves, so Ready stays True, but says what is missing.
+        ready = condition("Ready", True, DEGRADED, refs.message, generation)
+    elif failing:
+        ready = condition("Ready", False, failing["reason"], f"{failing['type']}: {failing['message']}", generation)
+    else:
+        ready = condition("Ready", True, "Ready", programmed["message"], generation)
     return parts + [ready]
 
 
@@ -123,3 +134,20 @@ def status_patch(current: Mapping[str, Any] | None, desired: Mapping[str, Any]) 
     current = current or {}
     body = {k: _with_removals(current.get(k), v) for k, v in desired.items()}
     return None if merge_patch_apply(current, body) == dict(current) else body
+
+
+def own_config_hash(known: Mapping[str, Any], conds: list[dict[str, Any]], included: bool,
+                    config_hash: str | None) -> str | None:
+    """status.configHash: the config in which this object's current state was first published.
+
+    It moves only when this object's own generation or conditions change (or it is first
+    published), not when another object's edit produces a new config: otherwise one edit among
+    N objects rewrites N statuses. None while the object is not in the published config.
+    """
+    if not included or not config_hash:
+        return None
+    had = {c.get("type"): (c.get("status"), c.get("reason"), c.get("observedGeneration"))
+           for c in known.get("conditions") or [] if isinstance(c, Mapping)}
+    now = {c["type"]: (c["status"], c["reason"], c["observedGeneration"]) for c in conds}
+    same = known.get("configHash") and all(had.get(t) == v for t, v in now.items())
+    return known["configHash"] if same else config_hash

@@ -5,6 +5,13 @@ re-rendering", so handlers unpack the event and ask the reconciler to re-render 
 (serialized and coalesced per namespace). All state comes from kopf indexes, filled from the watch
 streams kopf already runs, so no handler lists objects from the API per event.
 
+Why `on.event` and not on.create/update/delete: those make kopf persist its own state in each
+object (a `last-handled-configuration` annotation with the whole spec, progress annotations), one
+or two extra PATCHes per object per change, and a spec near the annotation size limit would loop
+on 422 forever. The reconciler needs none of it: it re-renders from the indexes, and
+`Reconciler.spec_changed` drops the events of status-only writes (generation unchanged). Only the
+LLMProvider health timer makes kopf add a finalizer (to stop the timer on deletion).
+
 Settings are read at import (`DETOUR_SETTINGS_FILE`), because kopf decorators need the health
 interval and the proxy pod selector when the module is loaded.
 """
@@ -89,20 +96,18 @@ def proxy_pods_idx(namespace: str, name: str, annotations: kopf.Annotations, **_
 
 # ---- triggers ------------------------------------------------------------------------------
 
-@kopf.on.resume(G, V, LLMP)
-@kopf.on.create(G, V, LLMP)
-@kopf.on.update(G, V, LLMP)
-@kopf.on.delete(G, V, LLMP)
-async def provider_changed(namespace: str, memo: kopf.Memo, logger: logging.Logger, **kwargs: Any) -> None:
-    await memo.detour.request(namespace, "LLMProvider", Indexes.from_kwargs(kwargs), logger)
+@kopf.on.event(G, V, LLMP)
+async def provider_changed(type: str | None, body: kopf.Body, namespace: str, memo: kopf.Memo,
+                           logger: logging.Logger, **kwargs: Any) -> None:
+    if memo.detour.spec_changed(type, body):
+        await memo.detour.request(namespace, "LLMProvider", Indexes.from_kwargs(kwargs), logger)
 
 
-@kopf.on.resume(G, V, RPOL)
-@kopf.on.create(G, V, RPOL)
-@kopf.on.update(G, V, RPOL)
-@kopf.on.delete(G, V, RPOL)
-async def policy_changed(namespace: str, memo: kopf.Memo, logger: logging.Logger, **kwargs: Any) -> None:
-    await memo.detour.request(namespace, "RoutingPolicy", Indexes.from_kwargs(kwargs), logger)
+@kopf.on.event(G, V, RPOL)
+async def policy_changed(type: str | None, body: kopf.Body, namespace: str, memo: kopf.Memo,
+                         logger: logging.Logger, **kwargs: Any) -> None:
+    if memo.detour.spec_changed(type, body):
+        await memo.detour.request(namespace, "RoutingPolicy", Indexes.from_kwargs(kwargs), logger)
 
 
 @kopf.on.event("v1", "secrets", labels={k: kopf.ABSENT for k in OWN_LABEL})

@@ -95,3 +95,34 @@ def reports_from_pods(pods: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]
         if report is not None:
             out.append(report)
     return out
+
+
+#: A roll-up's figures are rewritten only when they moved this much (see `settle`).
+RATIO_STEP = 0.05
+REQUESTS_STEP = 0.25
+ERROR_AT_STEP = 60.0
+
+
+def settle(previous: Mapping[str, Any] | None, rolled: dict[str, Any]) -> dict[str, Any]:
+    """`rolled`, with the figures that move on every tick kept at their `previous` values unless
+    they moved meaningfully: so an unchanged picture gives an identical status and no PATCH.
+
+    Why: request counts and failure ratios change with every request, so a roll-up written as
+    is would patch every LLMProvider every `healthInterval` (and echo to every watcher) while
+    nothing a user acts on changed. State, breaker counts, pods and the error class are always
+    current; `requests` is rewritten when it moved by 25 % (or crossed zero), `failureRatio` by
+    0.05, and `lastErrorAt` when the error class changed or it is a minute newer.
+    """
+    if not previous or any(previous.get(k) != rolled.get(k) for k in ("state", "breaker", "pods", "lastError")):
+        return rolled
+    out = dict(rolled)
+    old_n, new_n = int(previous.get("requests") or 0), int(rolled.get("requests") or 0)
+    if (old_n == 0) == (new_n == 0) and abs(new_n - old_n) < REQUESTS_STEP * max(old_n, 1):
+        out["requests"] = old_n
+    old_r = float(previous.get("failureRatio") or 0.0)
+    if abs(float(rolled.get("failureRatio") or 0.0) - old_r) < RATIO_STEP:
+        out["failureRatio"] = previous.get("failureRatio", 0.0)
+    old_at, new_at = parse_time(previous.get("lastErrorAt")), parse_time(rolled.get("lastErrorAt"))
+    if old_at is not None and new_at is not None and (new_at - old_at).total_seconds() < ERROR_AT_STEP:
+        out["lastErrorAt"] = previous["lastErrorAt"]
+    return out

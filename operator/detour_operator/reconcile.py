@@ -33,10 +33,15 @@ ERRORS = Counter("detour_operator_reconcile_errors_total", "Reconciles that fail
 SECRET_EVENTS = Counter("detour_operator_secret_events_total",
                         "Secret watch events, by whether an LLMProvider references the Secret (rerender) or not (ignored).",
                         ["result"])
+OBJECT_EVENTS = Counter("detour_operator_object_events_total",
+                        "LLMProvider/RoutingPolicy watch events, by whether they can change the config (rerender) "
+                        "or only touched status/metadata (ignored).", ["result"])
 HEALTH_ROLLUPS = Counter("detour_operator_health_rollups_total",
                          "Health roll-ups of one LLMProvider by the timer, by whether its status was patched.",
                          ["result"])
 MERGE = "application/merge-patch+json"
+#: Status PATCHes in flight at once during one reconcile (hundreds of objects on the first render).
+STATUS_CONCURRENCY = 8
 PLURAL = {"LLMProvider": "llmproviders", "RoutingPolicy": "routingpolicies"}
 _metrics_started = False
 
@@ -70,6 +75,20 @@ class Indexes:
         return dict(next(iter(store))) if store else None
 
 
+async def _bounded(coros: list[Any], limit: int) -> None:
+    """Await `coros` with at most `limit` running at once; the first error is raised after all ran."""
+    sem = asyncio.Semaphore(limit)
+
+    async def one(coro: Any) -> None:
+        async with sem:
+            await coro
+
+    results = await asyncio.gather(*(one(c) for c in coros), return_exceptions=True)
+    errors = [r for r in results if isinstance(r, BaseException)]
+    if errors:
+        raise errors[0]
+
+
 def _api_client() -> kubernetes.client.ApiClient:
     conf = kubernetes.client.Configuration()
     try:
@@ -95,9 +114,28 @@ class Reconciler:
         self.locks: dict[str, asyncio.Lock] = collections.defaultdict(asyncio.Lock)
         self.dirty: set[str] = set()
         self.statuses: dict[str, dict[str, Any]] = {}  # uid -> status as of our last write
+        self.seen: dict[str, tuple[Any, bool]] = {}   # uid -> (generation, being deleted) last rendered
 
     def close(self) -> None:
         self.api.close()
+
+    def spec_changed(self, event_type: str | None, body: Any) -> bool:
+        """Whether a watch event of an LLMProvider/RoutingPolicy can change the rendered config:
+        new object, new generation (spec edit), deletion started, or gone. Events of status and
+        metadata writes (ours, kopf's finalizer) keep the generation and are dropped here."""
+        md = body.get("metadata") or {}
+        uid = md.get("uid") or f"{md.get('namespace')}/{md.get('name')}"
+        if event_type == "DELETED":
+            self.seen.pop(uid, None)
+            self.statuses.pop(uid, None)
+        else:
+            key = (md.get("generation"), bool(md.get("deletionTimestamp")))
+            if self.seen.get(uid) == key:
+                OBJECT_EVENTS.labels("ignored").inc()
+                return False
+            self.seen[uid] = key
+        OBJECT_EVENTS.labels("rerender").inc()
+        return True
 
     async def request(self, namespace: str, kind: str, indexes: Indexes, logger: logging.Logger) -> None:
         """Re-render `namespace` once after this call; coalesces with renders queued behind a running one."""
@@ -122,7 +160,9 @@ class Reconciler:
             ref = (p.get("spec") or {}).get("apiKeySecretRef") or {}
             if ref.get("name") and (data := idx.secret(ns, ref["name"])) is not None:
                 secrets[ref["name"]] = data
-        result = render.render(providers, policies, secrets, self.settings, ns)
+        # Rendering validates every object (pydantic): in a thread, so a namespace with hundreds
+        # of objects does not stall kopf's event loop (watch streams, other namespaces, timers).
+        result = await asyncio.to_thread(render.render, providers, policies, secrets, self.settings, ns)
         outcome = "invalid"
         if result.config is not None:
             owners = manifests.owner_references(
@@ -133,22 +173,40 @@ class Reconciler:
             outcome = "published" if changed else "unchanged"
             if changed:
                 logger.info("published routing config %s to %s/%s", result.config_hash, ns, manifests.CONFIGMAP)
-        elif result.error:
-            logger.warning("nothing published in %s: %s (the last good config stays)", ns, result.error)
+        else:
+            if result.error:
+                logger.warning("nothing published in %s: %s (the last good config stays)", ns, result.error)
+            await self._prune_credentials(ns, result.credentials)
         now = conditions.now_rfc3339()
+        writes = []
         for obj in providers + policies:
             if obj["metadata"].get("deletionTimestamp"):
                 continue
             key = (obj["kind"], obj["metadata"]["name"])
             gen = obj["metadata"].get("generation")
             conds = conditions.object_conditions(result.problems.get(key, []), key in result.included,
-                                                 result.config_hash, result.error, gen)
+                                                 result.error, gen)
+            known = self.statuses.get(obj["metadata"]["uid"]) or obj.get("status") or {}
             status = {"observedGeneration": gen,
-                      "configHash": result.config_hash if key in result.included else None}
+                      "configHash": conditions.own_config_hash(known, conds, key in result.included,
+                                                               result.config_hash)}
             if obj["kind"] == render.RPOL:
                 status["targets"] = render.target_summary(obj)
-            await self._patch_status(obj, status, conds, now, logger, events=True)
+            writes.append(self._patch_status(obj, status, conds, now, logger, events=True))
+        await _bounded(writes, STATUS_CONCURRENCY)
         return outcome
+
+    async def _prune_credentials(self, ns: str, resolvable: dict[str, str]) -> None:
+        """Nothing is published: the last good ConfigMap stays, but the credentials Secret keeps
+        only the keys that still resolve (a deleted provider's key, or one removed from its
+        Secret, must not outlive its source). The config may still name a pruned key file; the
+        proxies then fail that provider's calls, which is what deleting it asked for."""
+        current = await self._read(ns, "Secret", manifests.SECRET)
+        if current is None:
+            return
+        have = current.get("data") or {}
+        desired = {**current, "data": {k: resolvable[k] for k in have if k in resolvable}}
+        await self._write(ns, current, desired)
 
     async def _publish(self, ns: str, secret: dict[str, Any], configmap: dict[str, Any]) -> bool:
         """Write the credentials Secret and the ConfigMap so that the config never names a missing key.
@@ -214,13 +272,12 @@ class Reconciler:
         after = {c["type"]: c for c in new}
         ready, was = after.get("Ready"), before.get("Ready")
         if ready and (not was or (was["status"], was["reason"]) != (ready["status"], ready["reason"])):
-            if ready["status"] == "True":
+            if ready["status"] == "True" and ready["reason"] == render.DEGRADED:
+                kopf.event(_ref(obj), type="Warning", reason="Degraded", message=ready["message"])
+            elif ready["status"] == "True":
                 kopf.event(_ref(obj), type="Normal", reason="Accepted", message="accepted and included in the routing config")
             else:
                 kopf.event(_ref(obj), type="Warning", reason="Rejected", message=ready["message"])
-        prog, prog_was = after.get("Programmed"), before.get("Programmed")
-        if prog and prog["status"] == "True" and (not prog_was or prog_was.get("message") != prog["message"]):
-            kopf.event(_ref(obj), type="Normal", reason="Published", message=prog["message"])
 
     async def health(self, ns: str, name: str, idx: Indexes, logger: logging.Logger) -> None:
         """Roll up the proxy pods' health reports into one LLMProvider's status (timer)."""
@@ -230,7 +287,9 @@ class Reconciler:
                 return
             reports = health.reports_from_pods(idx.objects(idx.pods, ns))
             now = datetime.datetime.now(datetime.timezone.utc)
-            rolled = health.rollup(reports, name, now, self.settings.degraded_failure_ratio)
+            known = self.statuses.get(obj["metadata"]["uid"]) or obj.get("status") or {}
+            rolled = health.settle(known.get("health"),
+                                   health.rollup(reports, name, now, self.settings.degraded_failure_ratio))
             gen = obj["metadata"].get("generation")
             patched = await self._patch_status(obj, {"health": rolled}, [conditions.available_condition(rolled, gen)],
                                                conditions.now_rfc3339(), logger)

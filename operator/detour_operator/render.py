@@ -9,7 +9,9 @@ Rules:
 - provider name = LLMProvider metadata.name; route name = RoutingPolicy metadata.name;
   routes are ordered by (spec.order, name); providers by name.
 - an object whose spec is invalid, or whose references (Secrets, LLMProviders) are missing, is
-  excluded and gets a problem naming the reason; a policy naming an excluded provider is excluded.
+  excluded and gets a problem naming the reason. A policy whose targets name a missing or
+  excluded provider keeps the targets that resolve (problem `Degraded` naming the others:
+  one broken fallback must not take the route down); it is excluded only when no target resolves.
 - whatever remains is published if it is a valid `RoutingConfig`; otherwise nothing is published.
 - API keys are copied (still base64, never decoded) into the credentials Secret data under the
   provider's name; the config refers to them as files under the mount path.
@@ -30,6 +32,8 @@ from . import specs
 from .settings import OperatorSettings
 
 LLMP, RPOL = "LLMProvider", "RoutingPolicy"
+#: ResolvedRefs reason of a policy that is published without some of its targets (they do not resolve).
+DEGRADED = "Degraded"
 Key = tuple[str, str]  # (kind, name)
 
 
@@ -47,7 +51,10 @@ class RenderResult:
     config: cfg.RoutingConfig | None = None
     config_yaml: bytes | None = None
     config_hash: str | None = None
-    credentials: dict[str, str] = field(default_factory=dict)  # provider name -> base64 key
+    # provider name -> base64 key. When nothing is published (`error`), the keys that still
+    # resolve: the reconciler prunes the credentials Secret to them, so the last good config
+    # stays but a deleted provider's (or a removed Secret key's) copy does not.
+    credentials: dict[str, str] = field(default_factory=dict)
     problems: dict[Key, list[Problem]] = field(default_factory=dict)
     included: set[Key] = field(default_factory=set)
     error: str | None = None  # why nothing could be published
@@ -126,15 +133,33 @@ def _route(obj: Mapping[str, Any], providers: set[str], excluded: set[str], resu
     if route is None:
         result.add(key, Problem("Accepted", "InvalidSpec", err or "invalid route"))
         return None
-    refs = sorted({t["provider"] for t in targets})
-    missing = [r for r in refs if r not in providers]
-    if missing:
-        result.add(key, Problem("ResolvedRefs", "ProviderNotFound", "LLMProvider not found: " + ", ".join(missing)))
+    kept, left_out = [], []
+    for i, t in enumerate(targets):
+        why = ("not found" if t["provider"] not in providers else
+               "not ready" if t["provider"] in excluded else None)
+        if why is None:
+            kept.append(t)
+        else:
+            left_out.append(f"target {i + 1} ({t['provider']}/{t['model']}: LLMProvider {why})")
+    if not kept:
+        missing = sorted({t["provider"] for t in targets if t["provider"] not in providers})
+        if missing:
+            result.add(key, Problem("ResolvedRefs", "ProviderNotFound", "LLMProvider not found: " + ", ".join(missing)))
+        else:
+            broken = sorted({t["provider"] for t in targets})
+            result.add(key, Problem("ResolvedRefs", "ProviderNotReady", "LLMProvider not ready: " + ", ".join(broken)))
         return None
-    broken = [r for r in refs if r in excluded]
-    if broken:
-        result.add(key, Problem("ResolvedRefs", "ProviderNotReady", "LLMProvider not ready: " + ", ".join(broken)))
-        return None
+    if left_out:
+        # Serve with the targets that resolve rather than take the whole route down (issue 14.1);
+        # the reduced route must still be a valid route (e.g. hedge/strategy rules on target count).
+        reduced, err = _validate(cfg.Route, {**data, "targets": kept})
+        if reduced is None:
+            result.add(key, Problem("ResolvedRefs", "ProviderNotReady",
+                                    "left out " + "; ".join(left_out) + f"; the rest is not a valid route: {err}"))
+            return None
+        data = {**data, "targets": kept}
+        result.add(key, Problem("ResolvedRefs", DEGRADED,
+                                f"serving with {len(kept)} of {len(targets)} targets; left out: " + "; ".join(left_out)))
     return spec.order, name, data  # type: ignore[attr-defined]
 
 
@@ -181,7 +206,6 @@ def render(providers: Iterable[Mapping[str, Any]], policies: Iterable[Mapping[st
     if not rendered or not routes:
         result.error = "no valid " + ("LLMProvider" if not rendered else "RoutingPolicy")
         result.included.clear()
-        result.credentials.clear()
         return result
     doc = {"providers": rendered, "routes": [r[2] for r in routes], **settings.global_config()}
     try:
@@ -189,7 +213,6 @@ def render(providers: Iterable[Mapping[str, Any]], policies: Iterable[Mapping[st
     except cfg.ConfigError as exc:
         result.error = str(exc).replace("\n", " ")
         result.included.clear()
-        result.credentials.clear()
         return result
     result.config = config
     result.config_yaml = canonical_yaml(config, namespace)

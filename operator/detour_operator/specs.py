@@ -124,13 +124,13 @@ class ProviderHealth(_Status):
 class LLMProviderStatus(_Status):
     observed_generation: int | None = Field(None, description="Last metadata.generation the operator processed.")
     conditions: list[Condition] = Field(default_factory=list, description="Accepted, ResolvedRefs, Programmed, Ready, Available.")
-    config_hash: str | None = Field(None, description="Hash of the published routing config that includes this provider.")
+    config_hash: str | None = Field(None, description="Hash of the routing config (ConfigMap detour-routing) in which this provider's current state was first published; it does not move when other objects change.")
     health: ProviderHealth | None = Field(None, description="Health roll-up from the proxy pods.")
 
 
 class RoutingPolicyStatus(_Status):
     observed_generation: int | None = Field(None, description="Last metadata.generation the operator processed.")
     conditions: list[Condition] = Field(default_factory=list, description="Accepted, ResolvedRefs, Programmed, Ready.")
-    config_hash: str | None = Field(None, description="Hash of the published routing config that includes this policy.")
+    config_hash: str | None = Field(None, description="Hash of the routing config (ConfigMap detour-routing) in which this policy's current state was first published; it does not move when other objects change.")
     # One string, not a list: a printer column prints only the first result of its JSONPath.
     targets: str = Field("", description="The LLMProviders that the targets name, comma-separated in spec order (the Targets column).")

@@ -46,7 +46,7 @@ OPERATOR_NEEDS: list[tuple[str, str, str, str]] = [
     ("", "secrets", "list", "kopf: secrets_idx / secret_changed (referenced API keys)"),
     ("", "secrets", "watch", "kopf: secrets_idx / secret_changed"),
     # kopf.event -> kopf/_cogs/clients/events.py post_event: POST to v1 events, nothing else.
-    ("", "events", "create", "kopf.event (Accepted/Rejected/Published)"),
+    ("", "events", "create", "kopf.event (Accepted/Rejected/Degraded)"),
     ("", "pods", "list", "kopf: proxy_pods_idx (health roll-up)"),
     ("", "pods", "watch", "kopf: proxy_pods_idx"),
 ]

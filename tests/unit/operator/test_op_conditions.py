@@ -10,17 +10,35 @@ def types(conds):
     return {x["type"]: (x["status"], x["reason"]) for x in conds}
 
 
-def test_all_good_is_ready_with_the_hash():
-    conds = c.object_conditions([], True, "abc123", None, 3)
+def test_all_good_is_ready_and_no_message_names_a_config_hash():
+    conds = c.object_conditions([], True, None, 3)
     assert types(conds) == {"Accepted": ("True", "Accepted"), "ResolvedRefs": ("True", "ResolvedRefs"),
                             "Programmed": ("True", "Programmed"), "Ready": ("True", "Ready")}
     assert all(x["observedGeneration"] == 3 for x in conds)
-    assert "abc123" in conds[2]["message"]
+    # Another object's edit makes a new config: this object's conditions must not change with it.
+    assert conds == c.object_conditions([], True, None, 3)
+
+
+def test_degraded_policy_is_programmed_and_ready_but_says_what_was_left_out():
+    conds = c.object_conditions([Problem("ResolvedRefs", "Degraded", "serving with 1 of 2 targets; left out: x")],
+                                True, None, 2)
+    t = types(conds)
+    assert t["ResolvedRefs"] == ("False", "Degraded") and t["Programmed"] == ("True", "Programmed")
+    assert t["Ready"] == ("True", "Degraded") and "left out: x" in conds[-1]["message"]
+
+
+def test_own_config_hash_moves_only_with_the_objects_own_state():
+    conds = c.merge(None, c.object_conditions([], True, None, 1), "T1")
+    known = {"configHash": "h1", "conditions": conds}
+    assert c.own_config_hash(known, c.object_conditions([], True, None, 1), True, "h2") == "h1"
+    assert c.own_config_hash(known, c.object_conditions([], True, None, 2), True, "h2") == "h2"  # own edit
+    assert c.own_config_hash({}, c.object_conditions([], True, None, 1), True, "h2") == "h2"    # first publish
+    assert c.own_config_hash(known, c.object_conditions([], False, None, 1), False, "h2") is None
 
 
 def test_missing_ref_makes_ready_false_with_the_reason():
     conds = c.object_conditions([Problem("ResolvedRefs", "ProviderNotFound", "LLMProvider not found: x")],
-                                False, "abc", None, 1)
+                                False, None, 1)
     t = types(conds)
     assert t["ResolvedRefs"] == ("False", "ProviderNotFound") and t["Programmed"] == ("False", "Excluded")
     ready = conds[-1]
@@ -28,25 +46,25 @@ def test_missing_ref_makes_ready_false_with_the_reason():
 
 
 def test_invalid_spec_leaves_refs_unknown_and_no_config_is_explained():
-    conds = c.object_conditions([Problem("Accepted", "InvalidSpec", "bad")], False, None, "no valid RoutingPolicy", 1)
+    conds = c.object_conditions([Problem("Accepted", "InvalidSpec", "bad")], False, "no valid RoutingPolicy", 1)
     t = types(conds)
     assert t["Accepted"] == ("False", "InvalidSpec") and t["ResolvedRefs"][0] == "Unknown"
     assert t["Programmed"] == ("False", "NoValidConfig") and t["Ready"] == ("False", "InvalidSpec")
 
 
 def test_last_transition_time_moves_only_when_status_flips():
-    first = c.merge(None, c.object_conditions([], True, "h1", None, 1), "T1")
-    second = c.merge(first, c.object_conditions([], True, "h2", None, 2), "T2")
+    first = c.merge(None, c.object_conditions([], True, None, 1), "T1")
+    second = c.merge(first, c.object_conditions([], True, None, 2), "T2")
     assert {x["lastTransitionTime"] for x in second} == {"T1"}
-    assert second[2]["message"] != first[2]["message"]
-    third = c.merge(second, c.object_conditions([Problem("ResolvedRefs", "SecretNotFound", "s")], False, None, None, 2), "T3")
+    assert second[2]["observedGeneration"] == 2
+    third = c.merge(second, c.object_conditions([Problem("ResolvedRefs", "SecretNotFound", "s")], False, None, 2), "T3")
     ltt = {x["type"]: x["lastTransitionTime"] for x in third}
     assert ltt == {"Accepted": "T1", "ResolvedRefs": "T3", "Programmed": "T3", "Ready": "T3"}
 
 
 def test_merge_keeps_conditions_owned_by_others_in_a_fixed_order():
     base = c.merge(None, [c.available_condition({"state": "Healthy", "breaker": "0/2 open"}, 1)], "T0")
-    merged = c.merge(base, c.object_conditions([], True, "h", None, 1), "T1")
+    merged = c.merge(base, c.object_conditions([], True, None, 1), "T1")
     assert [x["type"] for x in merged] == ["Accepted", "ResolvedRefs", "Programmed", "Ready", "Available"]
     assert merged[-1]["lastTransitionTime"] == "T0"
 

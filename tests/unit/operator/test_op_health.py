@@ -51,3 +51,16 @@ def test_parsing_rejects_garbage_and_unknown_versions():
     assert health.parse_report(json.dumps({"version": 2, "targets": []})) is None
     pods = [{"metadata": {"annotations": {health.ANNOTATION: json.dumps(rep("a", []))}}}, {"metadata": {}}]
     assert len(health.reports_from_pods(pods)) == 1
+
+
+def test_settle_keeps_figures_that_only_drift_so_an_unchanged_picture_is_not_rewritten():
+    from detour_operator.health import settle
+    old = {"state": "Healthy", "breaker": "0/3 open", "pods": 3, "requests": 400, "failureRatio": 0.01,
+           "lastError": "http_503", "lastErrorAt": "2026-01-01T00:00:00Z"}
+    drift = {**old, "requests": 430, "failureRatio": 0.03, "lastErrorAt": "2026-01-01T00:00:20Z"}
+    assert settle(old, drift) == old
+    assert settle(old, {**drift, "requests": 600})["requests"] == 600          # moved by 25 % or more
+    assert settle(old, {**drift, "failureRatio": 0.2})["failureRatio"] == 0.2
+    assert settle(old, {**drift, "lastErrorAt": "2026-01-01T00:01:00Z"})["lastErrorAt"].endswith("01:00Z")
+    assert settle(old, {**drift, "state": "Degraded"}) == {**drift, "state": "Degraded"}  # state: all current
+    assert settle(None, drift) == drift and settle(old, {**old, "requests": 0})["requests"] == 0

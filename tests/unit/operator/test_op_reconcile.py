@@ -135,3 +135,22 @@ async def test_a_failing_reconcile_counts_an_error_and_raises(reconciler):
     reconciler.core.fail_reads = False
     await reconciler.request(NS, "Secret", indexes("a"), LOG)
     assert ("ConfigMap", "detour-routing") in reconciler.core.objects
+
+
+async def test_when_nothing_is_valid_the_config_stays_but_a_deleted_providers_key_goes(reconciler):
+    await reconciler.request(NS, "LLMProvider", indexes("a", "b"), LOG)
+    cm = reconciler.core.objects[("ConfigMap", "detour-routing")]
+    gone = Indexes(providers={NS: []}, policies={NS: [policy("a", "b")]}, secrets=indexes().secrets, pods={})
+    await reconciler.request(NS, "LLMProvider", gone, LOG)  # every provider deleted: nothing valid
+    assert reconciler.core.objects[("ConfigMap", "detour-routing")] == cm  # the last good config stays
+    assert reconciler.core.objects[("Secret", "detour-credentials")]["data"] == {}
+
+
+def test_only_events_that_can_change_the_config_trigger_a_render(reconciler):
+    body = {"metadata": {"uid": "u1", "generation": 1}}
+    assert reconciler.spec_changed(None, body)                       # first sight (initial listing)
+    assert not reconciler.spec_changed("MODIFIED", body)             # our status write, kopf's finalizer
+    assert reconciler.spec_changed("MODIFIED", {"metadata": {"uid": "u1", "generation": 2}})
+    deleting = {"metadata": {"uid": "u1", "generation": 2, "deletionTimestamp": "2026-01-01T00:00:00Z"}}
+    assert reconciler.spec_changed("MODIFIED", deleting) and not reconciler.spec_changed("MODIFIED", deleting)
+    assert reconciler.spec_changed("DELETED", deleting)

@@ -65,15 +65,34 @@ def test_missing_secret_excludes_the_provider_and_its_policies(secrets, reason, 
     assert problem.condition == "ResolvedRefs" and problem.reason == reason
     assert all(w in problem.message for w in words)
     assert r.problems[(RPOL, "chat")][0].reason == "ProviderNotReady"
-    assert r.config is None and r.error and not r.credentials
+    assert r.config is None and r.error and not r.credentials  # nothing resolves: the Secret is pruned empty
 
 
-def test_missing_provider_is_named_and_the_rest_is_published():
-    r = render([llmp("openai")], [rpol("chat", "openai"), rpol("bad", "openai", "mistral", "zeta")], KEYS, S)
+def test_a_policy_with_no_resolving_target_is_excluded_and_the_rest_is_published():
+    r = render([llmp("openai")], [rpol("chat", "openai"), rpol("bad", "mistral", "zeta")], KEYS, S)
     (problem,) = r.problems[(RPOL, "bad")]
     assert problem.reason == "ProviderNotFound" and problem.message.endswith("mistral, zeta")
     assert [route.name for route in r.config.routes] == ["chat"]
     assert (RPOL, "bad") not in r.included
+
+
+@pytest.mark.parametrize("providers, why", [
+    ([llmp("openai")], "not found"),                                                   # fallback deleted
+    ([llmp("openai"), llmp("claude", apiKeySecretRef={"name": "keys", "key": "gone"})], "not ready"),  # key removed
+])
+def test_a_broken_fallback_leaves_the_policy_serving_with_the_targets_that_resolve(providers, why):
+    r = render(providers, [rpol("chat", "openai", "claude")], KEYS, S)
+    (problem,) = r.problems[(RPOL, "chat")]
+    assert problem.condition == "ResolvedRefs" and problem.reason == "Degraded"
+    assert f"target 2 (claude/claude-model: LLMProvider {why})" in problem.message and "1 of 2" in problem.message
+    assert (RPOL, "chat") in r.included
+    assert [(t.provider, t.model) for t in r.config.routes[0].targets] == [("openai", "openai-model")]
+    assert "claude" not in r.credentials
+
+
+def test_nothing_valid_keeps_only_the_keys_that_still_resolve_for_pruning():
+    r = render([llmp("openai")], [rpol("chat", "gone")], KEYS, S)
+    assert r.config is None and r.error and r.credentials == {"openai": "c2stb3BlbmFp"}
 
 
 def test_invalid_specs_are_not_accepted():
