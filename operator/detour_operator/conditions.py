@@ -89,13 +89,18 @@ def available_condition(health: Mapping[str, Any] | None, generation: int | None
     """LLMProvider `Available` from its health roll-up."""
     state = (health or {}).get("state", "Unknown")
     breaker = (health or {}).get("breaker", "")
+    cut = (health or {}).get("truncatedReports")
+    note = (f"; {cut} pod(s) left closed targets out of their report (annotation size limit: "
+            "fewer targets per proxy, or fewer models per policy)") if cut else ""
     if state == "Healthy":
-        return condition("Available", True, "Healthy", f"breakers: {breaker}", generation)
+        return condition("Available", True, "Healthy", f"breakers: {breaker}{note}", generation)
     if state == "Degraded":
-        return condition("Available", True, "Degraded", f"breakers: {breaker}; some pods avoid this provider", generation)
+        return condition("Available", True, "Degraded", f"failure ratio at or above the degraded threshold; "
+                         f"breakers: {breaker}{note}", generation)
     if state == "Unavailable":
-        return condition("Available", False, "BreakersOpen", f"breakers: {breaker}", generation)
-    return condition("Available", None, "NoReports", "no fresh health reports from proxy pods", generation)
+        return condition("Available", False, "BreakersOpen",
+                         f"breakers: {breaker} (opened by these pods, shared with every pod){note}", generation)
+    return condition("Available", None, "NoReports", "no fresh health reports from proxy pods" + note, generation)
 
 
 def merge_patch_apply(target: Any, patch: Any) -> Any:

@@ -50,18 +50,25 @@ def fresh(report: Mapping[str, Any], now: datetime.datetime) -> bool:
 
 def rollup(reports: Iterable[Mapping[str, Any]], provider: str, now: datetime.datetime,
            degraded_ratio: float = 0.5) -> dict[str, Any]:
-    """`status.health` of one provider from the fresh reports of all proxy pods."""
-    pods = opened = requests = 0
+    """`status.health` of one provider from the fresh reports of all proxy pods.
+
+    `breaker` counts the pods that saw the provider fail themselves (an open period a pod
+    imported from a peer is flagged `imported`; importers do not even publish it). Since every
+    pod imports a peer's open breaker within the staleness bound, one such pod means every pod
+    avoids the provider: the state is then `Unavailable`.
+    """
+    pods = opened = requests = truncated = 0
     failures = 0.0
     last: tuple[datetime.datetime, str, str] | None = None
     for report in reports:
         if not fresh(report, now):
             continue
+        truncated += bool(report.get("omitted"))
         targets = [t for t in report["targets"] if isinstance(t, dict) and t.get("provider") == provider]
         if not targets:
             continue
         pods += 1
-        opened += any(t.get("state") in OPEN_STATES for t in targets)
+        opened += any(t.get("state") in OPEN_STATES and not t.get("imported") for t in targets)
         for t in targets:
             n = int(t.get("requests") or 0)
             requests += n
@@ -72,9 +79,9 @@ def rollup(reports: Iterable[Mapping[str, Any]], provider: str, now: datetime.da
     ratio = round(failures / requests, 3) if requests else 0.0
     if pods == 0:
         state = "Unknown"
-    elif opened == pods:
+    elif opened:
         state = "Unavailable"
-    elif opened or ratio >= degraded_ratio:
+    elif ratio >= degraded_ratio:
         state = "Degraded"
     else:
         state = "Healthy"
@@ -84,6 +91,8 @@ def rollup(reports: Iterable[Mapping[str, Any]], provider: str, now: datetime.da
                               "failureRatio": ratio, "pods": pods}
     if last is not None:
         health["lastError"], health["lastErrorAt"] = last[1], last[2]
+    if truncated:
+        health["truncatedReports"] = truncated
     return health
 
 
@@ -113,7 +122,8 @@ def settle(previous: Mapping[str, Any] | None, rolled: dict[str, Any]) -> dict[s
     current; `requests` is rewritten when it moved by 25 % (or crossed zero), `failureRatio` by
     0.05, and `lastErrorAt` when the error class changed or it is a minute newer.
     """
-    if not previous or any(previous.get(k) != rolled.get(k) for k in ("state", "breaker", "pods", "lastError")):
+    if not previous or any(previous.get(k) != rolled.get(k)
+                           for k in ("state", "breaker", "pods", "lastError", "truncatedReports")):
         return rolled
     out = dict(rolled)
     old_n, new_n = int(previous.get("requests") or 0), int(rolled.get("requests") or 0)

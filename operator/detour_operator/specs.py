@@ -112,13 +112,14 @@ class Condition(_Status):
 class ProviderHealth(_Status):
     """Roll-up of the health that proxy pods publish in their `detour.dev/health` annotation."""
 
-    state: Literal["Healthy", "Degraded", "Unavailable", "Unknown"] = Field(..., description="Healthy, Degraded (some pods have an open breaker), Unavailable (all open) or Unknown (no fresh reports).")
-    breaker: str = Field("", description="Pods with an open breaker for this provider out of the pods reporting it, e.g. `2/3 open`.")
+    state: Literal["Healthy", "Degraded", "Unavailable", "Unknown"] = Field(..., description="Healthy, Degraded (failure ratio at or above the threshold), Unavailable (a pod opened the breaker; every pod imports it) or Unknown (no fresh reports).")
+    breaker: str = Field("", description="Pods that opened the breaker on their own evidence out of the pods reporting it, e.g. `1/3 open`.")
     last_error: str | None = Field(None, description="Most recent error class seen by any pod, e.g. http_503.")
     last_error_at: str | None = Field(None, description="When the most recent error happened (RFC 3339).")
     requests: int = Field(0, ge=0, description="Requests in the health window, summed over pods.")
     failure_ratio: float = Field(0.0, ge=0.0, le=1.0, description="Request-weighted failure ratio over the window.")
     pods: int = Field(0, ge=0, description="Proxy pods with a fresh report for this provider.")
+    truncated_reports: int | None = Field(None, ge=0, description="Pods whose report left closed targets out to stay under the annotation size limit.")
 
 
 class LLMProviderStatus(_Status):

@@ -40,10 +40,10 @@ class Metrics:
         self.tokens = Counter("detour_tokens", "Tokens reported by providers' usage.", ["route", "provider", "direction"], registry=r)
         self.config_reloads = Counter("detour_config_reload", "Config reloads by result.", ["result"], registry=r)
         self.config_info = Gauge("detour_config_info", "The active config (value 1, hash as label).", ["hash"], registry=r)
-        self.shared_publish = Counter("detour_shared_health_publish", "Health annotation publishes by result.", ["result"], registry=r)
+        self.shared_publish = Counter("detour_shared_health_publish", "Health annotation publishes by result (skipped: nothing new at a heartbeat).", ["result"], registry=r)
         self.shared_merge = Counter("detour_shared_health_merges", "Peer health entries merged into local state.", [], registry=r)
         self.shared_api = Gauge("detour_shared_health_api_available", "1 while both shared-health API channels (publishing the annotation, watching peers) work.", [], registry=r)
-        self.shared_peers = Gauge("detour_shared_health_peers", "Peer pods whose health annotation is fresh (updated within 3 heartbeats).", [], registry=r)
+        self.shared_peers = Gauge("detour_shared_health_peers", "Fresh peer pods currently reporting an open breaker (the only peers watched).", [], registry=r)
         self.shared_ignored = Counter("detour_shared_health_ignored", "Peer health documents ignored, by reason (stale, invalid).", ["reason"], registry=r)
         self.rejected = Counter("detour_rejected_requests", "Requests refused before routing, by HTTP status.", ["status"], registry=r)
         self._config_hash: str | None = None

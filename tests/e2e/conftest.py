@@ -49,7 +49,8 @@ def sim_b():
     s.stop()
 
 
-def config(sim_a: Sim, sim_b: Sim, *, fail_a: bool, heartbeat: float, min_interval: float = 0.2) -> dict[str, Any]:
+def config(sim_a: Sim, sim_b: Sim, *, fail_a: bool, heartbeat: float, min_interval: float = 0.2,
+           keepalive: float | None = None) -> dict[str, Any]:
     a = {"name": "a", "type": "openai", "baseURL": sim_a.v1, "apiKey": {"value": "sk-a"}}
     if fail_a:
         a["headers"] = {"x-sim-fault": orjson.dumps({"status": 503}).decode()}
@@ -62,7 +63,8 @@ def config(sim_a: Sim, sim_b: Sim, *, fail_a: bool, heartbeat: float, min_interv
         "health": {"breaker": {"consecutiveFailures": 1, "cooldown": f"{COOLDOWN}s", "maxCooldown": "10s"}},
         "retryBudget": {"ratio": 1.0, "minPerSecond": 100},
         "server": {"drainTimeout": "1s"},
-        "sharedHealth": {"enabled": True, "heartbeat": f"{heartbeat}s", "minInterval": f"{min_interval}s",
+        "sharedHealth": {"enabled": True, "heartbeat": f"{heartbeat}s", "keepalive": f"{keepalive or heartbeat}s",
+                         "minInterval": f"{min_interval}s",
                          "podSelector": "app.kubernetes.io/component=proxy"},
     }
 
@@ -141,12 +143,12 @@ Cluster = tuple[K8sEmulator, list[ProxyProcess]]
 
 @pytest.fixture()
 def cluster(tmp_path: pathlib.Path, sim_a: Sim, sim_b: Sim) -> Iterator[Callable[..., Cluster]]:
-    """`cluster(heartbeat=..., failing=(1,))`: an emulated API server with Pods pod-1..3 (plus an
-    unrelated Pod) and a proxy process for each, started (the test waits for peers to be seen)."""
+    """`cluster(heartbeat=..., keepalive=..., failing=(1,))`: an emulated API server with Pods
+    pod-1..3 (plus an unrelated Pod) and a proxy process for each, started."""
     sim_a.reset()
     sim_b.reset()
     with contextlib.ExitStack() as stack:
-        def start(*, heartbeat: float, failing: tuple[int, ...] = ()) -> Cluster:
+        def start(*, heartbeat: float, keepalive: float | None = None, failing: tuple[int, ...] = ()) -> Cluster:
             k8s = stack.enter_context(K8sEmulator(kubeconfig=tmp_path / "kubeconfig", namespace=NS))
             for i in (1, 2, 3):
                 create_pod(k8s, f"pod-{i}", LABELS)
@@ -155,7 +157,7 @@ def cluster(tmp_path: pathlib.Path, sim_a: Sim, sim_b: Sim) -> Iterator[Callable
             for i in (1, 2, 3):
                 path = tmp_path / f"pod-{i}" / "config.yaml"
                 path.parent.mkdir()
-                write_atomic(path, config(sim_a, sim_b, fail_a=i in failing, heartbeat=heartbeat))
+                write_atomic(path, config(sim_a, sim_b, fail_a=i in failing, heartbeat=heartbeat, keepalive=keepalive))
                 proc = ProxyProcess(path, env={"POD_NAME": f"pod-{i}", "POD_NAMESPACE": NS,
                                                "KUBECONFIG": str(k8s.kubeconfig)})
                 stack.callback(proc.stop)

@@ -48,9 +48,9 @@ def columns(kind_file: str) -> str:
 def test_pod_health_shows_in_status_and_printer_columns(k8s, operator, core, custom):
     apply_examples(k8s, custom)
     err_at = stamp(5)
-    pod(core, "proxy-a", report("proxy-a", [target("openai", "open", 40, 0.6, "http_503", err_at),
+    pod(core, "proxy-a", report("proxy-a", [target("openai", "closed", 40, 1.0, "http_503", err_at),
                                             target("anthropic", "closed", 10, 0.0)]))
-    pod(core, "proxy-b", report("proxy-b", [target("openai", "closed", 60, 0.1, "timeout", stamp(30)),
+    pod(core, "proxy-b", report("proxy-b", [target("openai", "closed", 60, 0.2, "timeout", stamp(30)),
                                             target("anthropic", "closed", 30, 0.0)]))
     # a stale report (3 x heartbeat old) and a pod that is not a proxy are both ignored
     pod(core, "proxy-old", report("proxy-old", [target("openai", "open", 99, 1.0)], age=31))
@@ -58,8 +58,8 @@ def test_pod_health_shows_in_status_and_printer_columns(k8s, operator, core, cus
 
     openai = wait_for(lambda: (o := get(custom, "llmproviders", "openai"))["status"].get("health", {}).get("pods") == 2
                       and o, 3, what=lambda: get(custom, "llmproviders", "openai")["status"])
-    assert openai["status"]["health"] == {"state": "Degraded", "breaker": "1/2 open", "requests": 100,
-                                          "failureRatio": 0.3, "pods": 2, "lastError": "http_503",
+    assert openai["status"]["health"] == {"state": "Degraded", "breaker": "0/2 open", "requests": 100,
+                                          "failureRatio": 0.52, "pods": 2, "lastError": "http_503",
                                           "lastErrorAt": err_at}
     available = cond(openai, "Available")
     assert available["status"] == "True" and available["reason"] == "Degraded"
@@ -73,7 +73,7 @@ def test_pod_health_shows_in_status_and_printer_columns(k8s, operator, core, cus
     out = kubectl(k8s, "get", "llmp", "-o", f"custom-columns=NAME:.metadata.name,{columns('llmproviders.detour.dev.yaml')}")
     rows = {line.split()[0]: line.split() for line in out.stdout.splitlines()[1:]}
     assert out.stdout.split()[:5] == ["NAME", "TYPE", "READY", "HEALTH", "BREAKER"]
-    assert rows["openai"][1:] == ["openai", "True", "Degraded", "1/2", "open"]
+    assert rows["openai"][1:] == ["openai", "True", "Degraded", "0/2", "open"]
     assert rows["anthropic"][1:] == ["anthropic", "True", "Healthy", "0/2", "open"]
     out = kubectl(k8s, "get", "rpol", "-o", f"custom-columns=NAME:.metadata.name,{columns('routingpolicies.detour.dev.yaml')}")
     assert out.stdout.splitlines()[1].split() == ["chat", "priority", "openai,azure,anthropic", "True"]
@@ -82,12 +82,12 @@ def test_pod_health_shows_in_status_and_printer_columns(k8s, operator, core, cus
     assert "TARGETS:.status.targets" in columns("routingpolicies.detour.dev.yaml")
     assert get(custom, "routingpolicies", "chat")["status"]["targets"] == "openai,azure,anthropic"
 
-    # the second pod opens its breaker too: Unavailable, Available=False
+    # one pod opens its breaker (every pod imports it): Unavailable, Available=False
     core.patch_namespaced_pod("proxy-b", NS, {"metadata": {"annotations": {"detour.dev/health": report(
         "proxy-b", [target("openai", "open", 60, 0.9, "http_503", err_at)])}}})
     openai = wait_for(lambda: (o := get(custom, "llmproviders", "openai"))["status"]["health"]["state"] == "Unavailable"
                       and o, 10)
-    assert openai["status"]["health"]["breaker"] == "2/2 open"
+    assert openai["status"]["health"]["breaker"] == "1/2 open"
     assert cond(openai, "Available")["status"] == "False"
     assert openai["status"]["observedGeneration"] == openai["metadata"]["generation"]
 

@@ -33,6 +33,14 @@ class ApiError(Exception):
         self.status = status
 
 
+#: Objects as PartialObjectMetadata (no spec/status): a fraction of a Pod's size per watch event.
+METADATA_ONLY = "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1,application/json"
+
+
+def _accept(metadata_only: bool) -> dict[str, str] | None:
+    return {"Accept": METADATA_ONLY} if metadata_only else None
+
+
 class KubeAPI:
     """The three Pod calls shared health needs, over one aiohttp session."""
 
@@ -103,9 +111,14 @@ class KubeAPI:
                       404: "not found"}.get(resp.status, f"HTTP {resp.status}")
             raise ApiError(reason, resp.status)
 
-    async def patch_annotation(self, namespace: str, pod: str, key: str, value: str) -> None:
+    async def patch_annotation(self, namespace: str, pod: str, key: str, value: str,
+                               labels: dict[str, str | None] | None = None) -> None:
+        """Merge-patch one annotation (and `labels`; None removes a label) on a Pod."""
         url = f"{self.host}/api/v1/namespaces/{quote(namespace)}/pods/{quote(pod)}"
-        body = orjson.dumps({"metadata": {"annotations": {key: value}}})
+        md: dict[str, Any] = {"annotations": {key: value}}
+        if labels:
+            md["labels"] = labels
+        body = orjson.dumps({"metadata": md})
         try:
             async with self._sess().patch(
                     url, data=body, timeout=aiohttp.ClientTimeout(total=self._timeout),
@@ -115,10 +128,11 @@ class KubeAPI:
         except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
             raise ApiError(f"unreachable ({type(exc).__name__})") from None
 
-    async def list_pods(self, namespace: str, params: dict[str, str]) -> tuple[list[dict[str, Any]], str]:
+    async def list_pods(self, namespace: str, params: dict[str, str], metadata_only: bool = False,
+                        ) -> tuple[list[dict[str, Any]], str]:
         url = f"{self.host}/api/v1/namespaces/{quote(namespace)}/pods"
         try:
-            async with self._sess().get(url, params=params, headers=self._headers(),
+            async with self._sess().get(url, params=params, headers=self._headers(_accept(metadata_only)),
                                         timeout=aiohttp.ClientTimeout(total=self._timeout * 2)) as resp:
                 await self._check(resp)
                 doc = orjson.loads(await resp.read())
@@ -128,8 +142,8 @@ class KubeAPI:
         return list(doc.get("items") or []), rv
 
     async def watch_pods(self, namespace: str, params: dict[str, str], resource_version: str,
-                         idle_timeout: float, on_open: Callable[[], None] | None = None
-                         ) -> AsyncIterator[dict[str, Any]]:
+                         idle_timeout: float, on_open: Callable[[], None] | None = None,
+                         metadata_only: bool = False) -> AsyncIterator[dict[str, Any]]:
         """Watch events (`{"type", "object"}`) until the server ends the stream or it is idle
         for `idle_timeout` seconds (then the caller re-watches). `on_open` is called once the
         server has accepted the watch (a quiet watch yields nothing for minutes)."""
@@ -139,7 +153,8 @@ class KubeAPI:
             q["resourceVersion"] = resource_version
         timeout = aiohttp.ClientTimeout(total=None, connect=self._timeout, sock_read=idle_timeout)
         try:
-            async with self._sess().get(url, params=q, headers=self._headers(), timeout=timeout) as resp:
+            async with self._sess().get(url, params=q, headers=self._headers(_accept(metadata_only)),
+                                        timeout=timeout) as resp:
                 await self._check(resp)
                 if on_open is not None:
                     on_open()

@@ -1,23 +1,30 @@
 """Shared health: publish this pod's breaker view on its own Pod, merge what peers publish.
 
 Each proxy pod writes one annotation, `detour.dev/health` (format and merge rules in
-`shared_health_codec`), on its own Pod with a JSON merge patch, and watches the Pods of its
-Deployment (`sharedHealth.podSelector`) to import the open breakers its peers report.
+`health_codec`), on its own Pod with a JSON merge patch, and watches the peer Pods that report an
+open breaker, to import those opens.
 
-When it writes: at once (but never sooner than `sharedHealth.minInterval` after the previous
-write) when a breaker opens or closes on *local* evidence, else every `heartbeat`. An open period
-imported from a peer does not trigger a write (it would only echo the peer). So the API server
-sees about N/heartbeat writes per second from N pods plus a burst bounded by N/minInterval
-during an incident, never anything per request; and one long-lived watch per pod.
+When it writes (`health_publish`): when the report means something new. A breaker that opens or
+closes on *local* evidence is published at once (but never sooner than `minInterval` after the
+previous write); request figures are checked every `heartbeat` and written only when they moved
+meaningfully; an unchanged report is rewritten once per `keepalive`. An open period imported
+from a peer is not news: the importer stays silent.
+
+What it watches: only peers labelled `detour.dev/health-open` (a pod sets the label while its
+report holds a local open/half-open breaker, in the same PATCH), metadata only. So at rest the
+API server sends peers nothing, and an incident costs one write per pod that saw the failure
+itself times N watchers, not N x N. The per-target limits still need the replica count: while
+some target has limits, a metadata-only LIST from the watch cache counts the replicas once a
+minute (`_census_loop`).
 
 Staleness bound: from the moment a pod opens a breaker to the moment every other pod stops
 sending to that target is at most `minInterval` (the publish may be held back that long) plus
 one PATCH and watch delivery round-trip (milliseconds in a healthy cluster): with the default
-minInterval 0.5 s, under 2 s. A peer that stops publishing is ignored after 3 of its heartbeats.
+minInterval 0.5 s, under 2 s. A report older than 3 keepalives is ignored.
 
-A peer whose Pod is deleted (or finishes) is forgotten, and so are the open periods imported
-only from it: a target that no other live peer claims and that has no local evidence against
-it (the open period is still flagged imported) is closed again at once.
+A peer whose Pod is deleted (or finishes, or drops the open label) is forgotten, and so are the
+open periods imported only from it: a target that no other live peer claims and that has no
+local evidence against it (the open period is still flagged imported) is closed again at once.
 
 Without API access (no POD_NAME/POD_NAMESPACE, no kubeconfig or service account, RBAC missing,
 API server down) the proxy keeps serving on local health only: it logs that once per outage,
@@ -43,12 +50,15 @@ from ..state import AppState
 from ..config import SharedHealth as SharedHealthSettings
 from ..policy import BreakerState, TargetKey
 from .kube_api import ApiError, KubeAPI
-from .health_codec import (ANNOTATION, CodecError, PeerClaims, PeerTable, decode, encode,
-                                  merge_into)
+from .health_codec import (ANNOTATION, CodecError, PeerClaims, PeerDoc, PeerTable, decode, encode,
+                           merge_into)
+from .health_publish import OPEN_LABEL, fit, reports_open, significant
 
 log = logging.getLogger("detour.shared_health")
 
 MAX_BACKOFF = 30.0
+#: How often the replica count is taken while some target has per-replica limits.
+CENSUS_INTERVAL = 60.0
 #: The API channels whose availability is tracked separately (see the module docstring).
 CHANNELS = ("publish", "watch")
 
@@ -161,13 +171,18 @@ class SharedHealthService:
                     continue
             tasks = [asyncio.create_task(self._publish_loop(settings)),
                      asyncio.create_task(self._watch_loop(settings)),
+                     asyncio.create_task(self._census_loop(settings)),
                      asyncio.create_task(self._until_settings_change(settings))]
             try:
-                await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+                done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
             finally:
                 for t in tasks:
                     t.cancel()
                 await asyncio.gather(*tasks, return_exceptions=True)
+            crashed = [t.exception() for t in done if not t.cancelled() and t.exception() is not None]
+            if crashed:  # a bug, not API trouble: say so, and do not restart in a tight loop
+                log.error("shared health: %s; restarting", crashed[0], exc_info=crashed[0])
+                await asyncio.sleep(MAX_BACKOFF)
 
     async def _until_settings_change(self, settings: SharedHealthSettings) -> None:
         while self._settings() == settings:
@@ -179,17 +194,26 @@ class SharedHealthService:
         reg = self.state.registry
         mono = self.state.clock.now()
         snaps = reg.snapshot(mono) if reg is not None else []
-        return encode(self.pod, snaps, wall_now=self._wall(), mono_now=mono,
-                      heartbeat=settings.heartbeat if settings else 10.0)
+        text = encode(self.pod, snaps, wall_now=self._wall(), mono_now=mono,
+                      heartbeat=settings.keepalive if settings else 300.0)
+        text, omitted = fit(text)
+        if omitted:
+            self._once("too-big", logging.WARNING, "shared health: the report of %d targets exceeds the "
+                       "annotation size limit; %d closed targets left out (open ones are kept)",
+                       len(snaps), omitted)
+        return text
 
     async def _publish_loop(self, s: SharedHealthSettings) -> None:
+        """Write the report when it means something new (`health_publish.significant`: a local
+        breaker change at once, figures checked every heartbeat) or once per keepalive."""
         assert self.api is not None
         loop = asyncio.get_running_loop()
         last = -1e18
+        written: PeerDoc | None = None
         backoff = 0.0
-        self._wake.set()  # publish at once on start (peers learn we exist)
+        self._wake.set()  # publish at once on start (the operator learns we exist)
         while True:
-            wait = last + s.heartbeat - loop.time()
+            wait = min(s.heartbeat, last + s.keepalive - loop.time())
             if wait > 0 and not self._wake.is_set():
                 try:
                     await asyncio.wait_for(self._wake.wait(), wait)
@@ -199,10 +223,15 @@ class SharedHealthService:
             if gap > 0:
                 await asyncio.sleep(gap)
             self._wake.clear()  # transitions after this point trigger the next publish
-            doc = self.document()
+            text = self.document()
+            doc = decode(text)
+            if loop.time() - last < s.keepalive and not significant(written, doc):
+                self.state.metrics.shared_publish.labels("skipped").inc()
+                continue
             last = loop.time()
+            labels = {OPEN_LABEL: "true" if reports_open(doc) else None}
             try:
-                await self.api.patch_annotation(self.namespace, self.pod, ANNOTATION, doc)
+                await self.api.patch_annotation(self.namespace, self.pod, ANNOTATION, text, labels=labels)
             except ApiError as exc:
                 self.state.metrics.shared_publish.labels("error").inc()
                 self._set_available("publish", False, f"patch pod {self.pod}: {exc.reason}")
@@ -211,6 +240,7 @@ class SharedHealthService:
                 self._wake.set()  # retry soon, do not wait a whole heartbeat
                 continue
             backoff = 0.0
+            written = doc
             self.publishes += 1
             self.state.metrics.shared_publish.labels("success").inc()
             self._set_available("publish", True)
@@ -221,15 +251,29 @@ class SharedHealthService:
         gauge = getattr(self.state.metrics, "shared_peers", None)
         if gauge is not None:
             gauge.set(fresh)
-        # Per-target limits are split across the replicas we can see (this pod + fresh peers).
-        registry = self.state.registry
-        if registry is not None:
-            registry.set_peer_count(fresh + 1 if fresh else None)
+
+    async def _census_loop(self, s: SharedHealthSettings) -> None:
+        """Count the proxy replicas for splitting per-target limits, only while some target has
+        limits: one metadata-only LIST (from the watch cache) per CENSUS_INTERVAL. Peers are not
+        watched for this: the watch sees only pods reporting an open breaker."""
+        assert self.api is not None
+        params = {"labelSelector": s.pod_selector, "resourceVersion": "0"}
+        while True:
+            registry = self.state.registry
+            if registry is not None and registry.has_limits:
+                try:
+                    items, _ = await self.api.list_pods(self.namespace, params, metadata_only=True)
+                    running = [p for p in items if not (p.get("metadata") or {}).get("deletionTimestamp")]
+                    registry.set_peer_count(max(1, len(running)))
+                except ApiError:
+                    pass  # the watch channel reports API trouble; the last count stays
+            await asyncio.sleep(CENSUS_INTERVAL)
 
     # -- watching peers ----------------------------------------------------------------------
     async def _watch_loop(self, s: SharedHealthSettings) -> None:
         assert self.api is not None
-        params = {"labelSelector": s.pod_selector, "fieldSelector": f"metadata.name!={self.pod}"}
+        # Only peers whose report holds an open breaker (the label): at rest nobody is watched.
+        params = {"labelSelector": f"{s.pod_selector},{OPEN_LABEL}", "fieldSelector": f"metadata.name!={self.pod}"}
         idle = max(60.0, 3 * s.heartbeat + 10)
         loop = asyncio.get_running_loop()
         backoff = 0.0
@@ -243,7 +287,7 @@ class SharedHealthService:
         while True:
             opened = False
             try:
-                items, rv = await self.api.list_pods(self.namespace, params)
+                items, rv = await self.api.list_pods(self.namespace, params, metadata_only=True)
                 for pod in items:
                     self._on_pod("ADDED", pod)
                 listed = {(p.get("metadata") or {}).get("name", "") for p in items}
@@ -256,7 +300,8 @@ class SharedHealthService:
                     gone = False
                     started = loop.time()
                     async with contextlib.aclosing(
-                            self.api.watch_pods(self.namespace, params, rv, idle, on_open)) as events:
+                            self.api.watch_pods(self.namespace, params, rv, idle, on_open,
+                                                metadata_only=True)) as events:
                         async for ev in events:
                             typ = ev.get("type")
                             obj = ev.get("object") or {}
@@ -291,7 +336,11 @@ class SharedHealthService:
         if not name or name == self.pod:
             return
         phase = (obj.get("status") or {}).get("phase")
-        if typ == "DELETED" or phase in ("Succeeded", "Failed"):
+        labels = md.get("labels")
+        # The pod dropped the open label (its breakers closed): the real API server sends DELETED
+        # to a label-selector watch; a MODIFIED without the label means the same.
+        unlabelled = labels is not None and OPEN_LABEL not in labels
+        if typ == "DELETED" or phase in ("Succeeded", "Failed") or unlabelled:
             self._forget(name)
             self._update_peer_gauge()
             return

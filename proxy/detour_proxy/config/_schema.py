@@ -266,10 +266,17 @@ class SharedHealth(_Model):
     """Share breaker state across proxy replicas through Pod annotations (Kubernetes only)."""
 
     enabled: bool = Field(False, description="Publish and merge health through Pod annotations.")
-    heartbeat: Duration = Field(10.0, description="Publish at least this often.")
+    heartbeat: Duration = Field(10.0, description="Check this often whether request figures moved enough to publish (breaker changes are published at once).")
+    keepalive: Duration = Field(300.0, description="Publish an unchanged report at least this often; readers ignore a report 3 keepalives old.")
     min_interval: Duration = Field(0.5, description="Never publish more often than this.")
     pod_selector: str = Field("app.kubernetes.io/component=proxy", description="Label selector of the peer proxy pods.")
     replicas: int | None = Field(None, ge=1, description="Replica count used to split target limits when no peers are visible.")
+
+    @model_validator(mode="after")
+    def _keepalive_covers_heartbeat(self) -> SharedHealth:
+        if self.keepalive < self.heartbeat:
+            raise ValueError("sharedHealth.keepalive must be at least heartbeat")
+        return self
 
 
 class RoutingConfig(_Model):

@@ -62,6 +62,11 @@ class HealthRegistry:
         self._limits = dict(limits)
         self._apply_limits()
 
+    @property
+    def has_limits(self) -> bool:
+        """Some target has per-replica limits (so the replica count matters)."""
+        return bool(self._limits)
+
     def set_peer_count(self, replicas: int | None) -> None:
         """Shared health saw this many proxy replicas (self included); re-splits the limits."""
         replicas = replicas if replicas is None or replicas >= 1 else None

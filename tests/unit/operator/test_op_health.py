@@ -21,18 +21,29 @@ def t(provider, state="closed", requests=10, ratio=0.0, err=None, at=None):
     return d
 
 
-def test_counts_open_pods_and_weights_the_failure_ratio():
+def test_counts_pods_that_opened_it_themselves_and_weights_the_failure_ratio():
+    imported = {**t("p", "open", 5, 0.0), "imported": True}
     reports = [rep("a", [t("p", "open", 30, 1.0, "http_503", "2026-11-25T15:00:10Z")]),
                rep("b", [t("p", "closed", 70, 0.0, "timeout", "2026-11-25T14:59:00Z")]),
-               rep("c", [t("p", "half-open", 0, 0.0), t("other")])]
+               rep("c", [t("p", "half-open", 0, 0.0), t("other")]),
+               rep("d", [imported])]
     h = health.rollup(reports, "p", NOW)
-    assert h == {"state": "Degraded", "breaker": "2/3 open", "requests": 100, "failureRatio": 0.3, "pods": 3,
+    # one pod's open breaker is imported by every pod: the provider is avoided everywhere
+    assert h == {"state": "Unavailable", "breaker": "2/4 open", "requests": 105, "failureRatio": 0.286, "pods": 4,
                  "lastError": "http_503", "lastErrorAt": "2026-11-25T15:00:10Z"}
+
+
+def test_truncated_reports_are_counted_and_named_in_available():
+    from detour_operator.conditions import available_condition
+    h = health.rollup([{**rep("a", [t("p")]), "omitted": 1500}, rep("b", [t("p")])], "p", NOW)
+    assert h["truncatedReports"] == 1 and h["state"] == "Healthy"
+    assert "1 pod(s) left closed targets out" in available_condition(h, 1)["message"]
 
 
 def test_states():
     assert health.rollup([], "p", NOW)["state"] == "Unknown"
-    assert health.rollup([rep("a", [t("p", "open")])], "p", NOW)["state"] == "Unavailable"
+    assert health.rollup([rep("a", [t("p", "open")]), rep("b", [t("p")])], "p", NOW)["state"] == "Unavailable"
+    assert health.rollup([rep("a", [{**t("p", "open"), "imported": True}])], "p", NOW)["state"] == "Healthy"
     assert health.rollup([rep("a", [t("p")])], "p", NOW)["state"] == "Healthy"
     assert health.rollup([rep("a", [t("p", requests=10, ratio=0.6)])], "p", NOW)["state"] == "Degraded"
     assert health.rollup([rep("a", [t("other", "open")])], "p", NOW)["state"] == "Unknown"

@@ -78,7 +78,7 @@ async def test_one_forbidden_channel_is_reported_once_and_the_gauge_does_not_fla
     state.install(parse_config({
         "providers": [{"name": "p", "baseURL": "http://127.0.0.1:1/v1"}],
         "routes": [{"name": "r", "targets": [{"provider": "p", "model": "m"}]}],
-        "sharedHealth": {"enabled": True, "heartbeat": "0.1s", "minInterval": "0.05s"},
+        "sharedHealth": {"enabled": True, "heartbeat": "0.1s", "keepalive": "0.1s", "minInterval": "0.05s"},
     }))
     gauge = lambda: state.metrics.registry.get_sample_value("detour_shared_health_api_available")  # noqa: E731
     async with StubAPIServer(forbid) as server:
@@ -94,7 +94,7 @@ async def test_one_forbidden_channel_is_reported_once_and_the_gauge_does_not_fla
         sampler = asyncio.create_task(sample())
         await svc.start()
         try:
-            if forbid == "watch":  # publishing works (every 0.1 s), listing is refused with backoff
+            if forbid == "watch":  # publishing works (keepalive every 0.1 s), listing is refused with backoff
                 await poll(lambda: server.lists >= 2 and server.patches >= 8, 5, "patches and refused lists")
                 assert state.metrics.registry.get_sample_value(
                     "detour_shared_health_publish_total", {"result": "success"}) >= 8

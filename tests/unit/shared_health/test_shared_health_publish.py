@@ -28,14 +28,16 @@ class RecordingAPI:
 
     def __init__(self) -> None:
         self.patches: list[tuple[float, dict]] = []
+        self.labels: list[dict] = []
 
-    async def patch_annotation(self, namespace: str, pod: str, key: str, value: str) -> None:
+    async def patch_annotation(self, namespace: str, pod: str, key: str, value: str, labels=None) -> None:
         self.patches.append((asyncio.get_running_loop().time(), orjson.loads(value)))
+        self.labels.append(dict(labels or {}))
 
-    async def list_pods(self, namespace: str, params: dict) -> tuple[list, str]:
+    async def list_pods(self, namespace: str, params: dict, metadata_only: bool = False) -> tuple[list, str]:
         return [], "1"
 
-    async def watch_pods(self, namespace, params, rv, idle, on_open=None):
+    async def watch_pods(self, namespace, params, rv, idle, on_open=None, metadata_only=False):
         if on_open is not None:
             on_open()
         await asyncio.Event().wait()
@@ -45,13 +47,14 @@ class RecordingAPI:
         pass
 
 
-def make_state(models: list[str]) -> tuple[AppState, list[TargetKey]]:
+def make_state(models: list[str], heartbeat: float = HEARTBEAT) -> tuple[AppState, list[TargetKey]]:
     state = AppState()
     state.install(parse_config({
         "providers": [{"name": "p", "baseURL": BASE}],
         "routes": [{"name": "r", "targets": [{"provider": "p", "model": m} for m in models]}],
         "health": {"breaker": {"consecutiveFailures": 1, "cooldown": "60s"}},
-        "sharedHealth": {"enabled": True, "heartbeat": f"{HEARTBEAT}s", "minInterval": f"{MIN_INTERVAL}s"},
+        "sharedHealth": {"enabled": True, "heartbeat": f"{heartbeat}s", "keepalive": "60s",
+                         "minInterval": f"{MIN_INTERVAL}s"},
     }))
     return state, [TargetKey("p", m, BASE) for m in models]
 
@@ -84,6 +87,7 @@ async def test_breaker_changes_are_published_before_the_heartbeat_at_most_once_p
         assert t1 - t0 >= MIN_INTERVAL - 0.01, "never two writes closer than minInterval"
         assert t1 - t0 < 2.0, "published on the change, not at the 30 s heartbeat"
         assert open_models(doc) == {"m1", "m2", "m3"}, "one write carries every change since the last"
+        assert api.labels[0] == {"detour.dev/health-open": None} and api.labels[1] == {"detour.dev/health-open": "true"}
 
         # An open period imported from a peer is not echoed back (no write for it).
         peer = {"version": 1, "pod": "pod-2", "updated": format_time(svc._wall()), "heartbeatSeconds": 10,
@@ -101,5 +105,44 @@ async def test_breaker_changes_are_published_before_the_heartbeat_at_most_once_p
         await poll(lambda: len(api.patches) >= 3, 5, "the publish of a later change")
         assert api.patches[2][0] - t_change < MIN_INTERVAL - 0.1
         assert "m5" in open_models(api.patches[2][1])
+    finally:
+        await svc.stop()
+
+
+async def test_at_rest_nothing_is_written_and_an_importer_stays_silent():
+    """Heartbeat 0.1 s, keepalive 60 s: the figures are checked ten times a second, written only
+    when they moved; an imported open is no news (no write, no open label)."""
+    state, keys = make_state(["m1", "m2"], heartbeat=0.1)
+    api = RecordingAPI()
+    svc = SharedHealthService(state, pod="pod-1", namespace="ns", api_factory=lambda: api)
+    await svc.start()
+    skipped = lambda: state.metrics.registry.get_sample_value(  # noqa: E731
+        "detour_shared_health_publish_total", {"result": "skipped"}) or 0
+    try:
+        await poll(lambda: api.patches, 5, "the start-up publish")
+        await poll(lambda: skipped() >= 5, 5, "five heartbeats with nothing new")
+        assert len(api.patches) == 1, "at rest: no write per heartbeat"
+
+        peer = {"version": 1, "pod": "pod-2", "updated": format_time(svc._wall()), "heartbeatSeconds": 300,
+                "targets": [{"provider": "p", "model": "m1", "endpoint": endpoint_id(BASE), "state": "open",
+                             "openUntil": format_time(svc._wall() + 30)}]}
+        svc._on_pod("ADDED", {"metadata": {"name": "pod-2", "labels": {"detour.dev/health-open": "true"},
+                                           "annotations": {ANNOTATION: orjson.dumps(peer).decode()}}})
+        assert state.registry.get(keys[0]).breaker_state(state.clock.now()) is BreakerState.OPEN
+        before = skipped()
+        await poll(lambda: skipped() >= before + 5, 5, "five heartbeats after the import")
+        assert len(api.patches) == 1, "an importer stays silent"
+
+        # The peer drops its label (its breaker closed): what was imported only from it goes.
+        svc._on_pod("MODIFIED", {"metadata": {"name": "pod-2", "labels": {}, "annotations": {}}})
+        assert state.registry.get(keys[0]).breaker_state(state.clock.now()) is BreakerState.CLOSED
+
+        # Request figures that moved meaningfully go out at the next heartbeat, without the label.
+        now = state.clock.now()
+        for _ in range(5):
+            state.registry.get(keys[1]).record(Outcome(OutcomeKind.SUCCESS), now)
+        await poll(lambda: len(api.patches) >= 2, 5, "the figures' publish")
+        assert next(t for t in api.patches[1][1]["targets"] if t["model"] == "m2")["requests"] == 5
+        assert api.labels[1] == {"detour.dev/health-open": None}
     finally:
         await svc.stop()
