@@ -129,7 +129,7 @@ def test_bounds_and_enums_come_from_the_config_models():
     pspec = schema_of(crd("llmproviders"))["properties"]["spec"]["properties"]
     assert "name" not in pspec and "apiKey" not in pspec and "apiKeySecretRef" in pspec
     breaker = schema_of(crd("llmproviders"))["properties"]["status"]["properties"]["health"]["properties"]
-    assert set(breaker) == {"state", "breaker", "lastError", "lastErrorAt", "requests", "failureRatio", "pods"}
+    assert set(breaker) == {"state", "breaker", "lastError", "lastErrorAt", "requests", "failureRatio", "pods", "truncatedReports"}
 
 
 @pytest.mark.parametrize("doc", [d for d in example_docs() if d["apiVersion"].startswith("detour.dev/")],
