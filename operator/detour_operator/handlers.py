@@ -9,11 +9,13 @@ Why `on.event` and not on.create/update/delete: those make kopf persist its own 
 object (a `last-handled-configuration` annotation with the whole spec, progress annotations), one
 or two extra PATCHes per object per change, and a spec near the annotation size limit would loop
 on 422 forever. The reconciler needs none of it: it re-renders from the indexes, and
-`Reconciler.spec_changed` drops the events of status-only writes (generation unchanged). Only the
-LLMProvider health timer makes kopf add a finalizer (to stop the timer on deletion).
+`Reconciler.spec_changed` drops the events of status-only writes (generation unchanged). The
+health roll-up follows the proxy Pods' events (`Reconciler.health_soon`) rather than a kopf timer
+per LLMProvider, so kopf adds no finalizer to any object: deleting one never waits for the
+operator.
 
-Settings are read at import (`DETOUR_SETTINGS_FILE`), because kopf decorators need the health
-interval and the proxy pod selector when the module is loaded.
+Settings are read at import (`DETOUR_SETTINGS_FILE`), because kopf decorators need the proxy pod
+selector when the module is loaded.
 """
 
 from __future__ import annotations
@@ -121,6 +123,6 @@ async def secret_changed(namespace: str, name: str, memo: kopf.Memo, logger: log
     await memo.detour.request(namespace, "Secret", indexes, logger)
 
 
-@kopf.timer(G, V, LLMP, interval=SETTINGS.health_interval, initial_delay=0.0)
-async def provider_health(namespace: str, name: str, memo: kopf.Memo, logger: logging.Logger, **kwargs: Any) -> None:
-    await memo.detour.health(namespace, name, Indexes.from_kwargs(kwargs), logger)
+@kopf.on.event("v1", "pods", labels=SETTINGS.pod_labels(), annotations={health.ANNOTATION: kopf.PRESENT})
+async def proxy_report_changed(namespace: str, memo: kopf.Memo, logger: logging.Logger, **kwargs: Any) -> None:
+    memo.detour.health_soon(namespace, Indexes.from_kwargs(kwargs), logger)

@@ -48,6 +48,19 @@ def fresh(report: Mapping[str, Any], now: datetime.datetime) -> bool:
     return (now - updated).total_seconds() <= 3 * float(heartbeat)
 
 
+def next_stale(reports: Iterable[Mapping[str, Any]], now: datetime.datetime) -> float | None:
+    """Seconds until the first report that is fresh at `now` turns stale (None: none is fresh)."""
+    out = None
+    for report in reports:
+        updated = parse_time(report.get("updated"))
+        heartbeat = report.get("heartbeatSeconds") or 10
+        if updated is None or not isinstance(heartbeat, (int, float)) or not fresh(report, now):
+            continue
+        left = 3 * float(heartbeat) - (now - updated).total_seconds()
+        out = left if out is None else min(out, left)
+    return out
+
+
 def rollup(reports: Iterable[Mapping[str, Any]], provider: str, now: datetime.datetime,
            degraded_ratio: float = 0.5) -> dict[str, Any]:
     """`status.health` of one provider from the fresh reports of all proxy pods.

@@ -115,8 +115,17 @@ class Reconciler:
         self.dirty: set[str] = set()
         self.statuses: dict[str, dict[str, Any]] = {}  # uid -> status as of our last write
         self.seen: dict[str, tuple[Any, bool]] = {}   # uid -> (generation, being deleted) last rendered
+        self.health_tasks: dict[str, asyncio.Task[None]] = {}
+        self.health_idx: dict[str, Indexes] = {}
+        self.health_last: dict[str, float] = {}
+        self.health_timers: dict[str, asyncio.TimerHandle] = {}
+        self.health_dirty: set[str] = set()
 
     def close(self) -> None:
+        for task in self.health_tasks.values():
+            task.cancel()
+        for timer in self.health_timers.values():
+            timer.cancel()
         self.api.close()
 
     def spec_changed(self, event_type: str | None, body: Any) -> bool:
@@ -194,6 +203,8 @@ class Reconciler:
                 status["targets"] = render.target_summary(obj)
             writes.append(self._patch_status(obj, status, conds, now, logger, events=True))
         await _bounded(writes, STATUS_CONCURRENCY)
+        if idx.pods is not None:
+            self.health_soon(ns, idx, logger)  # new providers get their Available condition
         return outcome
 
     async def _prune_credentials(self, ns: str, resolvable: dict[str, str]) -> None:
@@ -279,18 +290,56 @@ class Reconciler:
             else:
                 kopf.event(_ref(obj), type="Warning", reason="Rejected", message=ready["message"])
 
-    async def health(self, ns: str, name: str, idx: Indexes, logger: logging.Logger) -> None:
-        """Roll up the proxy pods' health reports into one LLMProvider's status (timer)."""
+    def health_soon(self, ns: str, idx: Indexes, logger: logging.Logger) -> None:
+        """Roll up the namespace's health reports soon: at most once per `healthInterval`.
+
+        Why not a timer per LLMProvider: a kopf timer needs a finalizer on every object (deleting
+        one then hangs while the operator is down) and wakes every object every interval, whether
+        or not any report changed. Reports change only when a proxy publishes (on change, see
+        shared health), so the roll-up follows the proxy Pods' events, coalesced per namespace,
+        plus one wake-up when the next fresh report turns stale.
+        """
+        self.health_idx[ns] = idx
+        self.health_dirty.add(ns)
+        task = self.health_tasks.get(ns)
+        if task is None or task.done():
+            self.health_tasks[ns] = asyncio.create_task(self._health_later(ns, logger), name=f"detour-health-{ns}")
+
+    async def _health_later(self, ns: str, logger: logging.Logger) -> None:
+        loop = asyncio.get_running_loop()
+        while ns in self.health_dirty:  # a report that changes during a roll-up gets one more
+            wait = self.health_last.get(ns, -1e18) + self.settings.health_interval - loop.time()
+            if wait > 0:
+                await asyncio.sleep(wait)
+            self.health_dirty.discard(ns)
+            self.health_last[ns] = loop.time()
+            try:
+                stale_in = await self.health(ns, self.health_idx[ns], logger)
+            except Exception:
+                logger.exception("health roll-up of %s failed; retrying at the next report", ns)
+                continue
+            if (timer := self.health_timers.pop(ns, None)) is not None:
+                timer.cancel()
+            if stale_in is not None:  # a report will age out with no event to say so: look again then
+                self.health_timers[ns] = loop.call_later(
+                    stale_in + 0.01, lambda: self.health_soon(ns, self.health_idx[ns], logger))
+
+    async def health(self, ns: str, idx: Indexes, logger: logging.Logger) -> float | None:
+        """Roll up the proxy pods' health reports into every LLMProvider's status in `ns`; returns
+        the seconds until the next fresh report turns stale (None if there is none)."""
         async with self.locks[ns]:
-            obj = next((o for o in idx.objects(idx.providers, ns) if o["metadata"]["name"] == name), None)
-            if obj is None or obj["metadata"].get("deletionTimestamp"):
-                return
             reports = health.reports_from_pods(idx.objects(idx.pods, ns))
             now = datetime.datetime.now(datetime.timezone.utc)
-            known = self.statuses.get(obj["metadata"]["uid"]) or obj.get("status") or {}
-            rolled = health.settle(known.get("health"),
-                                   health.rollup(reports, name, now, self.settings.degraded_failure_ratio))
-            gen = obj["metadata"].get("generation")
-            patched = await self._patch_status(obj, {"health": rolled}, [conditions.available_condition(rolled, gen)],
-                                               conditions.now_rfc3339(), logger)
-            HEALTH_ROLLUPS.labels("patched" if patched else "unchanged").inc()
+            for obj in idx.objects(idx.providers, ns):
+                if obj["metadata"].get("deletionTimestamp"):
+                    continue
+                name = obj["metadata"]["name"]
+                known = self.statuses.get(obj["metadata"]["uid"]) or obj.get("status") or {}
+                rolled = health.settle(known.get("health"),
+                                       health.rollup(reports, name, now, self.settings.degraded_failure_ratio))
+                gen = obj["metadata"].get("generation")
+                patched = await self._patch_status(obj, {"health": rolled},
+                                                   [conditions.available_condition(rolled, gen)],
+                                                   conditions.now_rfc3339(), logger)
+                HEALTH_ROLLUPS.labels("patched" if patched else "unchanged").inc()
+            return health.next_stale(reports, now)

@@ -31,7 +31,7 @@ class OperatorSettings(BaseModel):
     shared_health: cfg.SharedHealth = Field(default_factory=cfg.SharedHealth)
     credentials_mount_path: str = Field("/etc/detour/credentials", pattern=r"^/")
     proxy_pod_selector: str = Field("app.kubernetes.io/component=proxy", description="Equality label selector of proxy pods.")
-    health_interval: cfg.Duration = Field(10.0, description="How often the health roll-up timer runs.")
+    health_interval: cfg.Duration = Field(10.0, description="Roll health reports up at most this often per namespace (on report changes).")
     degraded_failure_ratio: float = Field(0.5, gt=0.0, le=1.0, description="Window failure ratio at which a provider counts as Degraded.")
 
     @model_validator(mode="after")

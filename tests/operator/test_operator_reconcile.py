@@ -74,6 +74,11 @@ def test_examples_publish_config_and_credentials(k8s, operator, core, custom):
         "Accepted": "True", "ResolvedRefs": "True", "Programmed": "True", "Ready": "True"}
     assert expected.config_hash not in str(chat["status"]["conditions"])  # the hash would churn every message
 
+    # kopf stores nothing in the objects: no finalizer (deleting never waits for the operator)
+    for plural, name in [("llmproviders", "openai"), ("routingpolicies", "chat")]:
+        md = get(custom, plural, name)["metadata"]
+        assert not md.get("finalizers") and not [a for a in md.get("annotations") or {} if "detour.dev" in a]
+
     # kubectl wait works, by short name too
     out = kubectl(k8s, "wait", "--for=condition=Ready", "llmp/openai", "rpol/chat", "--timeout=10s")
     assert "condition met" in out.stdout
