@@ -45,7 +45,7 @@ def merge(old: Iterable[Mapping[str, Any]] | None, new: Iterable[dict[str, Any]]
 
 
 def object_conditions(problems: list[Problem], included: bool, render_error: str | None,
-                      generation: int | None) -> list[dict[str, Any]]:
+                      generation: int | None, error_reason: str = "NoValidConfig") -> list[dict[str, Any]]:
     """Accepted, ResolvedRefs, Programmed and the Ready summary for one LLMProvider/RoutingPolicy.
 
     No config hash in any message: a message that names the namespace's config hash changes on
@@ -68,7 +68,7 @@ def object_conditions(problems: list[Problem], included: bool, render_error: str
         programmed = condition("Programmed", True, "Programmed",
                                "included in the routing config (ConfigMap detour-routing)", generation)
     elif render_error:
-        programmed = condition("Programmed", False, "NoValidConfig",
+        programmed = condition("Programmed", False, error_reason,
                                f"nothing published ({render_error}); the last good config stays", generation)
     else:
         programmed = condition("Programmed", False, "Excluded",

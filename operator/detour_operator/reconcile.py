@@ -42,6 +42,7 @@ HEALTH_ROLLUPS = Counter("detour_operator_health_rollups_total",
 MERGE = "application/merge-patch+json"
 #: Status PATCHes in flight at once during one reconcile (hundreds of objects on the first render).
 STATUS_CONCURRENCY = 8
+RETRY_BASE, RETRY_MAX = 1.0, 60.0
 PLURAL = {"LLMProvider": "llmproviders", "RoutingPolicy": "routingpolicies"}
 _metrics_started = False
 
@@ -120,6 +121,8 @@ class Reconciler:
         self.health_last: dict[str, float] = {}
         self.health_timers: dict[str, asyncio.TimerHandle] = {}
         self.health_dirty: set[str] = set()
+        self.failures: dict[str, int] = {}          # namespace -> failed reconciles in a row
+        self.retries: set[asyncio.Task[None]] = set()
 
     def close(self) -> None:
         for task in self.health_tasks.values():
@@ -158,8 +161,26 @@ class Reconciler:
             except Exception:
                 ERRORS.inc()
                 RECONCILES.labels(kind, "error").inc()
+                self._retry_later(namespace, indexes, logger)
                 raise
+            self.failures.pop(namespace, None)
             RECONCILES.labels(kind, result).inc()
+
+    def _retry_later(self, ns: str, idx: Indexes, logger: logging.Logger) -> None:
+        """kopf does not retry event handlers: a failed render (API server down, 5xx) is retried
+        here with capped exponential backoff until one succeeds."""
+        n = self.failures[ns] = self.failures.get(ns, 0) + 1
+        delay = min(RETRY_MAX, RETRY_BASE * 2 ** (n - 1))
+        logger.warning("reconcile of %s failed (%d in a row); retrying in %.0f s", ns, n, delay)
+        loop = asyncio.get_running_loop()
+        loop.call_later(delay, lambda: self.retries.add(
+            loop.create_task(self._retry(ns, idx, logger))))
+
+    async def _retry(self, ns: str, idx: Indexes, logger: logging.Logger) -> None:
+        try:
+            await self.request(ns, "Retry", idx, logger)
+        except Exception:
+            pass  # counted, logged and rescheduled by request()
 
     async def _reconcile(self, ns: str, idx: Indexes, logger: logging.Logger) -> str:
         providers = idx.objects(idx.providers, ns)
@@ -194,7 +215,7 @@ class Reconciler:
             key = (obj["kind"], obj["metadata"]["name"])
             gen = obj["metadata"].get("generation")
             conds = conditions.object_conditions(result.problems.get(key, []), key in result.included,
-                                                 result.error, gen)
+                                                 result.error, gen, result.error_reason)
             known = self.statuses.get(obj["metadata"]["uid"]) or obj.get("status") or {}
             status = {"observedGeneration": gen,
                       "configHash": conditions.own_config_hash(known, conds, key in result.included,

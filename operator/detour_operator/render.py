@@ -58,6 +58,13 @@ class RenderResult:
     problems: dict[Key, list[Problem]] = field(default_factory=dict)
     included: set[Key] = field(default_factory=set)
     error: str | None = None  # why nothing could be published
+    error_reason: str = "NoValidConfig"  # Programmed reason when nothing could be published
+
+    def refuse(self, reason: str, message: str) -> None:
+        """Nothing can be published after all (e.g. too large): the last good config stays."""
+        self.config = self.config_yaml = self.config_hash = None
+        self.included.clear()
+        self.error, self.error_reason = message, reason
 
     def add(self, key: Key, problem: Problem) -> None:
         self.problems.setdefault(key, []).append(problem)
@@ -174,6 +181,10 @@ def target_summary(policy: Mapping[str, Any]) -> str:
     return ",".join(dict.fromkeys(r for r in refs if isinstance(r, str) and r))
 
 
+#: The API server refuses a ConfigMap whose data exceed 1 MiB (and etcd a request over 1.5 MiB).
+CONFIGMAP_LIMIT = 1024 * 1024 - 16 * 1024  # room for metadata (owner references, labels)
+
+
 def canonical_yaml(config: cfg.RoutingConfig, namespace: str) -> bytes:
     """Byte-stable YAML: defaults omitted, keys sorted, lists in their semantic order."""
     header = f"# Rendered by detour-operator from LLMProviders and RoutingPolicies in namespace {namespace}.\n"
@@ -217,4 +228,8 @@ def render(providers: Iterable[Mapping[str, Any]], policies: Iterable[Mapping[st
     result.config = config
     result.config_yaml = canonical_yaml(config, namespace)
     result.config_hash = cfg.config_hash(config)
+    if len(result.config_yaml) > CONFIGMAP_LIMIT:
+        result.refuse("ConfigTooLarge", f"the rendered config is {len(result.config_yaml)} bytes, over the "
+                      f"{CONFIGMAP_LIMIT} bytes a ConfigMap can hold; split the routes across namespaces "
+                      "or trim headers and models")
     return result

@@ -131,3 +131,14 @@ def test_target_summary_names_each_provider_once_in_spec_order():
                                    {"providerRef": "openai", "model": "c"}, {"model": "no-ref"}]}}
     assert target_summary(policy) == "openai,azure"
     assert target_summary({"spec": {"targets": "garbage"}}) == "" and target_summary({}) == ""
+
+
+def test_a_config_over_the_configmap_limit_is_not_published_and_says_why():
+    from detour_operator.conditions import object_conditions
+    big = {"x-pad-%03d" % i: "v" * 8000 for i in range(140)}  # ~1.1 MiB of provider headers
+    r = render([llmp("openai", headers=big)], [rpol("chat", "openai")], KEYS, S)
+    assert r.config is None and r.config_yaml is None and r.error_reason == "ConfigTooLarge"
+    assert "over the" in r.error and not r.included
+    assert r.credentials == {"openai": "c2stb3BlbmFp"}  # still used to prune, never to publish
+    programmed = object_conditions([], False, r.error, 1, r.error_reason)[2]
+    assert (programmed["status"], programmed["reason"]) == ("False", "ConfigTooLarge")
