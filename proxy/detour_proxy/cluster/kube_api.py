@@ -79,8 +79,11 @@ class KubeAPI:
                 ctx.load_cert_chain(cfg.cert_file, cfg.key_file)
 
         def token() -> str | None:
-            # Calls the refresh hook of in-cluster configs (bound service account tokens rotate).
-            return cfg.get_api_key_with_prefix("authorization")
+            # Ask the client's own auth settings, not a hand-picked api_key entry: kubernetes>=36
+            # stores the token under `BearerToken` (older releases: `authorization`), and this
+            # call runs the refresh hook of in-cluster configs (bound SA tokens rotate).
+            bearer = cfg.auth_settings().get("BearerToken")
+            return bearer.get("value") if bearer else None
 
         return cls(cfg.host, token=token, ssl_context=ctx)
 
