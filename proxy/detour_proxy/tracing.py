@@ -23,7 +23,7 @@ import time
 from typing import TYPE_CHECKING, Any, Mapping
 
 if TYPE_CHECKING:
-    from .engine._executor import RequestContext
+    from .engine import RequestContext
     from .policy import Outcome, Try
     from .engine.gateway import TargetRuntime
 

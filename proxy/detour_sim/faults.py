@@ -77,6 +77,9 @@ class Fault:
     malformed_after: int = 0
     inband: InbandError | None = None
     rate_limit: dict[str, str] | None = None
+    body: str | None = None
+    content_type: str | None = None
+    location: str | None = None
     count: int | None = None
     paths: tuple[str, ...] | None = None
     remaining: int | None = None
@@ -171,6 +174,12 @@ def parse_fault(spec: Any) -> Fault:
             if not isinstance(v, dict):
                 raise FaultError("rateLimit: expected an object of header: value")
             f.rate_limit = {str(k): str(val) for k, val in v.items()}
+        elif key == "body":
+            f.body = v if isinstance(v, str) else orjson.dumps(v).decode()
+        elif key == "contentType":
+            f.content_type = _str(key, v)
+        elif key == "location":
+            f.location = _str(key, v)
         elif key == "count":
             f.count = _int(key, v, 1)
             f.remaining = f.count

@@ -151,6 +151,16 @@ class Sim:
             abort_connection(request)
             # Never reaches the client; aiohttp swallows the write error on the dead socket.
             return web.Response(status=502)
+        if fault.body is not None or (fault.status is not None and fault.status < 400):
+            # An answer that is not an error response: a body of the wrong shape, a redirect,
+            # 202/204/304, an error object on a 200, a raw SSE script. Sent exactly as given.
+            headers = dict(out)
+            if fault.location is not None:
+                headers["location"] = fault.location
+            status = fault.status if fault.status is not None else 200
+            body = (fault.body or "").encode() if status not in (204, 304) else None
+            return web.Response(status=status, body=body, headers=headers,
+                                content_type=fault.content_type or "application/json" if body is not None else None)
         if fault.status is not None:
             headers = dict(out)
             if fault.retry_after is not None:

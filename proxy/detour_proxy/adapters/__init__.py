@@ -15,11 +15,13 @@ from .base import (
     StreamEvent, UnsupportedRequest, UpstreamError, UpstreamRequest,
 )
 from .openai import OpenAIAdapter, OpenAIStreamDecoder
+from .shape import check_answer
 
 __all__ = [
     "adapter_for", "Adapter", "OpenAIAdapter", "AzureOpenAIAdapter", "AnthropicAdapter",
     "UpstreamRequest", "UpstreamError", "RateLimitInfo", "StreamEvent", "StreamDecoder",
     "OpenAIStreamDecoder", "SSEParser", "SSEEvent", "UnsupportedRequest", "ContinuationUnsupported",
+    "check_answer",
 ]
 
 _ADAPTERS = {

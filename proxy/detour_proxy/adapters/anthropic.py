@@ -17,7 +17,7 @@ from .anthropic_response import AnthropicStreamDecoder, from_anthropic
 from .base import (
     ContinuationUnsupported, Headers, UnsupportedRequest, UpstreamRequest,
 )
-from .errors import NormalizedErrors
+from .errors import ANTHROPIC_TRANSIENT, NormalizedErrors
 
 __all__ = ["AnthropicAdapter", "DEFAULT_ANTHROPIC_VERSION"]
 
@@ -28,6 +28,7 @@ NO_SAMPLING_VERSION = "2026-10-21"
 
 class AnthropicAdapter(NormalizedErrors):
     label = "anthropic"
+    transient_statuses = ANTHROPIC_TRANSIENT
 
     def __init__(self, provider: Provider) -> None:
         self.provider = provider

@@ -140,6 +140,7 @@ class Adapter(Protocol):
     """What the executor calls; see docs/architecture.md, "Adapters API"."""
 
     can_continue: bool
+    transient_statuses: frozenset[int]
 
     def supports(self, kind: str) -> bool: ...
     def build_chat(self, body: dict[str, Any], model: str, stream: bool, api_key: str | None,

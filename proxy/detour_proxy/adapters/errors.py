@@ -22,7 +22,7 @@ import orjson
 from .base import Headers, RateLimitInfo, UpstreamError
 
 __all__ = [
-    "NormalizedErrors",
+    "NormalizedErrors", "OPENAI_TRANSIENT", "ANTHROPIC_TRANSIENT",
     "normalize_error", "stream_error", "parse_retry_after", "parse_rate_limits",
     "parse_go_duration", "parse_instant", "redact", "status_for_error_type", "lower_headers",
 ]
@@ -280,10 +280,21 @@ def stream_error(error: Any, *, provider: str, default_type: str = "stream_error
     return UpstreamError(status=status, type=etype or default_type, code=code or etype, message=message)
 
 
+#: Statuses OpenAI and Azure OpenAI document as transient (rate limit, server error, overload).
+OPENAI_TRANSIENT = frozenset({408, 429, 500, 502, 503, 504})
+#: Anthropic adds 529 `overloaded_error` (https://docs.anthropic.com/en/api/errors).
+ANTHROPIC_TRANSIENT = OPENAI_TRANSIENT | {529}
+
+
 class NormalizedErrors:
-    """`parse_error` and `rate_limits` shared by every adapter: one normalisation for all providers."""
+    """`parse_error` and `rate_limits` shared by every adapter: one normalisation for all providers.
+
+    `transient_statuses`: what this provider documents as transient; the engine marks such
+    outcomes `retryable`, and the planner falls back on them even when a route's
+    `fallbackOnStatusCodes` does not list them."""
 
     label: str
+    transient_statuses: frozenset[int] = OPENAI_TRANSIENT
 
     def parse_error(self, status: int, headers: Headers, raw: bytes, *, api_key: str | None = None,
                     now: float | None = None) -> UpstreamError:

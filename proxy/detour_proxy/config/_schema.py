@@ -155,7 +155,7 @@ class Retry(_Model):
 
     attempts: int = Field(2, ge=1, le=10, description="Tries per target, the first included (1 = no retry).")
     backoff: Backoff = Field(default_factory=Backoff)
-    on_status_codes: list[int] = Field(default_factory=lambda: [429, 500, 502, 503, 504], description="Upstream statuses retried on the same target.")
+    on_status_codes: list[int] = Field(default_factory=lambda: [429, 500, 502, 503, 504, 529], description="Upstream statuses retried on the same target (529: Anthropic overloaded).")
     respect_retry_after: bool = Field(True, description="Wait at least what Retry-After asks before retrying the same target.")
     max_retry_after: Duration = Field(10.0, description="A Retry-After longer than this is not waited for: the request falls back instead.")
 
@@ -183,7 +183,7 @@ class Route(_Model):
     strategy: Strategy = Field(Strategy.priority, description="How the first target is chosen: priority, weighted, latency or least-busy.")
     targets: list[Target] = Field(..., min_length=1, max_length=32)
     retry: Retry = Field(default_factory=Retry)
-    fallback_on_status_codes: list[int] = Field(default_factory=lambda: [401, 403, 404, 408, 429, 500, 502, 503, 504], description="Upstream statuses that move the request to the next target.")
+    fallback_on_status_codes: list[int] = Field(default_factory=lambda: [401, 403, 404, 408, 429, 500, 502, 503, 504, 529], description="Upstream statuses that move the request to the next target (besides these, a status the provider's adapter knows as transient always may).")
     timeout: Duration = Field(60.0, description="Deadline for the whole request, all attempts and backoff together.")
     stream_failover: StreamFailover = Field(StreamFailover.error, description="After tokens reached the client: end with an error event (error) or continue on the next target (continue).")
     latency_tolerance: float = Field(LATENCY_TOLERANCE_DEFAULT, ge=0.0, le=10.0, description="latency strategy: targets within this fraction of the best EWMA share traffic.")
@@ -259,6 +259,7 @@ class Server(_Model):
     """Limits of the HTTP server facing Detour's clients."""
 
     max_body_bytes: int = Field(10 * 1024 * 1024, ge=1024, description="Largest accepted request body (413 beyond).")
+    max_response_bytes: int = Field(64 * 1024 * 1024, ge=1024, description="Largest non-streamed provider answer read (decompressed); a larger one is that target's failure.")
     drain_timeout: Duration = Field(30.0, description="On shutdown, how long in-flight requests may finish.")
 
 

@@ -1,6 +1,7 @@
 """Usage accounting on the hot path: provider rate-limit headers and token reservations.
 
-Two hooks the executors call around each upstream attempt:
+Two hooks the engine calls (the decisions are `policy`'s: `TargetState.quota_exhausted`,
+`RateLimiter.reserve`; these only read headers and usage) around each upstream attempt:
 
 - `check_rate_headers(tr, headers, now)` on every response (success or error), right after
   the headers arrived: when the provider says the remaining requests or tokens are 0, the
@@ -22,16 +23,17 @@ from typing import TYPE_CHECKING, Any
 
 from ..config import ProviderType
 from ..policy import Reservation, estimate_tokens
+from ..policy.target import DEFAULT_QUOTA_RESET
 
 if TYPE_CHECKING:
     from ._executor import RequestContext
     from .gateway import TargetRuntime
 
-__all__ = ["check_rate_headers", "reserve", "settle", "reserve_stream", "settle_stream",
-           "DEFAULT_RESET", "StreamMeter"]
+__all__ = ["check_rate_headers", "reserve", "settle", "settle_stream",
+           "DEFAULT_RESET"]
 
-#: Sideline length when a provider reports an exhausted budget without a reset time.
-DEFAULT_RESET = 1.0
+#: Sideline length when a provider reports an exhausted budget without a reset time (policy's).
+DEFAULT_RESET = DEFAULT_QUOTA_RESET
 
 _OPENAI_PROBES = ("x-ratelimit-remaining-requests", "x-ratelimit-remaining-tokens")
 _ANTHROPIC_PROBES = ("anthropic-ratelimit-requests-remaining", "anthropic-ratelimit-tokens-remaining",
@@ -76,11 +78,7 @@ def check_rate_headers(tr: TargetRuntime, headers: Any, now: float) -> float | N
         resets.append(info.reset_tokens_s)
     if not resets:
         return None
-    wait = max(DEFAULT_RESET if r is None else r for r in resets)
-    state = tr.state
-    until = now + min(max(0.0, wait), state.health.breaker.max_cooldown)
-    state.sideline(until)
-    return until
+    return tr.state.quota_exhausted(resets, now)   # policy decides how long
 
 
 def reserve(tr: TargetRuntime, ctx: RequestContext, now: float) -> Reservation | None:

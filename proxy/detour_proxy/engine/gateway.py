@@ -10,7 +10,6 @@ import random
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-import aiohttp
 
 from ..adapters import Adapter, adapter_for
 from ..config import Provider, Route, RoutingConfig, Target, config_hash
@@ -18,7 +17,7 @@ from ..config.credentials import ClientKeys, Credential
 from ..metrics import Metrics, RouteMetrics, TargetMetrics
 from ..policy import Clock, HealthRegistry, RetryBudget, RoutePlanner, TargetKey, TargetState, merge_limits
 from .router import Router
-from ..transport import client_timeout
+from ..transport import ConnectTimeout, client_timeout
 
 
 @dataclass(slots=True)
@@ -26,7 +25,7 @@ class ProviderRuntime:
     config: Provider
     adapter: Adapter
     credential: Credential | None
-    client_timeout: aiohttp.ClientTimeout   # connect only; built once per config
+    client_timeout: ConnectTimeout          # connect only; built once per config
     can_continue: bool
     supports_embeddings: bool
 
@@ -53,6 +52,7 @@ class RouteRuntime:
     metrics: RouteMetrics
     embeddings_eligible: Callable[[int], bool]
     continue_eligible: Callable[[int], bool]
+    max_response_bytes: int   # `server.maxResponseBytes`: the cap of a non-streamed answer
 
 
 @dataclass(slots=True)
@@ -114,6 +114,7 @@ def build_gateway(config: RoutingConfig, *, registry: HealthRegistry, budget: Re
             route=route, targets=targets, planner=planner,
             metrics=RouteMetrics.bind(metrics, route.name),
             embeddings_eligible=emb.__getitem__, continue_eligible=cont.__getitem__,
+            max_response_bytes=config.server.max_response_bytes,
         ))
     # Rate limits live on the (long-lived) target states; each replica enforces its share.
     registry.set_limits(limits, config.shared_health.replicas)

@@ -44,7 +44,7 @@ class Admission(NamedTuple):
 
 class CircuitBreaker:
     __slots__ = ("settings", "_state", "_until", "_level", "_probes", "_epoch", "_imported",
-                 "_notify")
+                 "_notify", "_force_spent")
 
     def __init__(self, settings: config.Breaker,
                  on_transition: Callable[[BreakerState, BreakerState], None] | None = None) -> None:
@@ -56,6 +56,7 @@ class CircuitBreaker:
         self._epoch = 0
         self._imported = False    # the current open period came from a peer only
         self._notify = on_transition
+        self._force_spent = False  # a probe of this open period failed: no forcing until it ends
 
     # -- observation -------------------------------------------------------------------
     def state(self, now: float) -> BreakerState:
@@ -104,8 +105,20 @@ class CircuitBreaker:
             return Admission("probe", self._epoch)
         return None
 
+    def forceable(self, now: float) -> bool:
+        """May an attempt be forced past an OPEN breaker now? Only as one of its
+        `halfOpenProbes` probes (a free probe slot), and only while no probe of this open
+        period has failed: after one has, the provider is known to be down until the cooldown
+        ends, and forcing every request (a full outage makes every request "forced") would
+        hammer it. Half-open has its own probe slots (`acquire`); closed admits anyway."""
+        st = self.state(now)
+        if st is BreakerState.OPEN:
+            return not self._force_spent and self._probes < self.settings.half_open_probes
+        return st is BreakerState.CLOSED or self._probes < self.settings.half_open_probes
+
     def force(self, now: float) -> Admission:
-        """Admit regardless of state; outside CLOSED the attempt is judged as a probe."""
+        """Admit past the breaker (check `forceable` first); outside CLOSED the attempt is
+        judged as a probe and holds a probe slot."""
         if self.state(now) is BreakerState.CLOSED:
             return Admission("normal", self._epoch)
         self._probes += 1
@@ -136,11 +149,12 @@ class CircuitBreaker:
         s = self.settings
         return min(s.max_cooldown, s.cooldown * (2.0 ** self._level))
 
-    def _open(self, until: float, imported: bool = False) -> None:
-        if self._state is not BreakerState.OPEN:
+    def _open(self, until: float, imported: bool = False, new_period: bool = False) -> None:
+        if self._state is not BreakerState.OPEN or new_period:
             self._epoch += 1
             self._probes = 0
             self._imported = imported
+            self._force_spent = new_period
         else:
             self._imported = self._imported and imported
         self._until = max(self._until, until)
@@ -152,9 +166,14 @@ class CircuitBreaker:
         self._open(max(now + self._cooldown(), at_least_until if at_least_until is not None else -math.inf))
 
     def probe_failed(self, now: float, at_least_until: float | None = None) -> None:
-        """A probe failed: re-open with the next, doubled cooldown (capped at maxCooldown)."""
+        """A probe (half-open, or forced while open) failed: re-open with the next, doubled
+        cooldown (capped at maxCooldown) as a new open period. The other probes still out
+        belong to the old period: their failures are stale and double nothing, so the
+        cooldown doubles once per failed probe round, not once per request. No attempt is
+        forced in the new period: the next probe waits for its end."""
         self._level += 1
-        self._open(max(now + self._cooldown(), at_least_until if at_least_until is not None else -math.inf))
+        self._open(max(now + self._cooldown(), at_least_until if at_least_until is not None else -math.inf),
+                   new_period=True)
 
     def extend(self, until: float) -> None:
         """Lengthen the current open period (e.g. a Retry-After seen while open)."""
@@ -170,6 +189,7 @@ class CircuitBreaker:
         self._probes = 0
         self._epoch += 1
         self._imported = False
+        self._force_spent = False
         self._set(BreakerState.CLOSED)
 
     def import_open(self, until: float, now: float) -> bool:

@@ -52,6 +52,9 @@ class Outcome:
     ttft: float | None = None
     error_class: str = ""
     message: str = ""
+    #: the provider's adapter knows this status as transient for that provider (e.g. 529 on
+    #: Anthropic): the planner falls back on it whatever the route's status lists say
+    retryable: bool = False
 
     def __post_init__(self) -> None:
         if not self.error_class and self.kind is not OutcomeKind.SUCCESS:

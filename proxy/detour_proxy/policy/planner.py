@@ -8,7 +8,9 @@ clock, so every decision is reproducible from (config, health, seeded rng, times
 
 Decision rules, in order, after an attempt:
 1. success -> GiveUp('success'). A status neither retried nor falling back (a 400 the request
-   caused) -> GiveUp('not_retryable'): another target would refuse it too.
+   caused) -> GiveUp('not_retryable'): another target would refuse it too. An outcome marked
+   `retryable` (its provider documents the status as transient, e.g. Anthropic's 529) falls
+   back even when the route's lists do not name it.
 2. No attempt starts at or after the deadline -> GiveUp('deadline').
 3. Retry the same target (retry codes, connect errors, timeouts) while its tries <
    `retry.attempts`, its wait (full jitter, at least an acceptable Retry-After) fits before
@@ -17,7 +19,8 @@ Decision rules, in order, after an attempt:
    Each target gets one pass per request (no ping-pong between two failing targets).
 5. Nothing left -> GiveUp('exhausted') (or 'deadline' if the deadline is what stopped a retry).
 The first attempt of a request, when no target admits at all, is `forced` onto the *open
-breaker* whose cooldown ends soonest: a cooldown is Detour's own guess about a failing
+breaker* whose cooldown ends soonest, as one of its `halfOpenProbes` probes, and only until
+a probe of that open period failed (then the target waits out its cooldown): a cooldown is Detour's own guess about a failing
 provider, and failing fast with no attempt is worse than one probe. A target held back by
 its own `limits` or by a provider's sideline (remaining budget 0, or a 429/503 Retry-After)
 is never forced: the provider said "not before X", and sending anyway would only collect the
@@ -52,6 +55,8 @@ from .target import TargetKey
 __all__ = ["RoutePlanner", "RequestPlan", "Try", "GiveUp"]
 
 Eligible = Callable[[int], bool]
+#: Retry-After hint (s) when every target is half-open with its probes out.
+PROBES_OUT_RETRY_AFTER = 1.0
 _RETRY_KINDS = (OutcomeKind.CONNECT_ERROR, OutcomeKind.TIMEOUT)
 _FALLBACK_KINDS = (OutcomeKind.CONNECT_ERROR, OutcomeKind.TIMEOUT, OutcomeKind.STREAM_ERROR)
 
@@ -74,12 +79,15 @@ class GiveUp:
     last outcome. `retry_after` (reason 'unavailable' only): seconds until the soonest target
     of the request admits again, None when unknown (a half-open target with its probes out).
     `rate_limited` (reason 'unavailable' only): every target was held back by a rate limit
-    (its `limits`, a 429 or quota headers), so the client should slow down (429), not see 503."""
+    (its `limits`, a 429 or quota headers), so the client should slow down (429), not see 503.
+    `breaker_open` (reason 'unavailable' only): every target was held back by its circuit
+    breaker (open with its probe spent, or its probes out), so the message can say so."""
 
     reason: str
     last: Outcome | None
     retry_after: float | None = None
     rate_limited: bool = False
+    breaker_open: bool = False
 
 
 @dataclass(slots=True)
@@ -204,6 +212,12 @@ class RequestPlan:
             return Try(i, p.keys[i], 0.0, self._tried[i], "hedge")
         return None
 
+    def continue_after_cut(self, now: float) -> None:
+        """A stream broke after delivering tokens and may be continued elsewhere: the
+        continuation gets a fresh deadline (`route.timeout` from now), since the original
+        bounded the time to a first token, not the whole answer."""
+        self.deadline = max(self.deadline, now + self._p.route.timeout)
+
     @property
     def done(self) -> GiveUp | None:
         return self._result
@@ -218,8 +232,8 @@ class RequestPlan:
         return Try(index, self._p.keys[index], delay, n, reason)
 
     def _give_up(self, reason: str, last: Outcome | None, retry_after: float | None = None,
-                 rate_limited: bool = False) -> GiveUp:
-        self._result = GiveUp(reason, last, retry_after, rate_limited)
+                 rate_limited: bool = False, breaker_open: bool = False) -> GiveUp:
+        self._result = GiveUp(reason, last, retry_after, rate_limited, breaker_open)
         return self._result
 
     def _first_blocked(self, now: float, cands: list[int]) -> Try | GiveUp:
@@ -234,8 +248,11 @@ class RequestPlan:
             self._forced = True
             return self._try(best, states[best].force_acquire(now), 0.0, "forced")
         soonest = min(states[i].available_at(now) for i in cands)
-        wait = soonest - now if soonest != math.inf else None
-        return self._give_up("unavailable", None, wait, all(states[i].rate_limited(now) for i in cands))
+        # +inf: half-open with every probe out; the next probe goes when one ends, and a probe
+        # is an ordinary attempt (seconds), so one second is the honest hint.
+        wait = soonest - now if soonest != math.inf else PROBES_OUT_RETRY_AFTER
+        return self._give_up("unavailable", None, wait, all(states[i].rate_limited(now) for i in cands),
+                             all(states[i].held_by_breaker(now) for i in cands))
 
     def next(self, now: float, eligible: Eligible | None = None) -> Try | GiveUp:
         """The next step. `eligible` narrows the targets for this step only (e.g. targets
@@ -268,7 +285,7 @@ class RequestPlan:
                 return self._give_up("success", last)
             if last.kind is OutcomeKind.HTTP_ERROR and not (
                     last.status in route.retry.on_status_codes
-                    or last.status in route.fallback_on_status_codes):
+                    or last.status in route.fallback_on_status_codes or last.retryable):
                 return self._give_up("not_retryable", last)
         if now >= self.deadline:
             return self._give_up("deadline", last)

@@ -22,7 +22,7 @@ from .ratelimit import RateLimiter, Reservation
 from .window import SlidingWindow
 
 __all__ = ["TargetKey", "TargetSnapshot", "TargetState", "EWMA_ALPHA", "SIDELINE_STATUSES",
-           "TransitionCallback"]
+           "TransitionCallback", "DEFAULT_QUOTA_RESET"]
 
 #: Weight of the newest sample in the latency EWMA: reacts within a few calls, smooths noise.
 EWMA_ALPHA = 0.3
@@ -31,6 +31,8 @@ EWMA_ALPHA = 0.3
 #: old value. Without this, a target pushed out of the latency band by a brownout would never
 #: be sent another request and so could never be seen to recover.
 LATENCY_STALE_FRACTION = 1 / 6
+#: Sideline length when a provider reports an exhausted budget without a reset time.
+DEFAULT_QUOTA_RESET = 1.0
 #: Statuses whose Retry-After means "leave me alone until then" even if the breaker stays closed.
 SIDELINE_STATUSES = frozenset({429, 503})
 
@@ -146,7 +148,8 @@ class TargetState:
 
     def available_at(self, now: float) -> float:
         """When this target will next admit: `now` if it does, the end of the cooldown or
-        sideline, or +inf when half-open with every probe slot taken (unknown)."""
+        sideline, or +inf when half-open with every probe slot taken (unknown). While OPEN
+        with a failed probe this period, that is the cooldown's end: the next probe."""
         st = self._breaker.state(now)
         at = now
         if st is BreakerState.OPEN:
@@ -163,7 +166,13 @@ class TargetState:
         more than failing without trying, but a sideline (the provider's reset time or
         Retry-After) or this target's own `limits` are a "not before X" that forcing would
         break, collecting exactly the 429 they exist to avoid."""
-        return now >= self._sideline_until and (self.limiter is None or self.limiter.admits(now))
+        return (now >= self._sideline_until and (self.limiter is None or self.limiter.admits(now))
+                and self._breaker.forceable(now))
+
+    def held_by_breaker(self, now: float) -> bool:
+        """Is the breaker (open, or half-open with its probes out) what holds this target back?"""
+        return (self._breaker.state(now) is not BreakerState.CLOSED and now >= self._sideline_until
+                and (self.limiter is None or self.limiter.admits(now)))
 
     def rate_limited(self, now: float) -> bool:
         """Is a rate limit what holds this target back: its own `limits`, or a sideline from a
@@ -321,6 +330,16 @@ class TargetState:
         if until > self._sideline_until:
             self._sideline_until = until
             self._sideline_rate = rate_limit
+
+    def quota_exhausted(self, resets: list[float | None], now: float) -> float:
+        """The provider's rate-limit headers say a budget (requests or tokens) is used up;
+        `resets` are the seconds until each exhausted budget resets (None: not given). The
+        target is sidelined until the latest of them (a call before then would still hit
+        one), 1 s when none is given, never longer than `maxCooldown`. Returns the end."""
+        wait = max(DEFAULT_QUOTA_RESET if r is None else r for r in resets)
+        until = now + min(max(0.0, wait), self.health.breaker.max_cooldown)
+        self.sideline(until)
+        return until
 
     def drop_import(self, now: float) -> bool:
         """The peer whose report opened this breaker is gone: close it again if that report is

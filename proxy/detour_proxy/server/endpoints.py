@@ -16,11 +16,10 @@ import time
 import traceback
 from typing import TYPE_CHECKING, Any
 
-import orjson
-
 from .. import tracing
-from ..errors import ClientError, bad_request, error_body, model_not_found, not_ready, too_large, unauthorized
-from ..engine import RequestContext, run_stream, run_unary
+from ..errors import ClientError, error_body, model_not_found, not_ready, too_large, unauthorized
+from ..engine import OPENAI, RequestContext, run_stream, run_unary
+from ..policy import REQUEST_ERROR_STATUSES
 
 if TYPE_CHECKING:
     from ..state import AppState
@@ -28,7 +27,7 @@ if TYPE_CHECKING:
 access_log = logging.getLogger("detour.access")
 error_log = logging.getLogger("detour.handlers")
 _REQUEST_ID = re.compile(rb"^[A-Za-z0-9._:\-]{1,128}$")
-_CLIENT_FAULT = frozenset((400, 404, 413, 422))   # refused because of the request itself
+_CLIENT_FAULT = REQUEST_ERROR_STATUSES   # a provider refused the request itself (policy's one list)
 HOT_PATHS = {"/v1/chat/completions": "chat", "/v1/embeddings": "embeddings",
              "/chat/completions": "chat", "/embeddings": "embeddings"}
 BODY_READ_TIMEOUT = 30.0
@@ -74,7 +73,7 @@ class OpenAIEndpoints:
             if content_length > limit:
                 raise too_large(limit)
             raw = await _read_body(receive, limit)
-            body = _parse(raw, kind)
+            body = OPENAI.parse(raw, kind)
             model = body["model"]
             route = gw.router.match(model, headers, body)
             if route is None:
@@ -208,32 +207,6 @@ async def _read_body(receive: Any, limit: int) -> bytes:
     except TimeoutError:
         raise ClientError(408, "The request body was not received in time.", "invalid_request_error",
                           "request_timeout") from None
-
-
-def _parse(raw: bytes, kind: str) -> dict[str, Any]:
-    if not raw:
-        raise bad_request("The request body is empty; send a JSON object.")
-    try:
-        body = orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        raise bad_request(f"The request body is not valid JSON: {exc.args[0] if exc.args else exc}",
-                          code="invalid_json") from None
-    if not isinstance(body, dict):
-        raise bad_request("The request body must be a JSON object.")
-    model = body.get("model")
-    if not isinstance(model, str) or not model:
-        raise bad_request("You must provide a model parameter.", param="model")
-    if kind == "chat":
-        messages = body.get("messages")
-        if not isinstance(messages, list) or not messages:
-            raise bad_request("'messages' must be a non-empty array.", param="messages")
-        if any(not isinstance(m, dict) or not isinstance(m.get("role"), str) for m in messages):
-            raise bad_request("Each message must be an object with a 'role'.", param="messages")
-        if "stream" in body and not isinstance(body["stream"], bool):
-            raise bad_request("'stream' must be a boolean.", param="stream")
-    elif "input" not in body:
-        raise bad_request("You must provide an input parameter.", param="input")
-    return body
 
 
 async def _internal_error(send: Any, exc: Exception, request_id: str, route: str, stream: bool,

@@ -1,5 +1,11 @@
-"""The one I/O seam to providers (aiohttp lives here and nowhere else in the data plane)."""
+"""The one I/O seam to providers: aiohttp lives here and nowhere else in the data plane.
 
-from ._aiohttp import CONNECT_ERRORS, STREAM_ERRORS, Upstream, arm_read_timeout, client_timeout
+`Upstream.send(request, timeout) -> Response` (status, headers, bounded `read`, `readany`,
+`arm_idle`, `release`/`close`); failures are `TimeoutError` or a `TransportError`
+(`Disconnected`, `ProtocolError`, `BodyTooLarge`)."""
 
-__all__ = ["Upstream", "client_timeout", "CONNECT_ERRORS", "STREAM_ERRORS", "arm_read_timeout"]
+from ._aiohttp import (BodyTooLarge, ConnectTimeout, Disconnected, ProtocolError, Response, TransportError,
+                       Upstream, client_timeout)
+
+__all__ = ["Upstream", "Response", "ConnectTimeout", "client_timeout", "TransportError", "Disconnected",
+           "ProtocolError", "BodyTooLarge"]

@@ -92,11 +92,12 @@ def test_token_reservation_and_settlement():
 
 @pytest.mark.parametrize("wait,header", [(60.0, b"60"), (59.2, b"60"), (0.3, b"1"), (0.0, b"1")])
 def test_no_target_available_says_when_to_come_back(wait, header):
-    from detour_proxy.engine._executor import failure_reply
+    from detour_proxy.engine import OPENAI
+    from detour_proxy.engine._replies import failure_reply
     from detour_proxy.policy import GiveUp
     route = SimpleNamespace(route=SimpleNamespace(name="chat"), targets=[object()],
                             embeddings_eligible=lambda i: True)
-    ctx = SimpleNamespace(attempts=0, unsupported=None, kind="chat", route=route)
+    ctx = SimpleNamespace(attempts=0, unsupported=None, kind="chat", route=route, codec=OPENAI)
     reply = failure_reply(ctx, GiveUp("unavailable", None, wait), None)
     assert reply.status == 503 and dict(reply.headers)[b"retry-after"] == header
     err = orjson.loads(reply.body)["error"]

@@ -1,0 +1,138 @@
+"""Non-streamed requests: one attempt = send, read the answer (bounded), classify it.
+
+`classify_answer` is where an upstream answer becomes exactly one Result: 200 with a
+canonical answer of the right shape is a success; a redirect, 1xx/2xx/3xx other than 200,
+a 200 carrying an error object or a body the adapter cannot read (any exception it raises)
+is that target's malformed answer (it counts against the target; the request falls back);
+4xx/5xx are the provider's error, normalised by the adapter with every configured key
+removed from its text.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+from ..adapters import check_answer
+from ..policy import GiveUp, Outcome, OutcomeKind, RequestPlan
+from ..transport import TransportError
+from . import _usage as usage
+from ._attempts import Eligible, exception_result, malformed, prepare, redact_error, run_attempts
+from ._context import Reply, RequestContext, Result
+from ._replies import failure_reply
+
+if TYPE_CHECKING:
+    from ..state import AppState
+    from .gateway import TargetRuntime
+
+__all__ = ["run_unary", "classify_answer", "observe_usage"]
+
+
+class UnaryRunner:
+    __slots__ = ("state", "ctx", "body", "last_err", "_eligible")
+
+    def __init__(self, state: AppState, ctx: RequestContext) -> None:
+        self.state = state
+        self.ctx = ctx
+        self.body: bytes | None = None
+        self.last_err = None
+        targets = ctx.route.targets
+        self._eligible: Eligible = lambda i: prepare(ctx, targets[i], False) is not None
+
+    def eligible(self) -> Eligible:
+        return self._eligible
+
+    async def attempt(self, plan: RequestPlan, tr: TargetRuntime) -> Result:
+        return await unary_attempt(self.state, self.ctx, tr, plan.deadline)
+
+    def after(self, plan: RequestPlan, tr: TargetRuntime, res: Result) -> bool:
+        if res.outcome.ok:
+            if self.body is None:      # a race's first winner is the answer
+                self.body = res.body
+                self.ctx.target = tr
+            return True
+        if self.body is None:
+            self.ctx.target = tr
+            if res.err is not None:
+                self.last_err = res.err
+        return False
+
+
+async def run_unary(state: AppState, ctx: RequestContext) -> Reply:
+    """Serve a non-streaming request: attempts until success, a final error, or the deadline."""
+    runner = UnaryRunner(state, ctx)
+    give_up = await run_attempts(state, ctx, runner)
+    if runner.body is not None:
+        return Reply(200, list(ctx.codec.json_headers), ctx.codec.answer(runner.body))
+    assert isinstance(give_up, GiveUp)
+    return failure_reply(ctx, give_up, runner.last_err)
+
+
+async def unary_attempt(state: AppState, ctx: RequestContext, tr: TargetRuntime, deadline: float) -> Result:
+    """One non-streaming attempt bounded by the provider's total timeout and the deadline."""
+    clock = state.clock
+    prov = tr.provider
+    req = ctx.requests[tr.index]
+    assert req is not None   # the planner only hands out targets `prepare` could build for
+    started = clock.now()
+    meter = usage.reserve(tr, ctx, started)
+    try:
+        async with asyncio.timeout(min(prov.config.timeouts.total, deadline - started)):
+            resp = await state.upstream.send(req, prov.client_timeout)
+            usage.check_rate_headers(tr, resp.headers, clock.now())
+            done = False
+            try:
+                raw = await resp.read(ctx.route.max_response_bytes)
+                done = True
+            finally:
+                if done:
+                    resp.release()
+                else:
+                    resp.close()
+    except (TimeoutError, TransportError) as exc:
+        return exception_result(exc, started, clock.now())
+    return classify_answer(state, ctx, tr, resp.status, resp.headers, raw, started, clock.now(), meter)
+
+
+def classify_answer(state: AppState, ctx: RequestContext, tr: TargetRuntime, status: int, headers: Any,
+                    raw: bytes, started: float, now: float, meter: Any = None) -> Result:
+    """A complete upstream answer -> exactly one Result (see the module docstring)."""
+    adapter = tr.provider.adapter
+    try:
+        if status == 200:
+            out = adapter.parse_response(status, headers, raw)
+            doc = orjson.loads(out)
+            why = check_answer(ctx.kind, doc)
+            if why is None:
+                u = doc.get("usage")
+                observe_usage(tr, u)
+                usage.settle(meter, u)
+                return Result(Outcome(OutcomeKind.SUCCESS, status=200, duration=now - started), None, out)
+            if isinstance(doc, dict) and doc.get("error") is not None:
+                err = redact_error(state, ctx, adapter.parse_error(status, headers, raw,
+                                                                   api_key=tr.provider.api_key()))
+                why = f"{why}: {err.message}"
+            return malformed(f"{tr.label} answered 200 with {why}", started, now)
+        if status < 400:
+            where = headers.get("Location") if 300 <= status < 400 else None
+            what = f"a redirect ({status})" if where is not None or 300 <= status < 400 else f"status {status}"
+            return malformed(f"{tr.label} answered with {what} instead of a completion"
+                             + (" (check its baseURL)" if 300 <= status < 400 else ""), started, now,
+                             code="unexpected_status")
+        err = redact_error(state, ctx, adapter.parse_error(status, headers, raw, api_key=tr.provider.api_key()))
+    except Exception as exc:  # noqa: BLE001 - any adapter failure is this target's malformed answer
+        return malformed(f"{tr.label} sent an answer Detour cannot read ({type(exc).__name__})", started, now)
+    return Result(Outcome(OutcomeKind.HTTP_ERROR, status=status, retry_after=err.retry_after, duration=now - started,
+                          error_class=f"http_{status}", message=err.message,
+                          retryable=status in adapter.transient_statuses), err)
+
+
+def observe_usage(tr: TargetRuntime, u: Any) -> None:
+    if isinstance(u, dict):
+        p, c = u.get("prompt_tokens"), u.get("completion_tokens")
+        if isinstance(p, int):
+            tr.metrics.prompt_tokens.inc(p)
+        if isinstance(c, int):
+            tr.metrics.completion_tokens.inc(c)
