@@ -18,7 +18,7 @@ from kubernetes_validate.utils import latest_version
 from chartlib import CHART_DIR, FULL_VALUES, NAMESPACE, RELEASE, helm, kinds, strip
 
 # The newest Kubernetes the validator knows, and the oldest the chart supports (Chart.yaml kubeVersion).
-K8S_VERSIONS = [latest_version(), "1.28.0"]
+K8S_VERSIONS = [latest_version(), "1.30.0"]  # the chart's kubeVersion floor (ValidatingAdmissionPolicy v1)
 
 # lint
 
@@ -143,7 +143,8 @@ def test_every_manifest_validates_against_kubernetes_openapi(any_docs: list[dict
 
 
 def test_every_object_is_namespaced_and_labelled(any_docs: list[dict[str, Any]]) -> None:
-    cluster_scoped = {"ClusterRole", "ClusterRoleBinding", "ClusterKopfPeering"}
+    cluster_scoped = {"ClusterRole", "ClusterRoleBinding", "ClusterKopfPeering",
+                      "ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"}
     for doc in any_docs:
         md = doc["metadata"]
         if doc["kind"] in cluster_scoped:
@@ -177,4 +178,6 @@ def test_default_render_has_the_core_objects(default_docs: list[dict[str, Any]])
         ("Role", "detour-proxy"), ("RoleBinding", "detour-proxy"),
         ("Service", "detour"), ("Service", "detour-operator-metrics"),
         ("ServiceAccount", "detour-operator"), ("ServiceAccount", "detour-proxy"),
+        ("ValidatingAdmissionPolicy", "detour-proxy-detour-own-pod-health"),
+        ("ValidatingAdmissionPolicyBinding", "detour-proxy-detour-own-pod-health"),
     ])
