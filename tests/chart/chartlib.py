@@ -54,7 +54,7 @@ FULL_VALUES: dict[str, Any] = {
             {"weight": 10, "preference": {"matchExpressions": [
                 {"key": "node-type", "operator": "In", "values": ["general"]}]}}]}},
     },
-    "operator": {"replicas": 2, "watchAllNamespaces": True, "verbose": True,
+    "operator": {"replicas": 2, "verbose": True,
                  "extraEnv": [{"name": "EXTRA", "value": "1"}]},
     "serviceMonitor": {"enabled": True, "labels": {"release": "kube-prometheus-stack"}},
     "grafanaDashboard": {"enabled": True, "namespace": "monitoring", "annotations": {"grafana_folder": "Detour"}},

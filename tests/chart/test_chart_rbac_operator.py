@@ -28,21 +28,22 @@ OPERATOR_NEEDS: list[tuple[str, str, str, str]] = [
     ("detour.dev", "llmproviders", "watch", "kopf: index + handlers"),
     ("detour.dev", "routingpolicies", "list", "kopf: index + handlers (policies_idx, policy_changed)"),
     ("detour.dev", "routingpolicies", "watch", "kopf: index + handlers"),
-    # kopf merge-patches the object itself: finalizer (on.delete handlers), progress and
-    # last-handled-configuration annotations (AnnotationsProgressStorage/DiffBaseStorage).
-    ("detour.dev", "llmproviders", "patch", "kopf: finalizer + detour.dev/* annotations"),
-    ("detour.dev", "routingpolicies", "patch", "kopf: finalizer + detour.dev/* annotations"),
+    # kopf merge-patches the object itself only to remove a finalizer an older operator left (the
+    # handlers are event handlers: no finalizer, no progress or last-handled annotations).
+    ("detour.dev", "llmproviders", "patch", "kopf: removes a legacy finalizer"),
+    ("detour.dev", "routingpolicies", "patch", "kopf: removes a legacy finalizer"),
     # Reconciler._patch_status: patch_namespaced_custom_object_status (merge patch); never PUT.
     ("detour.dev", "llmproviders/status", "patch", "reconcile.Reconciler._patch_status"),
     ("detour.dev", "routingpolicies/status", "patch", "reconcile.Reconciler._patch_status"),
     # Reconciler._publish: read_namespaced_*, create_namespaced_* when absent, else
     # patch_namespaced_* (merge patch). Never listed/watched/updated/deleted (owner references GC).
-    ("", "configmaps", "get", "reconcile.Reconciler._publish: read detour-routing"),
-    ("", "configmaps", "create", "reconcile.Reconciler._publish: first publish"),
-    ("", "configmaps", "patch", "reconcile.Reconciler._publish: later publishes"),
-    ("", "secrets", "get", "reconcile.Reconciler._publish: read detour-credentials"),
+    # get/patch are narrowed to the one object by resourceNames ("resource#name" here).
+    ("", "configmaps#detour-routing", "get", "reconcile.Reconciler._publish: read detour-routing"),
+    ("", "configmaps", "create", "reconcile.Reconciler._publish: first publish (create cannot be narrowed)"),
+    ("", "configmaps#detour-routing", "patch", "reconcile.Reconciler._publish: later publishes"),
+    ("", "secrets#detour-credentials", "get", "reconcile.Reconciler._publish: read detour-credentials"),
     ("", "secrets", "create", "reconcile.Reconciler._publish: first publish"),
-    ("", "secrets", "patch", "reconcile.Reconciler._publish: later publishes"),
+    ("", "secrets#detour-credentials", "patch", "reconcile.Reconciler._publish: later publishes"),
     ("", "secrets", "list", "kopf: secrets_idx / secret_changed (referenced API keys)"),
     ("", "secrets", "watch", "kopf: secrets_idx / secret_changed"),
     # kopf.event -> kopf/_cogs/clients/events.py post_event: POST to v1 events, nothing else.
@@ -78,12 +79,13 @@ def _grants(docs: list[dict[str, Any]]) -> dict[tuple[str, str], set[tuple[str, 
         assert "aggregationRule" not in doc
         flat: set[tuple[str, str, str]] = set()
         for rule in doc["rules"]:
-            assert set(rule) == {"apiGroups", "resources", "verbs"}, f"unexpected rule fields {rule}"
+            assert set(rule) <= {"apiGroups", "resources", "verbs", "resourceNames"}, f"unexpected rule fields {rule}"
             for g in rule["apiGroups"]:
                 for r in rule["resources"]:
                     for v in rule["verbs"]:
                         assert "*" not in (g, r, v), f"wildcard grant in {doc['metadata']['name']}: {rule}"
-                        flat.add((g, r, v))
+                        for name in rule.get("resourceNames") or [""]:
+                            flat.add((g, f"{r}#{name}" if name else r, v))
         out[(doc["kind"], doc["metadata"]["name"])] = flat
     return out
 
@@ -118,19 +120,24 @@ def test_rbac_default_is_namespaced_and_exact(default_docs: list[dict[str, Any]]
             assert doc["metadata"]["namespace"] == NAMESPACE
 
 
-def test_rbac_all_namespaces_with_peering_is_exact(full_docs: list[dict[str, Any]]) -> None:
-    # watchAllNamespaces: the operator's grants become a ClusterRole; replicas > 1 adds kopf peering
-    # (cluster-wide peering object), and the proxy stays namespaced.
+def test_rbac_with_peering_is_namespaced_and_exact(full_docs: list[dict[str, Any]]) -> None:
+    # There is no cluster-wide mode (issue 14.5): replicas > 1 adds kopf peering, still namespaced.
     assert _grants(full_docs) == {
-        ("ClusterRole", "detour-operator"): OPERATOR_RULES,
-        ("ClusterRole", "detour-operator-peering"): peering_rules("clusterkopfpeerings"),
+        ("Role", "detour-operator"): OPERATOR_RULES,
+        ("Role", "detour-operator-peering"): peering_rules("kopfpeerings"),
         ("Role", "detour-proxy"): PROXY_RULES,
     }
     assert _bindings(full_docs) == {
-        ("ClusterRole", "detour-operator"): [(NAMESPACE, "detour-operator")],
-        ("ClusterRole", "detour-operator-peering"): [(NAMESPACE, "detour-operator")],
+        ("Role", "detour-operator"): [(NAMESPACE, "detour-operator")],
+        ("Role", "detour-operator-peering"): [(NAMESPACE, "detour-operator")],
         ("Role", "detour-proxy"): [(NAMESPACE, "detour-proxy")],
     }
+    assert not kinds(full_docs, "ClusterRole") and not kinds(full_docs, "ClusterRoleBinding")
+
+
+def test_cluster_wide_mode_is_gone() -> None:
+    with pytest.raises(Exception, match="watchAllNamespaces"):
+        render_docs({"operator": {"watchAllNamespaces": True}})
 
 
 def test_rbac_namespaced_peering_and_no_shared_health() -> None:
@@ -159,7 +166,9 @@ def test_no_lease_or_unused_verbs_are_granted(any_docs: list[dict[str, Any]]) ->
     grants = set().union(*_grants(any_docs).values())
     assert not {g for g in grants if g[0] == "coordination.k8s.io"}
     assert not {g for g in grants if g[2] in ("update", "delete", "deletecollection", "*")}
-    assert not {g for g in grants if g[1] == "configmaps" and g[2] in ("list", "watch")}
+    assert not {g for g in grants if g[1].startswith("configmaps") and g[2] in ("list", "watch")}
+    # the ConfigMap/Secret the operator publishes are the only ones it may read or patch
+    assert not {g for g in grants if g[1] in ("configmaps", "secrets") and g[2] in ("get", "patch")}
     assert ("detour.dev", "llmproviders", "get") not in grants
 
 
@@ -218,11 +227,11 @@ def test_namespaced_replicas_get_a_kopfpeering_named_like_their_peering_flag() -
     assert not kinds(docs, "ClusterKopfPeering")
 
 
-def test_all_namespace_replicas_get_a_clusterkopfpeering(full_docs: list[dict[str, Any]]) -> None:
-    peering = find(full_docs, "ClusterKopfPeering")
+def test_replicas_get_a_namespaced_kopfpeering(full_docs: list[dict[str, Any]]) -> None:
+    peering = find(full_docs, "KopfPeering")
     assert peering["metadata"]["name"] == _peering_arg(full_docs) == "detour"
-    assert "namespace" not in peering["metadata"]
-    assert not kinds(full_docs, "KopfPeering")
+    assert peering["metadata"]["namespace"] == NAMESPACE
+    assert not kinds(full_docs, "ClusterKopfPeering")
 
 
 def test_peering_object_is_rendered_even_without_chart_rbac() -> None:
@@ -262,11 +271,11 @@ def test_operator_default_is_namespaced_standalone(default_docs: list[dict[str, 
     assert deploy["spec"]["template"]["metadata"]["labels"]["app.kubernetes.io/component"] == "operator"
 
 
-def test_operator_all_namespaces_with_peering(full_docs: list[dict[str, Any]]) -> None:
+def test_operator_replicas_with_peering(full_docs: list[dict[str, Any]]) -> None:
     deploy = find(full_docs, "Deployment", "detour-operator")
     c = find_container(deploy, "operator")
     assert deploy["spec"]["replicas"] == 2 and deploy["spec"]["strategy"]["type"] == "RollingUpdate"
-    assert c["args"] == ["--all-namespaces", "--peering", "detour", "--verbose"]
+    assert c["args"] == ["--namespace", NAMESPACE, "--peering", "detour", "--verbose"]
     env = {e["name"]: e for e in c["env"]}
     assert env["POD_ID"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.name"}}  # kopf peer identity
 

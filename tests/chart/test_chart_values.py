@@ -64,7 +64,6 @@ BAD = {
     "empty client keys": _set("settings.clientAuth", {"keys": []}),
     "maxBodyBytes too small": _set("settings.server.maxBodyBytes", 10),
     "operator replicas zero": _set("operator.replicas", 0),
-    "watchAllNamespaces as string": _set("operator.watchAllNamespaces", "yes"),
     "bad pull policy": _set("image.pullPolicy", "Sometimes"),
     "bad digest": _set("proxy.image.digest", "latest"),
     "negative grace period": _set("proxy.terminationGracePeriodSeconds", -5),
