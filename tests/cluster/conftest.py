@@ -12,7 +12,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from cluster.realkube import Cluster
+from cluster.realkube import ROOT, Cluster
 
 
 @pytest.fixture(scope="session")
@@ -21,6 +21,17 @@ def cluster() -> Iterator[Cluster]:
     yield c
     if c.started:
         c.stop()
+
+
+@pytest.fixture(scope="session")
+def crds(cluster: Cluster) -> Cluster:
+    """The work tree's CRDs, installed the way docs/kubernetes.md says to upgrade them (Helm
+    installs crds/ only with a release and never upgrades them): server-side apply that takes
+    over the fields, so an older copy left by an earlier run or another manager is replaced."""
+    cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(ROOT / "helm/detour/crds"))
+    cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s",
+                    "crd/llmproviders.detour.dev", "crd/routingpolicies.detour.dev")
+    return cluster
 
 
 @pytest.fixture

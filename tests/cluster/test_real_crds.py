@@ -13,14 +13,6 @@ ROOT = pathlib.Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "examples" / "crds"
 
 
-@pytest.fixture(scope="module")
-def crds(cluster: Cluster) -> Cluster:
-    cluster.kubectl("apply", "-f", str(ROOT / "helm/detour/crds"))
-    cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s",
-                    "crd/llmproviders.detour.dev", "crd/routingpolicies.detour.dev")
-    return cluster
-
-
 def test_examples_are_accepted(crds: Cluster, namespace: str) -> None:
     for f in sorted(EXAMPLES.glob("*.yaml")):
         crds.kubectl("apply", "-f", str(f), ns=namespace)

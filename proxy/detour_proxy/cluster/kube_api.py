@@ -34,11 +34,15 @@ class ApiError(Exception):
 
 
 #: Objects as PartialObjectMetadata (no spec/status): a fraction of a Pod's size per watch event.
-METADATA_ONLY = "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1,application/json"
+#: A list must ask for the List kind: the API server answers 406 to a list that asks for
+#: `as=PartialObjectMetadata` (even with a JSON fallback), and a watch for `...List` gets events
+#: of full objects' metadata either way; so the two calls ask differently.
+METADATA_ONLY_WATCH = "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1,application/json"
+METADATA_ONLY_LIST = "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1,application/json"
 
 
-def _accept(metadata_only: bool) -> dict[str, str] | None:
-    return {"Accept": METADATA_ONLY} if metadata_only else None
+def _accept(metadata_only: bool, kind: str) -> dict[str, str] | None:
+    return {"Accept": kind} if metadata_only else None
 
 
 class KubeAPI:
@@ -135,7 +139,7 @@ class KubeAPI:
                         ) -> tuple[list[dict[str, Any]], str]:
         url = f"{self.host}/api/v1/namespaces/{quote(namespace)}/pods"
         try:
-            async with self._sess().get(url, params=params, headers=self._headers(_accept(metadata_only)),
+            async with self._sess().get(url, params=params, headers=self._headers(_accept(metadata_only, METADATA_ONLY_LIST)),
                                         timeout=aiohttp.ClientTimeout(total=self._timeout * 2)) as resp:
                 await self._check(resp)
                 doc = orjson.loads(await resp.read())
@@ -156,7 +160,7 @@ class KubeAPI:
             q["resourceVersion"] = resource_version
         timeout = aiohttp.ClientTimeout(total=None, connect=self._timeout, sock_read=idle_timeout)
         try:
-            async with self._sess().get(url, params=q, headers=self._headers(_accept(metadata_only)),
+            async with self._sess().get(url, params=q, headers=self._headers(_accept(metadata_only, METADATA_ONLY_WATCH)),
                                         timeout=timeout) as resp:
                 await self._check(resp)
                 if on_open is not None:
