@@ -7,15 +7,17 @@ the Pod. Written on a fixed heartbeat, N pods cost N/heartbeat writes per second
 when every pod watches every other, N²/heartbeat watch events (4,000/s at 200 replicas). So a
 report is written when it *means* something new (`significant`), plus a rare keepalive:
 
-- a breaker state change on local evidence, a new local open period, a new error class: at once
-  (the service holds it back to `minInterval` after the previous write);
-- request figures that moved meaningfully (requests by 25 %, failure ratio by 0.05), checked
-  once per `heartbeat`;
+- a breaker state change on local evidence, a new local open period: at once (the service holds
+  it back to `minInterval` after the previous write);
+- request figures that moved meaningfully (requests by 25 %, failure ratio by 0.05) or a new
+  error class, checked once per `heartbeat`;
 - otherwise once per `keepalive` (readers drop a report 3 keepalives old).
 
 An open period imported from a peer is not news: the importer stays silent (its peers have the
-same report from the same source), which is what keeps an incident at O(N) watch events instead
-of every importer echoing to every watcher.
+same report from the same source). Nor is a local open of a target that a live peer has already
+announced open, and a local open waits a random part of `minInterval` before it is written, so
+when every replica sees an outage at once, the first write suppresses most others (as in
+multicast NACK suppression): a handful of writes, each an event for N watchers, instead of N.
 
 `reports_open` says whether a report carries a local open/half-open breaker: the pod then labels
 itself `detour.dev/health-open`, and peers watch only labelled pods, so at rest nobody receives
@@ -46,19 +48,33 @@ RATIO_STEP = 0.05
 _OPEN = ("open", "half-open")
 
 
-def _local_state(e: PeerEntry) -> str:
-    """The state a peer should act on: an imported open is nobody's news (the source published it)."""
-    return "closed" if e.imported else e.state
+Identity = tuple[str, str, str]  # (provider, model, endpoint)
 
 
-def _news(e: PeerEntry) -> tuple[Any, ...]:
+def _ident(e: PeerEntry) -> Identity:
+    return (e.provider, e.model, e.endpoint)
+
+
+def _local_state(e: PeerEntry, announced: frozenset[Identity] = frozenset()) -> str:
+    """The state peers need to hear about: an imported open is nobody's news (the source published
+    it), and neither is a local open of a target a live peer has already announced open (its peers
+    already avoid it: one announcement is enough, N would cost N x N watch events)."""
+    if e.imported or (e.state == "open" and _ident(e) in announced):
+        return "closed"
+    return e.state
+
+
+def _news(e: PeerEntry, announced: frozenset[Identity] = frozenset()) -> tuple[Any, ...]:
     """What changes the meaning of an entry (figures are compared with a tolerance instead)."""
-    state = _local_state(e)
-    return (state, e.open_until if state == "open" else None, e.last_error)
+    state = _local_state(e, announced)
+    return (state, e.open_until if state == "open" else None)
 
 
-def significant(previous: PeerDoc | None, doc: PeerDoc) -> bool:
-    """Is `doc` worth a write, given the `previous` report that was written?"""
+def significant(previous: PeerDoc | None, doc: PeerDoc, *, figures: bool = True,
+                announced: frozenset[Identity] = frozenset()) -> bool:
+    """Is `doc` worth a write, given the `previous` report that was written? Request figures
+    count only when `figures` (at a heartbeat, not at a breaker change); opens of `announced`
+    targets are no news."""
     if previous is None:
         return True
     before = {(e.provider, e.model, e.endpoint): e for e in previous.targets}
@@ -67,7 +83,11 @@ def significant(previous: PeerDoc | None, doc: PeerDoc) -> bool:
         return True
     for key, e in now.items():
         old = before[key]
-        if _news(e) != _news(old):
+        if _news(e, announced) != _news(old):
+            return True
+        if not figures:
+            continue
+        if e.last_error != old.last_error:
             return True
         if (old.requests == 0) != (e.requests == 0) or \
                 abs(e.requests - old.requests) >= REQUESTS_STEP * max(old.requests, 1):
@@ -77,9 +97,10 @@ def significant(previous: PeerDoc | None, doc: PeerDoc) -> bool:
     return False
 
 
-def reports_open(doc: PeerDoc) -> bool:
-    """Does the report hold an open or half-open breaker this pod saw itself (not imported)?"""
-    return any(_local_state(e) in _OPEN for e in doc.targets)
+def reports_open(doc: PeerDoc, announced: frozenset[Identity] = frozenset()) -> bool:
+    """Does the report hold an open or half-open breaker this pod saw itself (not imported, not
+    already announced by a live peer)?"""
+    return any(_local_state(e, announced) in _OPEN for e in doc.targets)
 
 
 def fit(text: str, limit: int = MAX_REPORT_BYTES) -> tuple[str, int]:

@@ -42,6 +42,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import random
 import time
 from collections.abc import Callable
 from typing import Any
@@ -51,7 +52,7 @@ from ..config import SharedHealth as SharedHealthSettings
 from ..policy import BreakerState, TargetKey
 from .kube_api import ApiError, KubeAPI
 from .health_codec import (ANNOTATION, CodecError, PeerClaims, PeerDoc, PeerTable, decode, encode,
-                           merge_into)
+                           identity, merge_into)
 from .health_publish import OPEN_LABEL, fit, reports_open, significant
 
 log = logging.getLogger("detour.shared_health")
@@ -219,17 +220,23 @@ class SharedHealthService:
                     await asyncio.wait_for(self._wake.wait(), wait)
                 except asyncio.TimeoutError:
                     pass
-            gap = last + s.min_interval - loop.time()
+            woken = self._wake.is_set() and written is not None
+            # A breaker change waits a random part of minInterval (never longer than minInterval
+            # after the previous write): the first replica to write suppresses the others.
+            gap = max(last + s.min_interval - loop.time(),
+                      random.uniform(0, s.min_interval) if woken else 0.0)
             if gap > 0:
                 await asyncio.sleep(gap)
             self._wake.clear()  # transitions after this point trigger the next publish
             text = self.document()
             doc = decode(text)
-            if loop.time() - last < s.keepalive and not significant(written, doc):
+            announced = self._announced()
+            if loop.time() - last < s.keepalive and not significant(written, doc, figures=not woken,
+                                                                    announced=announced):
                 self.state.metrics.shared_publish.labels("skipped").inc()
                 continue
             last = loop.time()
-            labels = {OPEN_LABEL: "true" if reports_open(doc) else None}
+            labels = {OPEN_LABEL: "true" if reports_open(doc, announced) else None}
             try:
                 await self.api.patch_annotation(self.namespace, self.pod, ANNOTATION, text, labels=labels)
             except ApiError as exc:
@@ -245,6 +252,15 @@ class SharedHealthService:
             self.state.metrics.shared_publish.labels("success").inc()
             self._set_available("publish", True)
             self._update_peer_gauge()
+
+    def _announced(self) -> frozenset[tuple[str, str, str]]:
+        """Identities of the local targets a live peer currently claims open."""
+        reg = self.state.registry
+        if reg is None:
+            return frozenset()
+        now = self.state.clock.now()
+        return frozenset(identity(k.provider, k.model, k.base_url) for k, _ in reg.items()
+                         if self.claims.claimants(k, now))
 
     def _update_peer_gauge(self) -> None:
         fresh = len(self.peers.fresh(self._wall()))

@@ -99,11 +99,12 @@ async def test_breaker_changes_are_published_before_the_heartbeat_at_most_once_p
         await asyncio.sleep(2 * MIN_INTERVAL)   # absence of a write: nothing to await
         assert len(api.patches) == 2, "no write without a local change (coalesced, import not echoed)"
 
-        # Long after the last write, a change is published at once (not held back needlessly).
+        # Long after the last write, a change is published within minInterval (not held back needlessly).
         t_change = loop.time()
         trip(state, keys[4])
         await poll(lambda: len(api.patches) >= 3, 5, "the publish of a later change")
-        assert api.patches[2][0] - t_change < MIN_INTERVAL - 0.1
+        # at most a random part of minInterval (suppression jitter), never a heartbeat
+        assert api.patches[2][0] - t_change <= MIN_INTERVAL + 0.05
         assert "m5" in open_models(api.patches[2][1])
     finally:
         await svc.stop()

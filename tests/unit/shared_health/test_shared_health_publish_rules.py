@@ -25,7 +25,8 @@ def test_only_news_is_significant_not_the_clock_or_drifting_figures():
     assert not significant(base, decode(doc(entry(requests=120, failureRatio=0.12))))
     assert significant(base, decode(doc(entry(requests=125))))             # moved by 25 %
     assert significant(base, decode(doc(entry(failureRatio=0.16))))        # moved by 0.05
-    assert significant(base, decode(doc(entry(lastError="http_503"))))     # a new error class
+    assert significant(base, decode(doc(entry(lastError="http_503"))))     # a new error class (figures)
+    assert not significant(base, decode(doc(entry(lastError="http_503"))), figures=False)
     assert significant(base, decode(doc(entry(state="open", openUntil="2026-01-01T00:01:00Z"))))
     assert significant(base, decode(doc(entry(), entry("m2"))))             # a new target
 
@@ -52,3 +53,13 @@ def test_a_report_over_the_limit_keeps_open_targets_and_says_how_many_it_left_ou
     cut, left_out = fit(many_open)
     assert len(cut.encode()) <= MAX_REPORT_BYTES and 0 < left_out < 3000
     assert decode(cut).targets and orjson.loads(cut)["omitted"] == left_out
+
+
+def test_a_local_open_a_peer_already_announced_is_no_news_and_figures_wait_for_the_heartbeat():
+    base = decode(doc(entry()))
+    opened = decode(doc(entry(state="open", openUntil="2026-01-01T00:01:00Z", lastError="http_503", failureRatio=0.9)))
+    ident = frozenset({("p", "m", "abcd0123")})
+    assert significant(base, opened, figures=False)                            # news: announce it
+    assert not significant(base, opened, figures=False, announced=ident)       # a peer already did
+    assert not reports_open(opened, ident) and reports_open(opened)
+    assert significant(base, opened, figures=True, announced=ident)            # at the heartbeat: figures
