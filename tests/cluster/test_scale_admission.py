@@ -11,7 +11,7 @@ import httpx
 import orjson
 import pytest
 
-from cluster.realkube import Cluster
+from cluster.realkube import Cluster, wait_for
 from cluster.scale_support import PROXY_SA, install_chart_rbac
 
 LABELS = {"app.kubernetes.io/component": "proxy"}
@@ -43,6 +43,9 @@ def patch(cluster: Cluster, ns: str, token: str, name: str, metadata: dict) -> h
 def test_a_proxy_may_change_only_its_own_pods_health(pods: Cluster, namespace: str) -> None:
     ns = namespace
     token = pods.token(PROXY_SA, ns, pod="proxy-1")  # what the kubelet mounts into proxy-1
+    # A new policy is enforced once the API server's policy informer has it (about a second).
+    wait_for(lambda: patch(pods, ns, token, "operator-1", {"annotations": {"detour.dev/health": "{}"}})
+             .status_code == 403, 30, "the admission policy to be enforced")
     own = patch(pods, ns, token, "proxy-1", {"annotations": {"detour.dev/health": "{}"},
                                              "labels": {"detour.dev/health-open": "true"}})
     assert own.status_code == 200, own.text
