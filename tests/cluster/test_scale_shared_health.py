@@ -28,3 +28,61 @@ def test_rest_costs_nothing_and_an_outage_costs_o_n(cluster: Cluster, namespace:
     assert 0 < outage["watch_events"] <= 5 * (N - 1), f"more than a few announcements: {outage}"
     assert outage["watch_events"] < N * N / 4, f"O(N^2) fan-out: {outage}"
     assert outage["staleness_s"] < 2.0, outage
+
+
+def test_a_report_over_the_annotation_limit_is_cut_not_refused_forever(cluster: Cluster, namespace: str) -> None:
+    """3,000 targets make a ~400 KiB report: over the 256 KiB the API server allows for all of a
+    Pod's annotations, so every PATCH would fail with 422. The report leaves closed targets out,
+    says how many, and the write succeeds; open targets are kept."""
+    import asyncio
+    import ssl
+
+    import orjson
+
+    from cluster.fanout import BASE, create_pods
+    from cluster.realkube import wait_for
+    from cluster.scale_support import PROXY_SA, install_chart_rbac
+    from detour_proxy.cluster.kube_api import KubeAPI
+    from detour_proxy.cluster.shared_health import SharedHealthService
+    from detour_proxy.config import parse_config
+    from detour_proxy.policy import Outcome, OutcomeKind, TargetKey
+    from detour_proxy.state import AppState
+
+    ns = namespace
+    admission = install_chart_rbac(cluster, ns)
+    try:
+        (pod,) = create_pods(cluster, ns, 1)
+        token = cluster.token(PROXY_SA, ns, pod=pod)
+        models = [f"model-with-a-rather-long-name-{i:04d}" for i in range(3000)]
+        state = AppState()
+        state.install(parse_config({
+            "providers": [{"name": "a", "baseURL": BASE}],
+            "routes": [{"name": f"r{j:03d}", "match": {"models": [f"g{j}-*"]},
+                        "targets": [{"provider": "a", "model": m} for m in models[j * 30:(j + 1) * 30]]}
+                       for j in range(100)],
+            "health": {"breaker": {"consecutiveFailures": 1, "cooldown": "60s"}},
+            "sharedHealth": {"enabled": True, "minInterval": "0.1s"}}))
+        for m in models:  # every target gets a figure, so none is "empty"
+            state.registry.state(TargetKey("a", m, BASE)).record(Outcome(OutcomeKind.SUCCESS), state.clock.now())
+        ctx = ssl.create_default_context(cafile=str(cluster.dir / "pki" / "ca.crt"))
+
+        async def run() -> None:
+            svc = SharedHealthService(state, pod=pod, namespace=ns, api_factory=lambda: KubeAPI(
+                cluster.server, token=lambda: f"Bearer {token}", ssl_context=ctx))
+            await svc.start()
+            try:
+                st = state.registry.state(TargetKey("a", models[1234], BASE))
+                st.record(Outcome(OutcomeKind.HTTP_ERROR, status=503), state.clock.now())  # one open target
+                while svc.publishes < 2:
+                    await asyncio.sleep(0.05)
+            finally:
+                await svc.stop()
+        asyncio.run(asyncio.wait_for(run(), 60))
+        raw = wait_for(lambda: cluster.get_json("pod", pod, ns=ns)["metadata"]["annotations"].get("detour.dev/health"),
+                       10, "the published report")
+        doc = orjson.loads(raw)
+        assert len(raw.encode()) <= 200 * 1024 and doc["omitted"] == 2999, (len(raw), doc.get("omitted"))
+        assert [t["model"] for t in doc["targets"]] == [models[1234]] and doc["targets"][0]["state"] == "open"
+        assert state.metrics.registry.get_sample_value("detour_shared_health_publish_total", {"result": "error"}) is None
+    finally:
+        cluster.kubectl("delete", *admission, "--ignore-not-found", check=False)
