@@ -197,3 +197,19 @@ class OutputReaders:
     def join(self, timeout: float = 5) -> None:
         for t in self._threads:
             t.join(timeout)
+
+
+def record_figures(path: Any, section: str, figures: dict[str, Any], tag: str) -> None:
+    """Merge one section of measured figures into the JSON file `path` (git-ignored) and print it."""
+    import json
+    import pathlib
+
+    path = pathlib.Path(path)
+    path.parent.mkdir(exist_ok=True)
+    try:
+        doc = json.loads(path.read_text())
+    except (FileNotFoundError, ValueError):
+        doc = {}
+    doc[section] = {"measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **figures}
+    path.write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n")
+    print(f"\n[{tag}] {section}: {json.dumps(figures, sort_keys=True)}")

@@ -17,6 +17,7 @@ import pytest
 import yaml
 
 from cluster.realkube import Cluster, wait_for
+from support import record_figures
 from cluster.scale_support import (OperatorProcess, calls, conditions, count, events, install_chart_rbac,
                                    install_crds, key_secret, policy, provider, quiet, ready, summary)
 
@@ -24,14 +25,7 @@ RESULTS = pathlib.Path(__file__).resolve().parent / "results" / "scale_operator.
 
 
 def record(section: str, figures: dict[str, Any]) -> None:
-    RESULTS.parent.mkdir(exist_ok=True)
-    try:
-        doc = json.loads(RESULTS.read_text())
-    except (FileNotFoundError, ValueError):
-        doc = {}
-    doc[section] = {"measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **figures}
-    RESULTS.write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n")
-    print(f"\n[scale] {section}: {json.dumps(figures, sort_keys=True)}")
+    record_figures(RESULTS, section, figures, "scale")
 
 
 @pytest.fixture

@@ -12,7 +12,6 @@ and the others can only learn of the outage from its annotation.
 from __future__ import annotations
 
 import contextlib
-import json
 import pathlib
 import threading
 import time
@@ -26,7 +25,7 @@ import pytest
 
 from e2e.proxyproc import ProxyProcess, write_atomic
 from k8s_emulator import K8sEmulator, api_requests, create_pod
-from support import Sim
+from support import Sim, record_figures
 
 NS = "default"
 LABELS = {"app.kubernetes.io/component": "proxy", "app.kubernetes.io/name": "detour"}
@@ -128,14 +127,7 @@ def api_load(k8s: K8sEmulator, seconds: float, during: Callable[[], Any] | None 
 
 def record(section: str, figures: dict[str, Any]) -> None:
     """Merge one section into tests/e2e/results/shared_health.json (git-ignored) and print it."""
-    RESULTS.parent.mkdir(exist_ok=True)
-    try:
-        doc = json.loads(RESULTS.read_text())
-    except (FileNotFoundError, ValueError):
-        doc = {}
-    doc[section] = {"measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **figures}
-    RESULTS.write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n")
-    print(f"\n[shared-health] {section}: {json.dumps(figures, sort_keys=True)}")
+    record_figures(RESULTS, section, figures, "shared-health")
 
 
 Cluster = tuple[K8sEmulator, list[ProxyProcess]]
