@@ -138,14 +138,14 @@ def quiet(cluster: Cluster, since: float, user: str, window: float = 2.0, timeou
     absence of requests is what is measured."""
     from datetime import datetime
 
-    def settled() -> list[Any] | None:
+    def settled() -> tuple[list[Any]] | None:  # a tuple: no requests at all is an answer too
         last = since
         for ev in cluster.audit(since):
             if ev.get("user", {}).get("username") == user and ev.get("verb") != "watch":
                 ts = ev.get("stageTimestamp") or ev["requestReceivedTimestamp"]
                 last = max(last, datetime.fromisoformat(ts.replace("Z", "+00:00")).timestamp())
-        return calls(cluster, since, user) if time.time() - last >= window else None
-    return wait_for(settled, timeout, f"{user} to go quiet for {window} s", interval=0.5)
+        return (calls(cluster, since, user),) if time.time() - last >= window else None
+    return wait_for(settled, timeout, f"{user} to go quiet for {window} s", interval=0.5)[0]
 
 
 def dump(obj: Any) -> str:

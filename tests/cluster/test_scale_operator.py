@@ -183,3 +183,36 @@ def test_time_to_ready_at_100_providers_and_300_policies(cluster: Cluster, names
         "edit_to_ready_s": round(edit_s, 2), "config_bytes": len(cm["data"]["config.yaml"]),
         "publishes": len(renders), "requests_to_ready": summary(settle), "edit_requests": summary(edit)})
     assert edit_s < 10, f"one edit took {edit_s:.1f} s to be Ready at 400 objects"
+
+
+def test_health_figures_that_only_drift_are_not_rewritten(cluster: Cluster, namespace: str,
+                                                          op: OperatorProcess) -> None:
+    """A proxy's report whose request figures drift (within 25 %) causes no status write; a state
+    change does. The report is written as admin on a Pod labelled like the chart's proxies."""
+    ns = namespace
+    cluster.apply([key_secret(["a"]), provider("a"), policy("chat", "a")], ns=ns)
+    wait_for(lambda: ready(cluster, "llmp", "a", ns), 60, "a Ready")
+    cluster.apply({"apiVersion": "v1", "kind": "Pod",
+                   "metadata": {"name": "proxy-1", "labels": {"app.kubernetes.io/component": "proxy"}},
+                   "spec": {"containers": [{"name": "proxy", "image": "detour-proxy:test"}]}}, ns=ns)
+
+    def report(requests: int, state: str = "closed") -> None:
+        doc = {"version": 1, "pod": "proxy-1", "updated": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+               "heartbeatSeconds": 300, "targets": [{"provider": "a", "model": "m", "endpoint": "e", "state": state,
+                                                    "requests": requests, "failureRatio": 0.0}]}
+        cluster.kubectl("annotate", "--overwrite", "pod", "proxy-1", f"detour.dev/health={json.dumps(doc)}", ns=ns)
+
+    report(100)
+    wait_for(lambda: (cluster.get_json("llmp", "a", ns=ns)["status"].get("health") or {}).get("pods") == 1, 30,
+             "the first roll-up")
+    t0 = time.time()
+    for n in (104, 110, 96, 118, 101):  # drift, one report a second (healthInterval 1 s)
+        report(n)
+        time.sleep(1.1)  # let each drifted report be rolled up on its own: the roll-up is what is measured
+    drift = quiet(cluster, t0, op.user)
+    assert count(drift, "patch", "llmproviders", "status") == 0, summary(drift)
+    assert cluster.get_json("llmp", "a", ns=ns)["status"]["health"]["requests"] == 100
+
+    report(101, state="open")  # a state change is written at once
+    wait_for(lambda: cluster.get_json("llmp", "a", ns=ns)["status"]["health"]["state"] == "Unavailable", 30,
+             "Unavailable")
