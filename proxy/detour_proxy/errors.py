@@ -41,9 +41,19 @@ def unauthorized() -> ClientError:
                        "invalid_request_error", "invalid_api_key")
 
 
+ECHO_MAX = 200   # characters of client-supplied text quoted back in an error message
+
+
+def echo(text: str) -> str:
+    """Client-supplied text as quoted in an error: cut to ECHO_MAX characters, so an error is
+    never as large as the request that caused it."""
+    return text if len(text) <= ECHO_MAX else text[:ECHO_MAX] + f"... ({len(text)} characters)"
+
+
 def model_not_found(model: str, conditional_routes: list[str] | None = None) -> ClientError:
     """404 for a model no route serves; `conditional_routes` are the routes that serve the model
     only for requests with certain headers or metadata (named so the caller knows why)."""
+    model = echo(model)
     if conditional_routes:
         names = ", ".join(f"'{n}'" for n in conditional_routes)
         return ClientError(404, f"No route serves the model '{model}' for this request: route(s) {names} serve it "

@@ -227,3 +227,32 @@ async def test_bad_clients_get_clear_4xx_and_proxy_stays_responsive(sim_a, tmp_p
         figures["rejected_by_status"] = {lab["status"]: int(v) for n, lab, v in m.samples
                                          if n == "detour_rejected_requests_total"}
     record_result("bad_clients", figures)
+
+
+def test_long_unknown_model_names_neither_grow_memory_nor_echo_back(sim_a, tmp_path):
+    """Issue 13: every distinct `model` string was cached (4,096 entries, each as long as the body
+    allows) and echoed in the 404, so unauthenticated 404s with huge names grew the proxy's RSS
+    without bound (60 x 9 MiB: +540 MiB). 40 names of 2 MiB after a warm-up must leave the proxy
+    process within a few MiB (before the fix: +80 MiB), and the 404 quotes a bounded prefix."""
+    size = 2 * 1024 * 1024
+    cfg = gateway_config(sim_a, server={"maxBodyBytes": 4 * 1024 * 1024})
+
+    def body(name: str) -> bytes:
+        return b'{"model":"%s","messages":[{"role":"user","content":"x"}]}' % name.encode()
+
+    with ProxyProcess(cfg, tmp_path) as proxy, httpx.Client(timeout=30) as c:
+        url = proxy.url + "/v1/chat/completions"
+        for i in range(10):  # allocator warm-up: the first large bodies set the high-water mark
+            assert c.post(url, content=body(f"warm-up-{i}" + "x" * size)).status_code == 404
+        before = proxy.rss()
+        for i in range(40):
+            r = c.post(url, content=body(f"{i:03d}" + "m" * size))
+            assert r.status_code == 404
+            err = r.json()["error"]
+            assert err["code"] == "model_not_found"
+            assert len(err["message"]) < 512, "the 404 echoes the whole model name"
+            assert err["message"].startswith(f"The model '{i:03d}mmm")
+        grown = proxy.rss() - before
+        assert grown < 16 * 1024 * 1024, f"proxy RSS grew {grown / 2**20:.0f} MiB for 40 unknown model names"
+        assert c.post(url, json=chat()).status_code == 200   # configured names are served as before
+        proxy.assert_healthy()

@@ -1,8 +1,10 @@
 """Route matching, compiled once per config.
 
 Model patterns become one regex per route; when no route looks at headers or metadata the
-answer depends on the model alone and is cached (bounded, so arbitrary model names from
-clients cannot grow memory). Header and metadata conditions are checked only for routes
+answer depends on the model alone and is cached. The cache is bounded in count and in key
+length: model names come from unauthenticated clients, and a name longer than `_CACHE_KEY_MAX`
+(no real model id is) is matched every time rather than kept (issue 13: 4,096 entries of up to
+`maxBodyBytes` each grew RSS past the chart's memory limit). Header and metadata conditions are checked only for routes
 that declare them, and metadata is parsed only if some route needs it.
 """
 
@@ -18,6 +20,7 @@ if TYPE_CHECKING:
     from .gateway import RouteRuntime
 
 _CACHE_LIMIT = 4096
+_CACHE_KEY_MAX = 256   # characters: 4,096 x 256 bounds the cache near 1 MiB
 
 
 class _CompiledRoute:
@@ -53,7 +56,7 @@ class Router:
             except KeyError:
                 pass
             found = next((r.runtime for r in self._routes if r.model_ok(model)), None)
-            if len(self._cache) < _CACHE_LIMIT:
+            if len(self._cache) < _CACHE_LIMIT and len(model) <= _CACHE_KEY_MAX:
                 self._cache[model] = found
             return found
         # The model part of every match is cached too: per request only the header and metadata
@@ -62,7 +65,7 @@ class Router:
         cands = self._candidates.get(model)
         if cands is None:
             cands = tuple(r for r in self._routes if r.model_ok(model))
-            if len(self._candidates) < _CACHE_LIMIT:
+            if len(self._candidates) < _CACHE_LIMIT and len(model) <= _CACHE_KEY_MAX:
                 self._candidates[model] = cands
         metadata: dict[str, Any] | None = None
         for r in cands:
