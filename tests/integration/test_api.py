@@ -177,3 +177,63 @@ def test_invalid_config_is_rejected_at_start_naming_the_field(tmp_path):
                           capture_output=True, text=True, timeout=30)
     assert proc.returncode == 2
     assert "routes[0].timeout" in proc.stderr and "invalid duration" in proc.stderr
+
+
+def test_unknown_paths_and_methods_answer_in_the_openai_error_format(proxy):
+    """Issue 13: FastAPI's `{"detail": "Not Found"}` is no OpenAI error; SDKs read `error.message`."""
+    for path in ("/v1/nope", "/v1/chat/completions/extra", "/nothing-here"):
+        err = assert_openai_error(httpx.get(proxy.url + path, timeout=5), 404, "not_found")
+        assert path in err["message"]
+        assert_openai_error(httpx.post(proxy.url + path, json={}, timeout=5), 404, "not_found")
+    for method, path, allow in (("GET", "/v1/chat/completions", "POST"), ("PUT", "/v1/embeddings", "POST"),
+                                ("DELETE", "/v1/models", "GET"), ("POST", "/healthz", "GET")):
+        r = httpx.request(method, proxy.url + path, timeout=5)
+        err = assert_openai_error(r, 405, "method_not_allowed")
+        assert method in err["message"]
+        assert r.headers["allow"] == allow
+    with pytest.raises(openai.NotFoundError):
+        openai.OpenAI(base_url=proxy.url + "/v2", api_key="x", max_retries=0).models.list()
+
+
+def test_model_retrieve(proxy):
+    c = openai.OpenAI(base_url=proxy.v1, api_key="x", max_retries=0)
+    m = c.models.retrieve("gpt-4o-mini")
+    assert (m.id, m.object) == ("gpt-4o-mini", "model")
+    assert c.models.retrieve("text-embedding-3-small").id == "text-embedding-3-small"
+    with pytest.raises(openai.NotFoundError) as e:
+        c.models.retrieve("no-such-model")
+    assert e.value.body["code"] == "model_not_found"
+    # A pattern route's glob is no model id; a long id is quoted cut.
+    assert_openai_error(httpx.get(proxy.v1 + "/models/chat-*", timeout=5), 404, "model_not_found")
+    err = assert_openai_error(httpx.get(proxy.v1 + "/models/" + "x" * 5000, timeout=5), 404)
+    assert len(err["message"]) < 400
+
+
+def test_docs_are_served_without_client_auth_only(primary, secondary, proxy):
+    assert httpx.get(proxy.url + "/openapi.json", timeout=5).json()["info"]["title"] == "Detour"
+    assert httpx.get(proxy.url + "/docs", timeout=5).status_code == 200
+    cfg = two_provider_config(primary, secondary)
+    cfg["clientAuth"] = {"keys": [{"value": "client-key-1"}]}
+    with ProxyServer(cfg) as p:
+        for path in ("/docs", "/redoc", "/openapi.json", "/docs/oauth2-redirect"):
+            for headers in ({}, {"authorization": "Bearer client-key-1"}):
+                assert_openai_error(httpx.get(p.url + path, headers=headers, timeout=5), 404, "not_found")
+        c = openai.OpenAI(base_url=p.v1, api_key="client-key-1", max_retries=0)
+        assert c.models.retrieve("gpt-4o-mini").id == "gpt-4o-mini"
+        with pytest.raises(openai.AuthenticationError):
+            openai.OpenAI(base_url=p.v1, api_key="wrong", max_retries=0).models.retrieve("gpt-4o-mini")
+        # Without server.metricsAuth, /metrics stays open for the scraper.
+        assert httpx.get(p.url + "/metrics", timeout=5).status_code == 200
+
+
+def test_metrics_behind_client_keys_with_metrics_auth(primary, secondary):
+    cfg = two_provider_config(primary, secondary)
+    cfg["clientAuth"] = {"keys": [{"value": "client-key-1"}]}
+    cfg["server"] = {"metricsAuth": True}
+    with ProxyServer(cfg) as p:
+        assert_openai_error(httpx.get(p.url + "/metrics", timeout=5), 401, "invalid_api_key")
+        assert_openai_error(httpx.get(p.url + "/metrics", headers={"authorization": "Bearer nope"}, timeout=5), 401)
+        ok = httpx.get(p.url + "/metrics", headers={"authorization": "Bearer client-key-1"}, timeout=5)
+        assert ok.status_code == 200 and "detour_rejected_requests_total" in ok.text
+        assert httpx.get(p.url + "/healthz", timeout=5).status_code == 200   # probes need no key
+        assert httpx.get(p.url + "/readyz", timeout=5).status_code == 200

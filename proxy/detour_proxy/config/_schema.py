@@ -261,6 +261,7 @@ class Server(_Model):
     max_body_bytes: int = Field(10 * 1024 * 1024, ge=1024, description="Largest accepted request body (413 beyond).")
     max_response_bytes: int = Field(64 * 1024 * 1024, ge=1024, description="Largest non-streamed provider answer read (decompressed); a larger one is that target's failure.")
     drain_timeout: Duration = Field(30.0, description="On shutdown, how long in-flight requests may finish.")
+    metrics_auth: bool = Field(False, description="With clientAuth set, /metrics needs a client key too (the scraper sends `Authorization: Bearer KEY`).")
 
 
 class SharedHealth(_Model):

@@ -3,6 +3,11 @@
 `create_app` returns a FastAPI app whose first middleware dispatches the OpenAI POST
 endpoints straight to `OpenAIEndpoints`, before FastAPI's routing and response machinery;
 the documented FastAPI routes for those paths exist for the OpenAPI schema only.
+
+Every answer is in the OpenAI error format, FastAPI's own included: an unknown path is a 404,
+a known path with the wrong method a 405 with `Allow`. With `clientAuth` set, the interactive
+docs and the OpenAPI schema are not served (they describe the gateway to anyone who asks), and
+`server.metricsAuth` puts `/metrics` behind the client keys too.
 """
 
 from __future__ import annotations
@@ -13,15 +18,19 @@ from typing import Any, AsyncIterator, Awaitable, Callable
 
 import orjson
 from fastapi import FastAPI, Request, Response
+from starlette.exceptions import HTTPException
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from .. import __version__
 from ..state import AppState
-from ..errors import unauthorized
+from ..errors import ClientError, echo, error_body, unauthorized
 from .endpoints import HOT_PATHS, OpenAIEndpoints
 
 log = logging.getLogger("detour.app")
 Hook = Callable[[AppState], Awaitable[Any]]
+#: FastAPI's documentation endpoints: not served while clientAuth is set.
+DOC_PATHS = frozenset({"/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"})
+_STATUS_CODES = {404: "not_found", 405: "method_not_allowed"}
 
 
 class HotPath:
@@ -43,7 +52,51 @@ class HotPath:
             if kind is not None:
                 await self.endpoints(scope, receive, send, kind)
                 return
+        if scope["type"] == "http" and scope["path"] in DOC_PATHS:
+            gw = self.endpoints.state.gateway
+            if gw is not None and gw.client_keys is not None:
+                await _send_json(send, 404, _not_found(scope["path"]))
+                return
         await self.app(scope, receive, send)
+
+
+def _not_found(path: str) -> bytes:
+    return error_body(f"Unknown path '{echo(path)}' on this Detour gateway.", "invalid_request_error", "not_found")
+
+
+async def _send_json(send: Any, status: int, body: bytes) -> None:
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body, "more_body": False})
+
+
+def _http_error(request: Request, exc: Exception) -> Response:
+    """Starlette's own refusals (no such path, wrong method) in the OpenAI error format."""
+    assert isinstance(exc, HTTPException)
+    if exc.status_code == 404:
+        body = _not_found(request.url.path)
+    elif exc.status_code == 405:
+        body = error_body(f"Method {echo(request.method)} is not allowed on '{echo(request.url.path)}'.",
+                          "invalid_request_error", "method_not_allowed")
+    else:
+        body = error_body(str(exc.detail), "invalid_request_error", _STATUS_CODES.get(exc.status_code))
+    return Response(body, status_code=exc.status_code, headers=exc.headers, media_type="application/json")
+
+
+def _refusal(state: AppState, err: ClientError) -> Response:
+    state.metrics.rejected.labels(str(err.status)).inc()
+    return Response(err.body(), status_code=err.status, media_type="application/json")
+
+
+def _authorized(state: AppState, request: Request) -> bool:
+    """True when no client key is needed or the request carries one."""
+    gw = state.gateway
+    return gw is None or gw.client_keys is None or gw.client_keys.check(
+        request.headers.get("authorization", "").encode("latin-1") or None)
+
+
+def _model(model_id: str) -> dict[str, Any]:
+    return {"id": model_id, "object": "model", "created": 0, "owned_by": "detour"}
 
 
 def create_app(state: AppState, *, on_startup: list[Hook] | None = None,
@@ -68,6 +121,7 @@ def create_app(state: AppState, *, on_startup: list[Hook] | None = None,
                   description="OpenAI-compatible reliability gateway for LLM calls.",
                   telemetry={"tracing": False, "metrics": False, "logs": False})
     app.state.detour = state
+    app.add_exception_handler(HTTPException, _http_error)
 
     @app.post("/v1/chat/completions", tags=["openai"], summary="Chat completions (stream and non-stream)")
     async def chat_completions() -> None:  # pragma: no cover - served by HotPath
@@ -79,16 +133,23 @@ def create_app(state: AppState, *, on_startup: list[Hook] | None = None,
 
     @app.get("/v1/models", tags=["openai"])
     async def models(request: Request) -> Response:
-        gw = state.gateway
         # The model list is part of the OpenAI surface: with clientAuth it needs a key too.
-        if gw is not None and gw.client_keys is not None and not gw.client_keys.check(
-                request.headers.get("authorization", "").encode("latin-1") or None):
-            err = unauthorized()
-            state.metrics.rejected.labels(str(err.status)).inc()
-            return Response(err.body(), status_code=err.status, media_type="application/json")
-        ids = gw.model_ids if gw else []
-        data = [{"id": m, "object": "model", "created": 0, "owned_by": "detour"} for m in ids]
+        if not _authorized(state, request):
+            return _refusal(state, unauthorized())
+        gw = state.gateway
+        data = [_model(m) for m in (gw.model_ids if gw else [])]
         return Response(orjson.dumps({"object": "list", "data": data}), media_type="application/json")
+
+    @app.get("/v1/models/{model_id:path}", tags=["openai"])
+    async def model(model_id: str, request: Request) -> Response:
+        if not _authorized(state, request):
+            return _refusal(state, unauthorized())
+        gw = state.gateway
+        if gw is None or model_id not in gw.model_ids:
+            return _refusal(state, ClientError(
+                404, f"The model '{echo(model_id)}' does not exist on this gateway.",
+                "invalid_request_error", "model_not_found", "model"))
+        return Response(orjson.dumps(_model(model_id)), media_type="application/json")
 
     @app.get("/healthz", tags=["ops"])
     async def healthz() -> Response:
@@ -105,7 +166,10 @@ def create_app(state: AppState, *, on_startup: list[Hook] | None = None,
                         media_type="application/json")
 
     @app.get("/metrics", tags=["ops"])
-    async def metrics() -> Response:
+    async def metrics(request: Request) -> Response:
+        gw = state.gateway
+        if gw is not None and gw.config.server.metrics_auth and not _authorized(state, request):
+            return _refusal(state, unauthorized())
         return Response(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     return HotPath(app, OpenAIEndpoints(state))
