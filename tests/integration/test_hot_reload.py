@@ -24,7 +24,8 @@ from detour_proxy.cluster import services
 from detour_proxy.config import credentials
 from detour_proxy.policy import BreakerState, TargetKey
 from e2e.proxyproc import K8sVolume, ProxyProcess, write_atomic
-from support import ProxyServer, poll
+from detour_proxy.config import parse_config
+from support import ProxyServer, chat_body, poll, wait_until
 
 MODEL = "gpt-4o-mini"
 
@@ -394,4 +395,120 @@ async def test_in_flight_requests_and_streams_finish_on_the_config_they_started_
             assert secondary.requests() == 1
         finally:
             primary.clear()
+            _stop_services(proxy)
+
+
+def _torn_writes(path, full: str, prefix: str, cycles: int, stop: threading.Event) -> None:
+    """Rewrite `path` in place (same inode: truncate, write), leaving the half-written `prefix`
+    visible for 0.15 s each time (under the 0.5 s poll), then the rest."""
+    assert full.startswith(prefix)
+    for _ in range(cycles):
+        if stop.is_set():
+            return
+        with open(path, "r+") as fh:
+            fh.truncate(0)
+            fh.write(prefix)
+            fh.flush()
+            time.sleep(0.15)
+            fh.write(full[len(prefix):])
+        time.sleep(0.2)
+
+
+def _hammer(url: str, body: dict, headers: dict, stop: threading.Event, statuses: list[int]) -> None:
+    with httpx.Client(timeout=10) as c:
+        while not stop.is_set():
+            statuses.append(c.post(url, json=body, headers=headers).status_code)
+            time.sleep(0.005)
+
+
+def _under_torn_writes(proxy: ProxyServer, path, full: str, prefix: str, body: dict, headers: dict,
+                       cycles: int = 12) -> list[int]:
+    stop = threading.Event()
+    statuses: list[int] = []
+    client = threading.Thread(target=_hammer, args=(proxy.v1 + "/chat/completions", body, headers, stop, statuses))
+    client.start()
+    try:
+        _torn_writes(path, full, prefix, cycles, stop)
+    finally:
+        stop.set()
+        client.join(10)
+    return statuses
+
+
+def test_a_torn_in_place_config_write_is_never_installed(tmp_path, primary, secondary):
+    """Issue 13: a poll that reads a config mid-write (in place) installed the prefix when it parsed:
+    here the prefix lacks the second route, so its model answered 404 until the next poll."""
+    sims = {"primary": primary, "secondary": secondary}
+    cfg = config(sims, "primary", extra_route=True)
+    full = dump(cfg)
+    prefix = full[: full.index("- name: other")]
+    assert [r.name for r in parse_config(prefix).routes] == ["chat"], "the torn prefix must parse"
+    path = tmp_path / "config.yaml"
+    path.write_text(full)
+    with ProxyServer(cfg, config_path=path) as proxy:
+        _start_reload(proxy)
+        try:
+            statuses = _under_torn_writes(proxy, path, full, prefix, chat_body("other-1"), {})
+            assert len(statuses) > 100
+            assert statuses.count(404) == 0, f"{statuses.count(404)} of {len(statuses)} got 404"
+            assert set(statuses) == {200}
+        finally:
+            _stop_services(proxy)
+
+
+def test_a_config_cut_before_client_auth_never_serves_requests_without_a_key(tmp_path, primary, secondary):
+    """Issue 13: with clientAuth cut off by a torn write, requests without a key were served; a file
+    left truncated (the writer died) is refused too: the serving config requires keys."""
+    sims = {"primary": primary, "secondary": secondary}
+    key_file = tmp_path / "client-key"
+    key_file.write_text("ck-real-key\n")
+    cfg = {**config(sims, "primary"), "clientAuth": {"keys": [{"file": str(key_file)}]}}
+    full = dump(cfg)
+    prefix = full[: full.index("clientAuth:")]
+    assert parse_config(prefix).client_auth is None, "the torn prefix must parse"
+    path = tmp_path / "config.yaml"
+    path.write_text(full)
+    with ProxyServer(cfg, config_path=path) as proxy:
+        _start_reload(proxy)
+        try:
+            statuses = _under_torn_writes(proxy, path, full, prefix, chat_body(), {})
+            assert len(statuses) > 100
+            assert set(statuses) == {401}, f"{len(statuses) - statuses.count(401)} served without a key"
+            # The writer died after the prefix: the file stays cut, stable across reads.
+            with open(path, "r+") as fh:
+                fh.truncate(0)
+                fh.write(prefix)
+            wait_until(lambda: proxy.state.reload_error, 5, "the cut config to be refused")
+            assert "clientAuth" in proxy.state.reload_error
+            r = httpx.post(proxy.v1 + "/chat/completions", json=chat_body(), timeout=10)
+            assert r.status_code == 401
+            assert httpx.get(proxy.url + "/readyz", timeout=5).json()["lastReloadError"]
+            # Turning client auth off is an explicit act.
+            path.write_text(prefix + "clientAuth: null\n")
+            wait_until(lambda: httpx.post(proxy.v1 + "/chat/completions", json=chat_body(),
+                                          timeout=10).status_code == 200, 5, "clientAuth: null to be installed")
+        finally:
+            _stop_services(proxy)
+
+
+def test_a_torn_in_place_client_key_write_never_lets_its_prefix_in(tmp_path, primary, secondary):
+    """Issue 13, key files: a client key caught mid-write must not become the key."""
+    sims = {"primary": primary, "secondary": secondary}
+    key_file = tmp_path / "client-key"
+    key_file.write_text("ck-real-key\n")
+    cfg = {**config(sims, "primary"), "clientAuth": {"keys": [{"file": str(key_file)}]}}
+    path = tmp_path / "config.yaml"
+    path.write_text(dump(cfg))
+    with ProxyServer(cfg, config_path=path) as proxy:
+        _start_reload(proxy)
+        try:
+            real = {"authorization": "Bearer ck-real-key"}
+            assert httpx.post(proxy.v1 + "/chat/completions", json=chat_body(), headers=real).status_code == 200
+            statuses = _under_torn_writes(proxy, key_file, "ck-real-key\n", "ck-", chat_body(),
+                                          {"authorization": "Bearer ck-"})
+            assert len(statuses) > 100
+            assert set(statuses) == {401}, f"{len(statuses) - statuses.count(401)} served with the key's prefix"
+            wait_until(lambda: httpx.post(proxy.v1 + "/chat/completions", json=chat_body(), headers=real,
+                                          timeout=10).status_code == 200, 5, "the real key to be accepted")
+        finally:
             _stop_services(proxy)

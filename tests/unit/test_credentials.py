@@ -84,11 +84,14 @@ def test_an_unusable_file_keeps_the_last_good_key_and_says_so_once(tmp_path, cap
             assert cred.get() == SECRET
     assert len([r for r in caplog.records if r.name == "detour.credentials"]) == 1, caplog.text
     assert "keeping the last good key" in caplog.text and SECRET not in caplog.text
-    # Fixed: the new key is used at the next re-check.
+    # Fixed: the new key is used at the next re-check, or (a file written in place that reuses
+    # the inode number could be half-written) at the one after, when two reads agree.
     if path.is_dir():
         path.rmdir()
     path.write_text("sk-fixed")
     clock.t = 10.0
+    assert cred.get() in ("sk-fixed", SECRET)
+    clock.t = 11.0
     assert cred.get() == "sk-fixed"
 
 
@@ -116,3 +119,26 @@ def test_client_key_rotation_accepts_the_new_key_and_rejects_the_old(tmp_path):
     assert not keys.check(b"Bearer ck-old"), "a rotated-out key stops working"
     assert keys.check(b"Bearer ck-static")
     assert [c.file for c in keys.credentials] == [str(vol.path("team-a")), None]
+
+
+def test_a_key_rewritten_in_place_is_taken_only_when_two_reads_agree(tmp_path):
+    """Issue 13: a key file read mid-write (in place, same inode) must not become the key: a
+    client key's prefix would be accepted and the real key refused."""
+    path = tmp_path / "key"
+    path.write_text("ck-old-key\n")
+    clock = Tick()
+    cred = Credential(SecretSource(file=str(path)), recheck=1.0, clock=clock)
+    assert cred.get() == "ck-old-key"
+    with open(path, "r+") as fh:          # the writer truncated and wrote half of the new key
+        fh.truncate(0)
+        fh.write("ck-n")
+    os.utime(path, ns=(1, 1))
+    clock.t = 1.0
+    assert cred.get() == "ck-old-key", "a half-written key was taken"
+    with open(path, "a") as fh:           # ... and finished
+        fh.write("ew-key\n")
+    os.utime(path, ns=(2, 2))
+    clock.t = 2.0
+    assert cred.get() == "ck-old-key", "taken on its first read"
+    clock.t = 3.0
+    assert cred.get() == "ck-new-key"

@@ -9,8 +9,17 @@ every few polls the content is hashed as well (file systems with coarse mtimes).
 inotify would save a few stat calls per second but would add a dependency and miss symlink swaps
 in parent directories unless set up with care; the polling cost is negligible.
 
+A change is taken only once two reads agree (`config.stable.Settle`): a poll that sees the
+file changed in place re-reads it at the next poll and loads it only if inode, mtime, size and
+content are unchanged, so a half-written file that happens to parse is never installed (issue
+13); a file renamed into place (new inode) or a `..data` symlink swap (Kubernetes) arrived
+whole and is loaded at once. The bytes
+hashed are the bytes parsed. A config that lacks `clientAuth` while the serving one has it is
+refused (a file cut before its `clientAuth` block parses fine and would serve requests without a
+key): turning client auth off on a running proxy takes an explicit `clientAuth: null`.
+
 On a change of the config file: read and validate it in a worker thread
-(`config.load_config`), then `AppState.install` in the event loop, which builds the new
+(`config.parse_config`), then `AppState.install` in the event loop, which builds the new
 `Gateway` and swaps it in with one assignment. Requests that already hold the old gateway
 finish on it; health, breakers and latency statistics live in the long-lived `HealthRegistry`
 keyed by (provider, model, baseURL), so targets whose identity did not change keep them.
@@ -21,7 +30,8 @@ An invalid config is refused: the old gateway keeps serving,
 messages only, never values), and `state.reload_error` shows it in `/readyz`, which stays 200.
 The next valid write clears it.
 
-Key files: this watcher `stat`s them like the config file and, on a change, calls
+Key files: this watcher `stat`s them like the config file and, on a change (and at the next
+poll, which confirms a changed key: `Credential` takes a new key only when two reads agree), calls
 `Credential.refresh()` on every credential whose `file` it is, so the new key is used from the
 next request on, without a reload (a key is not part of the config hash). `Credential` also
 re-stats its file at most once a second on use, which covers `--no-watch`.
@@ -43,7 +53,8 @@ from pathlib import Path
 from typing import Any
 
 from ..state import AppState
-from ..config import ConfigError, RoutingConfig, config_hash, load_config
+from ..config import ConfigError, RoutingConfig, config_hash, parse_config
+from ..config.stable import Settle
 
 log = logging.getLogger("detour.reload")
 
@@ -61,6 +72,12 @@ def _signature(path: str) -> tuple[Any, ...] | None:
     except OSError:
         data_link = None
     return (st.st_ino, st.st_dev, st.st_mtime_ns, st.st_size, data_link)
+
+
+def _renamed(old: tuple[Any, ...] | None, new: tuple[Any, ...]) -> bool:
+    """The file arrived whole by a rename: a new inode or device, or a swapped `..data` link
+    (an in-place rewrite keeps the inode and may be read half-written)."""
+    return old is not None and (new[:2] != old[:2] or (new[4] is not None and new[4] != old[4]))
 
 
 def _content_hash(path: str) -> str | None:
@@ -105,6 +122,8 @@ class ConfigReloader:
         self._sig: tuple[Any, ...] | None = None
         self._content: str | None = None
         self._cred_sigs: dict[str, tuple[Any, ...] | None] = {}
+        self._cred_unsettled: set[str] = set()
+        self._settle: Settle[bool] = Settle()
         self._sighup = False
         self._missing_logged = False
         self.reloads = 0
@@ -169,15 +188,20 @@ class ConfigReloader:
             self._sig = None
             return
         self._missing_logged = False
-        if sig == self._sig and not rehash:
+        if sig == self._sig and not rehash and not self._settle.pending:
             return
         content = _content_hash(self.path)
         if sig == self._sig and content == self._content:
+            self._settle.reset()
             return
         if content == self._content and self.state.gateway is not None and self.state.reload_error is None:
             self._sig = sig  # touched, not changed
+            self._settle.reset()
             return
-        await self.reload(reason="file changed")
+        swapped = _renamed(self._sig, sig)
+        if self._settle.observe((sig, content), True, complete=swapped) is None:
+            return  # changed in place: load it once the next poll reads the same
+        await self.reload(reason="file changed", expect=content)
 
     def _track_credentials(self) -> None:
         gw = self.state.gateway
@@ -186,17 +210,23 @@ class ConfigReloader:
 
     def _poll_credentials(self) -> None:
         changed = []
+        swapped: dict[str, bool] = {}
         for f, old in list(self._cred_sigs.items()):
             new = _signature(f)
             if new != old:
                 self._cred_sigs[f] = new
                 if new is not None:
                     changed.append(f)
+                    swapped[f] = _renamed(old, new)
+            elif f in self._cred_unsettled:
+                changed.append(f)  # the confirming read of a change seen at the last poll
+        self._cred_unsettled = set(changed)
         if changed:
-            self.refresh_credentials(changed)
+            self.refresh_credentials(changed, swapped={f for f in changed if swapped.get(f)})
 
-    def refresh_credentials(self, files: list[str]) -> int:
-        """Re-read the credentials that read `files` now; returns how many were refreshed."""
+    def refresh_credentials(self, files: list[str], swapped: set[str] | None = None) -> int:
+        """Re-read the credentials that read `files` now; returns how many were refreshed.
+        `swapped`: files changed by a `..data` symlink swap (complete when seen)."""
         gw = self.state.gateway
         if gw is None:
             return 0
@@ -207,19 +237,24 @@ class ConfigReloader:
         refreshed = 0
         for cred in creds:
             if cred.file in wanted:
-                cred.refresh()
+                cred.refresh(complete=cred.file in (swapped or ()))
                 refreshed += 1
         log.info("key file(s) changed: %s", ", ".join(sorted(wanted)))
         return refreshed
 
     # -- reloading ---------------------------------------------------------------------------
-    async def reload(self, reason: str = "requested", force: bool = False) -> bool:
-        """Load, validate and install the config file. True if a new gateway was installed."""
+    async def reload(self, reason: str = "requested", force: bool = False, expect: str | None = None) -> bool:
+        """Load, validate and install the config file. True if a new gateway was installed.
+        `expect`: the content hash the watcher confirmed; if the file no longer has it, it is
+        being written again and is judged at the next poll."""
         async with self._lock:
             sig_before = _signature(self.path)
             metrics = self.state.metrics
             try:
                 config, content = await asyncio.to_thread(self._load)
+                if expect is not None and content != expect:
+                    return False
+                self._keeps_client_auth(config)
             except ConfigError as exc:
                 if not force and _signature(self.path) != sig_before:
                     return False  # still being written: judge it at the next poll
@@ -250,6 +285,17 @@ class ConfigReloader:
             log.info("config reloaded (%s): %s -> %s", reason, old.hash if old else None, gw.hash)
             return True
 
-    def _load(self) -> tuple[RoutingConfig, str | None]:
-        content = _content_hash(self.path)
-        return load_config(self.path), content
+    def _load(self) -> tuple[RoutingConfig, str]:
+        try:
+            data = Path(self.path).read_bytes()
+        except OSError as exc:
+            raise ConfigError(f"cannot read config {self.path}: {exc.strerror}") from None
+        return parse_config(data), hashlib.sha256(data).hexdigest()
+
+    def _keeps_client_auth(self, config: RoutingConfig) -> None:
+        """Refuse a config that is silent about clientAuth while the serving one requires keys."""
+        gw = self.state.gateway
+        if (gw is not None and gw.config.client_auth is not None
+                and "client_auth" not in config.model_fields_set):
+            raise ConfigError("invalid routing config: clientAuth: missing while the serving config requires "
+                              "client keys (a truncated file?); write 'clientAuth: null' to turn client auth off")

@@ -8,7 +8,11 @@ file change within its poll interval and calls `refresh()` on the credentials re
 re-check remains for `--no-watch`.
 
 A file that cannot be read (gone, a directory, not UTF-8) or that is empty keeps the last
-good key: a half-written or briefly missing file must not turn every request into a 401.
+good key: a half-written or briefly missing file must not turn every request into a 401. A
+changed key is taken only when two reads agree (`stable.Settle`: same inode, mtime, size and
+value), so a key file caught mid-write in place never becomes the key, which for a client key
+would let its prefix in (issue 13); a new inode (a file renamed into place, a `..data` swap) is
+complete at once.
 A key's value is never put in a repr, a log line, a metric or an error message.
 """
 
@@ -21,6 +25,7 @@ import time
 from collections.abc import Callable, Iterable
 
 from ._schema import SecretSource
+from .stable import Settle
 
 log = logging.getLogger("detour.credentials")
 
@@ -31,7 +36,7 @@ RECHECK_SECONDS = 1.0
 class Credential:
     """A lazily refreshed secret value."""
 
-    __slots__ = ("_source", "_value", "_stamp", "_checked", "_recheck", "_clock", "_problem")
+    __slots__ = ("_source", "_value", "_stamp", "_checked", "_recheck", "_clock", "_problem", "_settle")
 
     def __init__(self, source: SecretSource, recheck: float | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
@@ -42,6 +47,7 @@ class Credential:
         self._recheck = RECHECK_SECONDS if recheck is None else recheck
         self._clock = clock
         self._problem: str | None = None  # what is wrong with the file, logged once until fixed
+        self._settle: Settle[str] = Settle()
         if source.value is not None:
             self._value = source.value
         elif source.env is not None:
@@ -75,13 +81,19 @@ class Credential:
         self._read(path)
         return self._value
 
-    def refresh(self) -> None:
-        """Re-check the key file now (the watcher saw it change); no-op for env/inline keys."""
+    def refresh(self, complete: bool = False) -> None:
+        """Re-check the key file now (the watcher saw it change); no-op for env/inline keys.
+        `complete`: the change was an atomic `..data` swap, so one read is enough."""
         if self._source.file is not None:
             self._checked = self._clock()
-            self._read(self._source.file)
+            self._read(self._source.file, complete)
 
-    def _read(self, path: str) -> None:
+    @property
+    def settling(self) -> bool:
+        """A changed key waits for the read that confirms it."""
+        return self._settle.pending
+
+    def _read(self, path: str, complete: bool = False) -> None:
         try:
             st = os.stat(path)
         except OSError as exc:
@@ -97,6 +109,10 @@ class Credential:
             return self._keep(path, why)
         if not value:
             return self._keep(path, "empty")  # stamp not recorded: re-read once it is written
+        # A new inode is a file renamed into place (editors, a `..data` swap): complete when seen.
+        complete = complete or (self._stamp is not None and stamp[0] != self._stamp[0])
+        if self._value is not None and self._settle.observe(stamp, value, complete=complete) is None:
+            return  # confirmed by the next re-check (watcher poll or `recheck` later), if unchanged
         if self._stamp is not None:
             log.info("key file %s changed; using the new key", path)
         self._stamp, self._value, self._problem = stamp, value, None
