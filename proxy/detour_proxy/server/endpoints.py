@@ -16,9 +16,12 @@ import time
 import traceback
 from typing import TYPE_CHECKING, Any
 
+import orjson
+
 from .. import tracing
-from ..errors import ClientError, error_body, model_not_found, not_ready, too_large, unauthorized
+from ..errors import ClientError, model_not_found, not_ready, too_large, unauthorized
 from ..engine import OPENAI, RequestContext, run_stream, run_unary
+from ..inbound import INBOUND_KINDS
 from ..policy import REQUEST_ERROR_STATUSES
 
 if TYPE_CHECKING:
@@ -29,7 +32,8 @@ error_log = logging.getLogger("detour.handlers")
 _REQUEST_ID = re.compile(rb"^[A-Za-z0-9._:\-]{1,128}$")
 _CLIENT_FAULT = REQUEST_ERROR_STATUSES   # a provider refused the request itself (policy's one list)
 HOT_PATHS = {"/v1/chat/completions": "chat", "/v1/embeddings": "embeddings",
-             "/chat/completions": "chat", "/embeddings": "embeddings"}
+             "/chat/completions": "chat", "/embeddings": "embeddings",
+             "/v1/responses": "responses", "/responses": "responses", "/v1/messages": "messages"}
 BODY_READ_TIMEOUT = 30.0
 WATCH_AFTER = 0.05   # seconds into a request before a client disconnect is watched for
 
@@ -50,6 +54,7 @@ class OpenAIEndpoints:
         request_id: str | None = None
         content_length = -1
         authorization: bytes | None = None
+        api_key: bytes | None = None
         headers: dict[bytes, bytes] | None = None
         gw = state.gateway
         want_headers = gw is not None and gw.router.uses_headers
@@ -58,12 +63,18 @@ class OpenAIEndpoints:
                 content_length = int(value) if value.isdigit() else -1
             elif name == b"authorization":
                 authorization = value
+            elif name == b"x-api-key":
+                api_key = value
             elif name == b"x-request-id" and _REQUEST_ID.match(value):
                 request_id = value.decode()
         if want_headers or (gw is not None and gw.router.uses_metadata):
             headers = dict(scope["headers"])
         if request_id is None:
             request_id = _new_request_id()
+        inbound = INBOUND_KINDS.get(kind)
+        codec = OPENAI if inbound is None else inbound()
+        if authorization is None and api_key is not None and kind == "messages":
+            authorization = b"Bearer " + api_key   # Anthropic clients send their key as x-api-key
         try:
             if gw is None or state.draining:
                 raise not_ready()
@@ -73,24 +84,32 @@ class OpenAIEndpoints:
             if content_length > limit:
                 raise too_large(limit)
             raw = await _read_body(receive, limit)
-            body = OPENAI.parse(raw, kind)
+            body = codec.parse(raw, kind)
             model = body["model"]
             route = gw.router.match(model, headers, body)
             if route is None:
                 raise model_not_found(model, gw.router.conditions_for(model))
         except ClientError as exc:
             state.metrics.rejected.labels(str(exc.status)).inc()
-            await _respond(send, exc.status, exc.body(), request_id)
-            _log(request_id, None, None, 0, exc.status, started, "rejected", kind)
+            status, err = exc.status, exc.body()
+            if inbound is not None:
+                status = codec.client_status(status)
+                err = _client_body(codec, status, codec.error(exc.message, exc.type, exc.code))
+            await _respond(send, status, err, request_id)
+            _log(request_id, None, None, 0, status, started, "rejected", kind)
             return
         except ClientGone:
             # Nothing was routed: counted with the refusals (499, nginx's "client closed request").
             state.metrics.rejected.labels("499").inc()
             _log(request_id, None, None, 0, 499, started, "cancelled", kind)
             return
-        stream = kind == "chat" and body.get("stream") is True
-        ctx = RequestContext(request_id=request_id, route=route, body=body, raw=raw, kind=kind,
-                             stream=stream, started=started)
+        stream = kind != "embeddings" and body.get("stream") is True
+        if inbound is None:
+            ctx = RequestContext(request_id=request_id, route=route, body=body, raw=raw, kind=kind,
+                                 stream=stream, started=started)
+        else:   # translated: the canonical body's own bytes stand for the request from here on
+            ctx = RequestContext(request_id=request_id, route=route, body=body, raw=orjson.dumps(body),
+                                 kind="chat", stream=stream, started=started, codec=codec)
         rm = route.metrics
         rm.in_flight.inc()
         tracing.start_request(ctx)
@@ -105,6 +124,9 @@ class OpenAIEndpoints:
                     outcome = "client_error"
             else:
                 reply = await run_unary(state, ctx)
+                if inbound is not None and reply.status != 200:
+                    reply.status = codec.client_status(reply.status)
+                    reply.body = _client_body(codec, reply.status, reply.body)
                 status = reply.status
                 outcome = ("success" if status == 200 else "client_error" if status in _CLIENT_FAULT
                            else "upstream_error")
@@ -122,7 +144,7 @@ class OpenAIEndpoints:
             watch.task.uncancel()  # our own cancellation: the client left, nothing more to send
         except Exception as exc:  # a bug: answer in the OpenAI format, log it once, keep serving
             outcome = "error"
-            status = await _internal_error(send, exc, request_id, route.route.name, stream, ctx.status)
+            status = await _internal_error(send, exc, request_id, route.route.name, stream, ctx.status, codec)
         finally:
             watch.stop()
             rm.in_flight.dec()
@@ -209,8 +231,14 @@ async def _read_body(receive: Any, limit: int) -> bytes:
                           "request_timeout") from None
 
 
+def _client_body(codec: Any, status: int, body: bytes) -> bytes:
+    """An error body in the client's format for the status it gets (Anthropic types errors by status)."""
+    fix = getattr(codec, "reply_body", None)
+    return fix(status, body) if fix is not None else body
+
+
 async def _internal_error(send: Any, exc: Exception, request_id: str, route: str, stream: bool,
-                          started_status: int) -> int:
+                          started_status: int, codec: Any = OPENAI) -> int:
     """Log an unexpected exception once and tell the client, if it can still be told; returns
     the status the client got. `started_status` is the status already sent (0: nothing sent,
     so the client gets a clean 500). The log line has the exception's type and frames but
@@ -218,15 +246,15 @@ async def _internal_error(send: Any, exc: Exception, request_id: str, route: str
     error_log.error("internal error while serving a request", extra={"fields": {
         "request_id": request_id, "route": route, "error_type": type(exc).__name__,
         "traceback": "".join(traceback.format_tb(exc.__traceback__))}})
-    body = error_body("Detour failed to serve this request (internal error); it has been logged "
-                      f"with request id {request_id}.", "internal_error", "internal_error")
+    message = f"Detour failed to serve this request (internal error); it has been logged with request id {request_id}."
+    body = _client_body(codec, 500, codec.error(message, "internal_error", "internal_error"))
     try:
         if not started_status:
             await _respond(send, 500, body, request_id)
             return 500
-        if stream:  # an SSE error event and no [DONE], so SDKs raise instead of truncating silently
-            await send({"type": "http.response.body", "body": b"event: error\ndata: " + body + b"\n\n",
-                        "more_body": False})
+        if stream:  # an error event and no end marker, so SDKs raise instead of truncating silently
+            err = {"message": message, "type": "internal_error", "code": "internal_error"}
+            await send({"type": "http.response.body", "body": codec.stream_error(err), "more_body": False})
         else:
             await send({"type": "http.response.body", "body": b"", "more_body": False})
     except RuntimeError:
