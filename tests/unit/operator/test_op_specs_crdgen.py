@@ -48,12 +48,30 @@ def test_settings_file(tmp_path, monkeypatch):
 def test_cli_wraps_kopf_run(monkeypatch):
     monkeypatch.setenv("POD_ID", "detour-operator-7d9f8-abcde")
     prio = cli.replica_priority("detour-operator-7d9f8-abcde")
-    assert cli.kopf_args([]) == ["run", "-m", "detour_operator.handlers", "--liveness=http://0.0.0.0:8081/healthz",
-                                 "--all-namespaces", "--peering=detour", f"--priority={prio}"]
-    args = cli.kopf_args(["-n", "a", "-n", "b", "--standalone"])
+    exists = lambda name, namespaces: True  # noqa: E731
+    assert cli.kopf_args([], exists) == ["run", "-m", "detour_operator.handlers", "--liveness=http://0.0.0.0:8081/healthz",
+                                         "--all-namespaces", "--peering=detour", f"--priority={prio}"]
+    args = cli.kopf_args(["-n", "a", "-n", "b", "--standalone"], exists)
     assert "--namespace=a" in args and "--namespace=b" in args and "--standalone" in args
     assert not any(a.startswith("--priority") for a in args)      # no peering, no priority
-    assert cli.kopf_args(["--priority", "7"])[-1] == "--priority=7"
+    assert cli.kopf_args(["--priority", "7"], exists)[-1] == "--priority=7"
+
+
+def test_cli_without_flags_acts_standalone_unless_the_peering_object_exists(caplog):
+    # kopf with --peering and no KopfPeering object pauses silently: with no flag, look first.
+    seen = []
+    missing = lambda name, namespaces: seen.append((name, list(namespaces))) or False  # noqa: E731
+    args = cli.kopf_args(["-n", "team-a"], missing)
+    assert "--standalone" in args and not any(a.startswith("--peering") for a in args)
+    assert seen == [("detour", ["team-a"])]
+    assert "KopfPeering 'detour' in namespace(s) team-a was not found: acting standalone" in caplog.text
+    unknown = lambda name, namespaces: None  # noqa: E731  (lookup failed, e.g. no RBAC for it)
+    assert "--standalone" in cli.kopf_args([], unknown) and "could not be checked" in caplog.text
+    # An explicit --peering is kept, and a missing object is said loudly (kopf will wait for it).
+    caplog.clear()
+    assert "--peering=mine" in cli.kopf_args(["--peering", "mine"], missing)
+    assert "ClusterKopfPeering 'mine' does not exist: kopf keeps this operator PAUSED" in caplog.text
+    assert "--standalone" in cli.kopf_args(["--standalone"], lambda *_: pytest.fail("no lookup"))
 
 
 def test_replica_priorities_are_stable_and_differ_across_pods():

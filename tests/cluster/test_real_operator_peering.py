@@ -1,0 +1,78 @@
+"""`detour-operator` without --peering/--standalone on the real API server.
+
+kopf run with `--peering detour` and no KopfPeering object pauses every replica, silently (debug
+log), while its liveness endpoint answers 200: the operator used to default to that. Now it looks
+for the object first: absent, it acts standalone and says so once; present, it joins the peering
+(and, as the only peer, acts).
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import subprocess
+import sys
+from collections.abc import Iterator
+
+import pytest
+
+from cluster.realkube import Cluster, wait_for
+from cluster.scale_support import free_port
+
+OBJECTS = [
+    {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "keys"}, "stringData": {"a": "sk-a-0123456789"}},
+    {"apiVersion": "detour.dev/v1alpha1", "kind": "LLMProvider", "metadata": {"name": "a"},
+     "spec": {"type": "openai", "baseURL": "http://127.0.0.1:9/v1", "apiKeySecretRef": {"name": "keys", "key": "a"}}},
+    {"apiVersion": "detour.dev/v1alpha1", "kind": "RoutingPolicy", "metadata": {"name": "chat"},
+     "spec": {"match": {"models": ["m1"]}, "targets": [{"providerRef": "a", "model": "m1"}]}},
+]
+
+
+@pytest.fixture
+def operator(crds: Cluster, namespace: str, tmp_path: pathlib.Path) -> Iterator[subprocess.Popen[str]]:
+    """`detour-operator --namespace NS` (no peering flag), as the cluster admin a user would be."""
+    log = (tmp_path / "operator.log").open("w")
+    env = {**crds.env, "DETOUR_OPERATOR_METRICS_PORT": str(free_port())}
+    env.pop("DETOUR_SETTINGS_FILE", None)
+    procs: list[subprocess.Popen[str]] = []
+
+    def start() -> subprocess.Popen[str]:
+        proc = subprocess.Popen([sys.executable, "-m", "detour_operator.cli", "--namespace", namespace,
+                                 f"--liveness=http://127.0.0.1:{free_port()}/healthz"],
+                                stdout=log, stderr=subprocess.STDOUT, env=env, cwd=tmp_path, text=True)
+        proc.log_path = tmp_path / "operator.log"  # type: ignore[attr-defined]
+        procs.append(proc)
+        return proc
+
+    yield start  # type: ignore[misc]
+    for p in procs:
+        p.terminate()
+        try:
+            p.wait(20)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait(5)
+    log.close()
+
+
+def _ready(c: Cluster, ns: str) -> None:
+    c.apply(OBJECTS, ns=ns)
+    c.kubectl("wait", "--for=condition=Ready", "llmp/a", "rpol/chat", "--timeout=60s", ns=ns, timeout=90)
+
+
+def test_without_a_peering_object_it_acts_standalone_and_says_so(crds: Cluster, namespace: str, operator) -> None:
+    proc = operator()
+    _ready(crds, namespace)
+    log = proc.log_path.read_text()
+    line = f"KopfPeering 'detour' in namespace(s) {namespace} was not found: acting standalone"
+    assert log.count(line) == 1, log
+
+
+def test_with_the_peering_object_it_joins_the_peering_and_acts(crds: Cluster, namespace: str, operator) -> None:
+    crds.apply({"apiVersion": "kopf.dev/v1", "kind": "KopfPeering", "metadata": {"name": "detour"}}, ns=namespace)
+    proc = operator()
+    _ready(crds, namespace)
+    assert "KopfPeering 'detour' in namespace(s) " + namespace + " exists: joining the peering" in proc.log_path.read_text()
+    # kopf's keep-alive in the peering object: this replica is a live peer.
+    wait_for(lambda: crds.get_json("kopfpeering", "detour", ns=namespace).get("status"), 30,
+             "the operator's keep-alive in KopfPeering detour")
