@@ -204,3 +204,44 @@ def test_messages_errors_use_anthropic_format_and_statuses(gw):
     assert nf.value.body["error"]["type"] == "not_found_error"
     r = httpx.post(proxy.url + "/v1/messages", json={"model": "gpt-4o", "messages": []})
     assert r.status_code == 400 and r.json()["error"]["type"] == "invalid_request_error"
+
+
+def test_client_keys_are_checked_on_both_endpoints_and_never_forwarded(primary, anthropic_sim):
+    cfg = _config(primary, anthropic_sim)
+    cfg["clientAuth"] = {"keys": [{"value": "client-key-1"}]}
+    with ProxyServer(cfg) as proxy:
+        good = anthropic.Anthropic(base_url=proxy.url, api_key="client-key-1", max_retries=0)
+        msg = good.messages.create(model="claude-sonnet-4", max_tokens=10, messages=[{"role": "user", "content": "hi"}])
+        assert msg.content[0].text == CANONICAL
+        sent = anthropic_sim.stats()["lastRequest"]["headers"]
+        assert sent["x-api-key"] == "<redacted>" and "client-key-1" not in json.dumps(sent)
+        with pytest.raises(anthropic.AuthenticationError) as info:
+            anthropic.Anthropic(base_url=proxy.url, api_key="wrong", max_retries=0).messages.create(
+                model="claude-sonnet-4", max_tokens=10, messages=[{"role": "user", "content": "hi"}])
+        assert info.value.body["error"]["type"] == "authentication_error"
+        assert openai.OpenAI(base_url=proxy.v1, api_key="client-key-1", max_retries=0).responses.create(
+            model="gpt-4o", input="hi").output_text == CANONICAL
+        with pytest.raises(openai.AuthenticationError):
+            openai.OpenAI(base_url=proxy.v1, api_key="wrong", max_retries=0).responses.create(model="gpt-4o", input="hi")
+
+
+def test_responses_json_schema_and_max_output_tokens_reach_the_target(gw):
+    proxy, primary, _ = gw
+    fmt = {"type": "json_schema", "name": "out", "schema": {"type": "object", "properties": {}}, "strict": True}
+    resp = oai(proxy).responses.create(model="gpt-4o", input="hi", text={"format": fmt}, max_output_tokens=3)
+    body = primary.stats()["lastRequest"]["body"]
+    assert body["response_format"] == {"type": "json_schema", "json_schema": {
+        "name": "out", "schema": {"type": "object", "properties": {}}, "strict": True}}
+    assert body["max_completion_tokens"] == 3
+    # the sim stops at 3 output tokens: an incomplete response, said so
+    assert resp.status == "incomplete" and resp.incomplete_details.reason == "max_output_tokens"
+
+
+def test_messages_base64_image_is_translated_for_an_openai_target(gw):
+    proxy, primary, claude = gw
+    claude.faults(status=500)
+    image = {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "iVBORw0KGgo="}}
+    ant(proxy).messages.create(model="claude-sonnet-4", max_tokens=10, messages=[
+        {"role": "user", "content": [image, {"type": "text", "text": "what is it?"}]}])
+    sent = primary.stats()["lastRequest"]["body"]["messages"][0]["content"]
+    assert sent[0] == {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="}}
