@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 import orjson
 from aiohttp import web
 
+from .schema_example import example
 from .stream import StreamPlan, send_stream
 from .text import content_text, estimate_tokens, split_text, text_tokens
 
@@ -143,12 +144,19 @@ class AnthropicAPI:
         tool_none = isinstance(choice, dict) and choice.get("type") == "none"
         pieces: Sequence[str] = sim.canon.chunks
         tool: tuple[str, str, str] | None = None
+        tool_input: dict[str, Any] = {}
         if role == "assistant":
             pieces = sim.canon.remainder(content_text(content))
         elif role == "user" and tools and isinstance(tools, list) and not tool_none and not _has_tool_result(content):
-            first = tools[0] if isinstance(tools[0], dict) else {}
+            # A forced tool (`tool_choice: {type: tool}`) is called; otherwise the first one.
+            forced = choice.get("name") if isinstance(choice, dict) and choice.get("type") == "tool" else None
+            first = next((t for t in tools if isinstance(t, dict) and t.get("name") == forced),
+                         tools[0] if isinstance(tools[0], dict) else {})
             query = content_text(content)
             tool = (f"toolu_{sim.name}_{n}", first.get("name") or "tool", query)
+            tool_input = example(first.get("input_schema") or {}, query)
+            if not isinstance(tool_input, dict):
+                tool_input = {"query": query}
         stop = "end_turn"
         if tool is not None:
             stop = "tool_use"
@@ -156,7 +164,7 @@ class AnthropicAPI:
             pieces, stop = pieces[:max_tokens], "max_tokens"
         mid = f"msg_{sim.name}_{n}"
         input_tokens = estimate_tokens(messages, body.get("system"))
-        args = orjson.dumps({"query": tool[2]}).decode() if tool else ""
+        args = orjson.dumps(tool_input).decode() if tool else ""
         output_tokens = text_tokens(args) if tool else len(pieces)
         usage = {"input_tokens": input_tokens, "output_tokens": output_tokens,
                  "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0}
@@ -165,7 +173,7 @@ class AnthropicAPI:
             return await send_stream(sim, ctx, self._stream_plan(mid, model, pieces, tool, args, stop, usage))
         if tool is not None:
             blocks: list[dict[str, Any]] = [
-                {"type": "tool_use", "id": tool[0], "name": tool[1], "input": {"query": tool[2]}}
+                {"type": "tool_use", "id": tool[0], "name": tool[1], "input": tool_input}
             ]
         else:
             blocks = [{"type": "text", "text": "".join(pieces)}]

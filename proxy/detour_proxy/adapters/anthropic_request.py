@@ -42,8 +42,19 @@ Choices worth knowing:
 - A conversation with no user/assistant content left (only system messages, or only blank
   text) raises UnsupportedRequest: Anthropic needs at least one message.
 - `n > 1`, out-of-range numbers and unknown content parts raise UnsupportedRequest.
-  `response_format`, `logprobs`, `presence/frequency_penalty`, `seed` have no Anthropic
-  counterpart and are not sent.
+- `response_format` (structured output) is translated, never dropped: `json_schema` becomes a
+  tool named `ANSWER_TOOL` whose `input_schema` is the schema, forced with `tool_choice` (or,
+  when the request offers its own tools and lets the model choose, offered next to them with
+  `tool_choice: any`, so the model either calls a tool or answers in the format, as OpenAI
+  allows). `json_object` is the same tool with a permissive object schema: a forced tool call
+  always yields a JSON object, which a system instruction would only ask for. The response
+  side (`anthropic_response`) turns that tool's input back into the message's content as JSON
+  text with `finish_reason: stop`. A schema whose root is not an object, and a request that
+  declares a tool of that reserved name, are UnsupportedRequest.
+- Every other OpenAI request field is either translated, sent nowhere with the reason listed
+  in `anthropic_fields.DROPPED` (a hint Anthropic has no counterpart for, which cannot change
+  the answer's shape), or makes the target ineligible (`anthropic_fields.INELIGIBLE`: the
+  client would miss something it asked for). docs/adapters.md has the table; tests check each row.
 """
 
 from __future__ import annotations
@@ -53,9 +64,11 @@ from typing import Any
 
 import orjson
 
+from .anthropic_fields import ANSWER_TOOL, answer_tool, check_eligible
 from .base import UnsupportedRequest
 
 __all__ = ["to_anthropic", "tool_input"]
+
 
 _DATA_URL = re.compile(r"^data:([^;,]+)?((?:;[^;,]*)*?);base64,(.*)$", re.DOTALL)
 
@@ -250,6 +263,7 @@ def to_anthropic(body: dict[str, Any], model: str, stream: bool, max_tokens_defa
         raise UnsupportedRequest("messages must be a list")
     if (body.get("n") or 1) > 1:
         raise UnsupportedRequest("anthropic returns one choice: n > 1 is not supported")
+    check_eligible(body)
     if body.get("functions"):
         raise UnsupportedRequest("the legacy `functions` parameter is not supported (its answer would come "
                                  "back as tool_calls): use `tools`")
@@ -341,15 +355,28 @@ def to_anthropic(body: dict[str, Any], model: str, stream: bool, max_tokens_defa
     if isinstance(body.get("user"), str) and body["user"]:
         out["metadata"] = {"user_id": body["user"]}
     tools = body.get("tools")
+    answer = answer_tool(body.get("response_format"))
     if tools:  # without tools, a tool_choice means nothing to Anthropic
         out["tools"] = [_tool(t, i) for i, t in enumerate(tools)]
+        if any(t["name"] == ANSWER_TOOL for t in out["tools"]):
+            raise UnsupportedRequest(f"the tool name {ANSWER_TOOL!r} is reserved by Detour")
         choice = _tool_choice(body.get("tool_choice"))
+        if answer is not None:
+            out["tools"].append(answer)
+            if choice is None or choice["type"] == "auto":
+                choice = {"type": "any"}   # a tool call, or the answer in the requested format
+            elif choice["type"] == "none":
+                choice = {"type": "tool", "name": ANSWER_TOOL}
         if body.get("parallel_tool_calls") is False:
             choice = choice or {"type": "auto"}
             if choice["type"] != "none":
                 choice["disable_parallel_tool_use"] = True
         if choice is not None:
             out["tool_choice"] = choice
+    elif answer is not None:
+        out["tools"] = [{"name": n, "input_schema": {"type": "object", "properties": {}}} for n in tool_names]
+        out["tools"].append(answer)
+        out["tool_choice"] = {"type": "tool", "name": ANSWER_TOOL}
     elif tool_names:  # history with tool blocks but no tools offered now (see module docstring)
         out["tools"] = [{"name": n, "input_schema": {"type": "object", "properties": {}}} for n in tool_names]
         out["tool_choice"] = {"type": "none"}

@@ -6,6 +6,10 @@ Clients only speak OpenAI, so Anthropic's typed event stream (`message_start`,
 prefix is serialized once per stream and the per-event delta appended to it, because this
 runs for every token.
 
+Structured output: a `tool_use` of `ANSWER_TOOL` (how `anthropic_request` carries a
+`response_format`) is the answer itself: its input becomes the message content as JSON text
+(streamed as content deltas), and a turn that ended only to give it finishes with `stop`.
+
 Usage: Anthropic counts cache reads/writes apart from `input_tokens`; OpenAI's
 `prompt_tokens` includes cached tokens, so all three are summed (`cached_tokens` = reads).
 """
@@ -17,6 +21,7 @@ from typing import Any
 
 import orjson
 
+from .anthropic_fields import ANSWER_TOOL
 from .base import DONE, SSEParser, SSEStreamDecoder, StreamEvent, UpstreamError
 from .errors import stream_error
 
@@ -45,6 +50,13 @@ def _n(u: dict[str, Any], key: str) -> int:
     return v if isinstance(v, int) else 0
 
 
+def _finish(stop_reason: Any, called: bool, answered: bool) -> str:
+    """OpenAI's finish_reason; a turn that stopped for tool use but called only the answer tool
+    (structured output) simply stopped."""
+    reason = FINISH_REASONS.get(stop_reason or "end_turn", "stop")
+    return "stop" if reason == "tool_calls" and answered and not called else reason
+
+
 def from_anthropic(raw: bytes, model: str = "", created: int | None = None) -> bytes:
     """A non-streaming Anthropic `message` -> OpenAI `chat.completion` bytes.
 
@@ -58,12 +70,16 @@ def from_anthropic(raw: bytes, model: str = "", created: int | None = None) -> b
     texts: list[str] = []
     thinking: list[str] = []
     tool_calls: list[dict[str, Any]] = []
+    answered = False
     for block in msg.get("content") or ():
         t = block.get("type")
         if t == "text":
             texts.append(block.get("text", ""))
         elif t == "thinking":
             thinking.append(block.get("thinking", ""))
+        elif t == "tool_use" and block.get("name") == ANSWER_TOOL:
+            texts.append(orjson.dumps(block.get("input") or {}).decode())
+            answered = True
         elif t == "tool_use":
             tool_calls.append({
                 "id": block.get("id", ""), "type": "function",
@@ -83,7 +99,7 @@ def from_anthropic(raw: bytes, model: str = "", created: int | None = None) -> b
         "model": msg.get("model") or model,
         "choices": [{
             "index": 0, "message": message, "logprobs": None,
-            "finish_reason": FINISH_REASONS.get(msg.get("stop_reason") or "end_turn", "stop"),
+            "finish_reason": _finish(msg.get("stop_reason"), bool(tool_calls), answered),
         }],
         "usage": usage_of(_n(u, "input_tokens"), _n(u, "output_tokens"),
                           _n(u, "cache_creation_input_tokens"), _n(u, "cache_read_input_tokens")),
@@ -111,6 +127,7 @@ class AnthropicStreamDecoder(SSEStreamDecoder):
         self._created = int(time.time()) if created is None else created
         self._head_bytes: bytes | None = None
         self._tools: dict[int, int] = {}      # content block index -> tool_calls index
+        self._answer: set[int] = set()        # content block indexes of the answer tool
         self._usage = [0, 0, 0, 0]            # input, output, cache creation, cache read
         self._over = False
 
@@ -186,7 +203,9 @@ class AnthropicStreamDecoder(SSEStreamDecoder):
                 elif dt == "input_json_delta":
                     part = d.get("partial_json") or ""
                     ti = self._tools.get(doc.get("index", -1))
-                    if part and ti is not None:
+                    if part and doc.get("index", -1) in self._answer:
+                        self._text(part, out)
+                    elif part and ti is not None:
                         out.append(self._chunk({"tool_calls": [{"index": ti, "function": {"arguments": part}}]}))
                 elif dt == "thinking_delta" and d.get("thinking"):
                     out.append(self._chunk({"reasoning_content": d["thinking"]}))
@@ -196,6 +215,10 @@ class AnthropicStreamDecoder(SSEStreamDecoder):
                 bt = block.get("type")
                 if bt == "text" and block.get("text"):
                     self._text(block["text"], out)
+                elif bt == "tool_use" and block.get("name") == ANSWER_TOOL:
+                    self._answer.add(doc.get("index", -1))
+                    if block.get("input"):
+                        self._text(orjson.dumps(block["input"]).decode(), out)
                 elif bt == "tool_use":
                     self._settle(out)
                     ti = len(self._tools)
@@ -218,7 +241,7 @@ class AnthropicStreamDecoder(SSEStreamDecoder):
                 self._take_usage(doc.get("usage"))
                 reason = (doc.get("delta") or {}).get("stop_reason")
                 if reason:
-                    out.append(self._chunk({}, bearing=False, finish=FINISH_REASONS.get(reason, "stop")))
+                    out.append(self._chunk({}, bearing=False, finish=_finish(reason, bool(self._tools), bool(self._answer))))
             elif kind == "message_stop":
                 self._settle(out)
                 if self._include_usage:

@@ -8,11 +8,11 @@ token hooks; `codec` the inbound seam (`InboundCodec`: the client's API format <
 canonical chat form). The server calls `run_unary` / `run_stream` with a `RequestContext`.
 """
 
-from ._context import Reply, RequestContext, Result
+from ._context import Reply, RequestContext, Result, skipped_headers
 from ._streaming import run_stream
 from ._unary import run_unary
 from .codec import OPENAI, InboundCodec, OpenAICodec
 from .gateway import Gateway, RouteRuntime, TargetRuntime, build_gateway
 
 __all__ = ["Gateway", "RouteRuntime", "TargetRuntime", "build_gateway", "RequestContext", "Reply", "Result",
-           "run_unary", "run_stream", "InboundCodec", "OpenAICodec", "OPENAI"]
+           "run_unary", "run_stream", "InboundCodec", "OpenAICodec", "OPENAI", "skipped_headers"]

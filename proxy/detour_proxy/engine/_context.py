@@ -39,6 +39,14 @@ class RequestContext:
     requests: dict[int, UpstreamRequest | None] = field(default_factory=dict)
 
 
+def skipped_headers(ctx: RequestContext) -> list[tuple[bytes, bytes]]:
+    """`x-detour-skipped`: the targets that could not express this request and were not tried
+    (why: `ctx.unsupported`, quoted in an error summary). Nothing a client asked for is dropped
+    silently: it went elsewhere, and the header says so even when the request succeeded."""
+    skipped = [ctx.route.targets[i].label for i, req in ctx.requests.items() if req is None]
+    return [(b"x-detour-skipped", ", ".join(skipped).encode())] if skipped else []
+
+
 @dataclass(slots=True)
 class Reply:
     status: int

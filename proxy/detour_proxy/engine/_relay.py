@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any, Awaitable, Callable
 import orjson
 
 from ..adapters import StreamEvent, UpstreamError
-from ._context import RequestContext
+from ._context import RequestContext, skipped_headers
 
 if TYPE_CHECKING:
     from .gateway import TargetRuntime
@@ -98,7 +98,7 @@ class Relay:
     async def start(self, tr: TargetRuntime) -> None:
         headers = [*self.codec.stream_headers, (b"x-detour-target", tr.label.encode()),
                    (b"x-detour-attempts", str(self.ctx.attempts).encode()),
-                   (b"x-request-id", self.ctx.request_id.encode())]
+                   (b"x-request-id", self.ctx.request_id.encode()), *skipped_headers(self.ctx)]
         self.ctx.status = 200   # the response has started (handlers read it if something fails later)
         await self.send({"type": "http.response.start", "status": 200, "headers": headers})
         self.started = True

@@ -32,7 +32,7 @@ from ..policy import GiveUp, Outcome, OutcomeKind, RequestPlan
 from ..transport import TransportError
 from . import _usage as usage_acct
 from ._attempts import Eligible, exception_result, malformed, prepare, redact_error, run_attempts
-from ._context import RequestContext, Result
+from ._context import RequestContext, Result, skipped_headers
 from ._relay import Relay, Send, TotalTimer
 from ._replies import failure_reply
 from ._unary import classify_answer, observe_usage
@@ -126,6 +126,7 @@ async def run_stream(state: AppState, ctx: RequestContext, send: Send) -> str:
         reply = failure_reply(ctx, give_up, runner.last_err)
         reply.headers.append((b"x-request-id", ctx.request_id.encode()))
         reply.headers.append((b"x-detour-attempts", str(ctx.attempts).encode()))
+        reply.headers.extend(skipped_headers(ctx))
         ctx.status = reply.status
         await send({"type": "http.response.start", "status": reply.status, "headers": reply.headers})
         await send({"type": "http.response.body", "body": reply.body, "more_body": False})

@@ -20,7 +20,7 @@ import orjson
 
 from .. import tracing
 from ..errors import ClientError, model_not_found, not_ready, too_large, unauthorized
-from ..engine import OPENAI, RequestContext, run_stream, run_unary
+from ..engine import OPENAI, RequestContext, run_stream, run_unary, skipped_headers
 from ..inbound import INBOUND_KINDS
 from ..policy import REQUEST_ERROR_STATUSES
 
@@ -132,6 +132,7 @@ class OpenAIEndpoints:
                            else "upstream_error")
                 reply.headers.append((b"x-request-id", request_id.encode()))
                 reply.headers.append((b"x-detour-attempts", str(ctx.attempts).encode()))
+                reply.headers.extend(skipped_headers(ctx))
                 if ctx.target is not None:
                     reply.headers.append((b"x-detour-target", ctx.target.label.encode()))
                 reply.headers.append((b"content-length", str(len(reply.body)).encode()))
