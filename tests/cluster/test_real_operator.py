@@ -234,6 +234,15 @@ def test_every_api_request_is_allowed_and_the_rbac_grants_nothing_unused(env: En
         granted = {(r, v) for rule in role["rules"] for r in rule["resources"] for v in rule["verbs"]}
         unused = {g for g in granted - used[who] if (who, *g) not in UNEXERCISED}
         assert not unused, f"{who}: granted but never used: {sorted(unused)} (used: {sorted(used[who])})"
+    # Nothing broader: the chart's RoleBinding is the only binding naming either ServiceAccount
+    # (no ClusterRoleBinding, nothing in another namespace).
+    bindings = c.get_json("rolebindings,clusterrolebindings", "--all-namespaces")["items"]
+    for who in ("operator", "proxy"):
+        sa = f"{REL}-detour-{who}"
+        naming = sorted(f"{b['kind']}/{b['metadata'].get('namespace', '')}/{b['metadata']['name']}" for b in bindings
+                        if any(s.get("kind") == "ServiceAccount" and s.get("name") == sa and s.get("namespace") == ns
+                               for s in b.get("subjects") or []))
+        assert naming == [f"RoleBinding/{ns}/{sa}"], naming
 
 
 def test_deleting_with_the_operator_stopped_does_not_hang(env: Env) -> None:
