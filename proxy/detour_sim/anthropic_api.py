@@ -88,6 +88,7 @@ class AnthropicAPI:
     def routes(self):
         return [
             ("POST", "/v1/messages", self.messages),
+            ("POST", "/v1/messages/count_tokens", self.count_tokens),
             ("GET", "/v1/models", self.list_models),
         ]
 
@@ -111,6 +112,28 @@ class AnthropicAPI:
         etype = etype or "overloaded_error"
         msg = message or ("Overloaded" if etype == "overloaded_error" else f"simulated in-band {etype}")
         return _event("error", {"type": "error", "error": {"type": etype, "message": msg}})
+
+    # -- count_tokens ---------------------------------------------------------------
+    async def count_tokens(self, ctx: "Ctx") -> web.StreamResponse:
+        """`{"input_tokens": N}`: N counts the words of every text in `system` and `messages`
+        (deterministic, so a test can predict it); `max_tokens` is refused as Anthropic does."""
+        body = ctx.body
+        if "anthropic-version" not in ctx.request.headers:
+            return self.error(400, "invalid_request_error", "anthropic-version: header is required", ctx.headers, ctx.rid)
+        if not isinstance(body, dict) or not isinstance(body.get("model"), str) or not body.get("messages"):
+            return self.error(400, "invalid_request_error", "model and messages are required", ctx.headers, ctx.rid)
+        if "max_tokens" in body:
+            return self.error(400, "invalid_request_error", "max_tokens: Extra inputs are not permitted",
+                              ctx.headers, ctx.rid)
+        texts = [body["system"]] if isinstance(body.get("system"), str) else []
+        for m in body["messages"]:
+            content = m.get("content") if isinstance(m, dict) else None
+            if isinstance(content, str):
+                texts.append(content)
+            elif isinstance(content, list):
+                texts += [b.get("text", "") for b in content if isinstance(b, dict) and b.get("type") == "text"]
+        return web.Response(body=orjson.dumps({"input_tokens": max(1, sum(len(t.split()) for t in texts))}),
+                            headers=ctx.headers, content_type="application/json")
 
     # -- messages -------------------------------------------------------------------
     async def messages(self, ctx: "Ctx") -> web.StreamResponse:

@@ -245,3 +245,31 @@ def test_messages_base64_image_is_translated_for_an_openai_target(gw):
         {"role": "user", "content": [image, {"type": "text", "text": "what is it?"}]}])
     sent = primary.stats()["lastRequest"]["body"]["messages"][0]["content"]
     assert sent[0] == {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="}}
+
+
+def test_count_tokens_is_answered_by_an_anthropic_target(gw):
+    proxy, primary, claude = gw
+    client = ant(proxy)
+    raw = client.messages.with_raw_response.count_tokens(
+        model="claude-sonnet-4", system="Be brief please.", messages=[{"role": "user", "content": "count these four words"}])
+    assert raw.parse().input_tokens == 7 and raw.headers["x-detour-target"] == "claude/claude-sonnet-4"
+    sent = claude.stats()["lastRequest"]
+    assert sent["path"] == "/v1/messages/count_tokens" and "client-key" not in json.dumps(sent)
+    # the gpt-4o route's Anthropic target counts too (with its own model name)
+    assert client.messages.count_tokens(model="gpt-4o", messages=[{"role": "user", "content": "a b"}]).input_tokens == 2
+    assert claude.stats()["lastRequest"]["body"]["model"] == "claude-3-5-sonnet-latest"
+    # an overloaded Anthropic target: 529, in Anthropic's format (no other provider counts for it)
+    claude.faults(status=529)
+    with pytest.raises(anthropic.APIStatusError) as info:
+        client.messages.count_tokens(model="claude-sonnet-4", messages=[{"role": "user", "content": "a"}])
+    assert info.value.status_code == 529 and info.value.body["error"]["type"] == "overloaded_error"
+    assert primary.stats()["total"] == 0
+
+
+def test_count_tokens_without_an_anthropic_target_says_why(primary, anthropic_sim):
+    cfg = _config(primary, anthropic_sim)
+    cfg["routes"][0]["targets"] = [{"provider": "openai", "model": "gpt-4o"}]
+    with ProxyServer(cfg) as proxy:
+        with pytest.raises(anthropic.BadRequestError) as info:
+            ant(proxy).messages.count_tokens(model="gpt-4o", messages=[{"role": "user", "content": "a"}])
+        assert "count tokens" in info.value.body["error"]["message"]

@@ -21,7 +21,9 @@ import orjson
 from .. import tracing
 from ..errors import ClientError, model_not_found, not_ready, too_large, unauthorized
 from ..engine import OPENAI, RequestContext, run_stream, run_unary, skipped_headers
-from ..inbound import INBOUND_KINDS
+from ..inbound import INBOUND_KINDS, MessagesCodec
+from ..inbound._common import load_object
+from .count_tokens import count_tokens
 from ..policy import REQUEST_ERROR_STATUSES
 
 if TYPE_CHECKING:
@@ -33,7 +35,8 @@ _REQUEST_ID = re.compile(rb"^[A-Za-z0-9._:\-]{1,128}$")
 _CLIENT_FAULT = REQUEST_ERROR_STATUSES   # a provider refused the request itself (policy's one list)
 HOT_PATHS = {"/v1/chat/completions": "chat", "/v1/embeddings": "embeddings",
              "/chat/completions": "chat", "/embeddings": "embeddings",
-             "/v1/responses": "responses", "/responses": "responses", "/v1/messages": "messages"}
+             "/v1/responses": "responses", "/responses": "responses", "/v1/messages": "messages",
+             "/v1/messages/count_tokens": "count_tokens"}
 BODY_READ_TIMEOUT = 30.0
 WATCH_AFTER = 0.05   # seconds into a request before a client disconnect is watched for
 
@@ -71,9 +74,9 @@ class OpenAIEndpoints:
             headers = dict(scope["headers"])
         if request_id is None:
             request_id = _new_request_id()
-        inbound = INBOUND_KINDS.get(kind)
+        inbound = INBOUND_KINDS.get(kind, MessagesCodec if kind == "count_tokens" else None)
         codec = OPENAI if inbound is None else inbound()
-        if authorization is None and api_key is not None and kind == "messages":
+        if authorization is None and api_key is not None and inbound is MessagesCodec:
             authorization = b"Bearer " + api_key   # Anthropic clients send their key as x-api-key
         try:
             if gw is None or state.draining:
@@ -84,11 +87,21 @@ class OpenAIEndpoints:
             if content_length > limit:
                 raise too_large(limit)
             raw = await _read_body(receive, limit)
-            body = codec.parse(raw, kind)
+            body = load_object(raw) if kind == "count_tokens" else codec.parse(raw, kind)
             model = body["model"]
             route = gw.router.match(model, headers, body)
             if route is None:
                 raise model_not_found(model, gw.router.conditions_for(model))
+            if kind == "count_tokens":
+                status, reply_headers, answer, target = await count_tokens(state, route, body, request_id)
+                reply_headers += [(b"x-request-id", request_id.encode()),
+                                  (b"content-length", str(len(answer)).encode())]
+                if target is not None:
+                    reply_headers.append((b"x-detour-target", target.encode()))
+                await send({"type": "http.response.start", "status": status, "headers": reply_headers})
+                await send({"type": "http.response.body", "body": answer, "more_body": False})
+                _log(request_id, route.route.name, target, 0, status, started, "count_tokens", kind)
+                return
         except ClientError as exc:
             state.metrics.rejected.labels(str(exc.status)).inc()
             status, err = exc.status, exc.body()
