@@ -11,6 +11,10 @@ this one: pre-encoded responses, no logging, no stats, no artificial delay.
                               N content chunks, a finish chunk, `data: [DONE]`; each SSE
                               event is one HTTP chunk and one socket write (as a real
                               token stream arrives), unless --single-write.
+  POST .../responses          the same answer as an OpenAI Responses object / typed events
+  POST .../messages           the same answer as an Anthropic message / Messages events
+                              (both encoded once, by Detour's own inbound codecs, so the
+                              pass-through and Detour see byte-identical upstream answers)
   anything else               404
 
 Run: `python bench/upstream.py --port P [--chunks N] [--single-write]`; prints
@@ -70,9 +74,39 @@ def _http_chunk(data: bytes) -> bytes:
     return b"%x\r\n%s\r\n" % (len(data), data)
 
 
+def _sse_response(body: bytes) -> bytes:
+    return (b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream; charset=utf-8\r\n"
+            b"cache-control: no-cache\r\ncontent-length: %d\r\n\r\n" % len(body)) + body
+
+
+def _json_response(body: bytes) -> bytes:
+    return b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n" % len(body) + body
+
+
+def other_formats(unary: bytes, events: list[bytes]) -> dict[bytes, tuple[bytes, bytes]]:
+    """(non-stream, stream) raw HTTP answers for the Responses and Messages paths."""
+    from detour_proxy.inbound import MessagesCodec, ResponsesCodec
+    payloads = [e[6:-2] for e in events[:-1]]   # the chunk documents, without [DONE]
+    usage = orjson.loads(unary)["usage"]
+    payloads.append(orjson.dumps({"id": CHAT_ID, "object": "chat.completion.chunk", "created": CREATED,
+                                  "model": MODEL, "choices": [], "usage": usage}))
+    out = {}
+    for suffix, cls in ((b"/responses", ResponsesCodec), (b"/messages", MessagesCodec)):
+        codec = cls()
+        codec.parse(orjson.dumps({"model": MODEL, "input": "hi", "max_tokens": 64,
+                                  "messages": [{"role": "user", "content": "hi"}]}), "")
+        stream = cls()
+        stream.parse(orjson.dumps({"model": MODEL, "input": "hi", "max_tokens": 64,
+                                   "messages": [{"role": "user", "content": "hi"}]}), "")
+        out[suffix] = (_json_response(codec.answer(unary)),
+                       _sse_response(stream.chunks(payloads) + stream.done()))
+    return out
+
+
 class Responses:
     def __init__(self, chunks: int, single_write: bool) -> None:
         unary, events = build_bodies(chunks)
+        self.formats = other_formats(unary, events)
         self.unary = (b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n"
                       b"content-length: %d\r\n\r\n" % len(unary)) + unary
         head = (b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream; charset=utf-8\r\n"
@@ -123,7 +157,10 @@ class Protocol(asyncio.Protocol):
         t = self.t
         if t is None or t.is_closing():
             return
-        if not self.url.endswith(b"/chat/completions") or self.parser.get_method() != b"POST":
+        other = self.r.formats.get(self.url[self.url.rfind(b"/"):])
+        if other is not None and self.parser.get_method() == b"POST":
+            t.write(other[1] if b'"stream":true' in b"".join(self.body).replace(b" ", b"") else other[0])
+        elif not self.url.endswith(b"/chat/completions") or self.parser.get_method() != b"POST":
             t.write(self.r.not_found)
         else:
             stream = False
