@@ -13,6 +13,7 @@ from anthropic.types import Message, RawMessageStreamEvent
 from openai.types.responses import Response, ResponseStreamEvent
 from pydantic import TypeAdapter
 
+from detour_proxy.adapters.anthropic_request import to_anthropic
 from detour_proxy.errors import ClientError
 from detour_proxy.inbound import MessagesCodec, ResponsesCodec
 from detour_proxy.inbound.messages import anthropic_status, error_type
@@ -164,8 +165,12 @@ def r_tool_choice():
 
 def r_json_schema():
     fmt = {"type": "json_schema", "name": "out", "schema": {"type": "object"}, "strict": True}
-    assert responses(input="q", text={"format": fmt})["response_format"] == {
+    chat = responses(input="q", text={"format": fmt})
+    assert chat["response_format"] == {
         "type": "json_schema", "json_schema": {"name": "out", "schema": {"type": "object"}, "strict": True}}
+    anthropic_request, _ = to_anthropic(chat, "claude", False, 100)   # the Anthropic adapter: a forced tool
+    assert anthropic_request["tools"][0]["input_schema"] == {"type": "object"}
+    assert anthropic_request["tool_choice"] == {"type": "tool", "name": anthropic_request["tools"][0]["name"]}
 
 
 def r_max_output():
