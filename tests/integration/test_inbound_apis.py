@@ -273,3 +273,24 @@ def test_count_tokens_without_an_anthropic_target_says_why(primary, anthropic_si
         with pytest.raises(anthropic.BadRequestError) as info:
             ant(proxy).messages.count_tokens(model="gpt-4o", messages=[{"role": "user", "content": "a"}])
         assert "count tokens" in info.value.body["error"]["message"]
+
+
+def test_hedging_metrics_and_headers_apply_to_both_endpoints(primary, anthropic_sim):
+    """A slow first target is hedged (non-stream) on both endpoints, the hedge of the other
+    provider type wins; requests and hedges are counted per route."""
+    primary.faults(latency=1.0)
+    cfg = _config(primary, anthropic_sim, hedge={"after": "100ms"})
+    with ProxyServer(cfg) as proxy:
+        raw = oai(proxy).responses.with_raw_response.create(model="gpt-4o", input="hi")
+        assert raw.parse().output_text == CANONICAL
+        assert raw.headers["x-detour-target"] == "claude/claude-3-5-sonnet-latest"   # the hedge won
+        primary.clear()
+        anthropic_sim.faults(latency=1.0)
+        raw = ant(proxy).messages.with_raw_response.create(model="claude-sonnet-4", max_tokens=10,
+                                                           messages=[{"role": "user", "content": "hi"}])
+        assert raw.parse().content[0].text == CANONICAL
+        assert raw.headers["x-detour-target"] == "openai/gpt-4o"   # the hedge won
+        metrics = httpx.get(proxy.url + "/metrics").text
+    for route in ("gpt", "claude"):
+        assert f'detour_hedges_total{{route="{route}"}} 1.0' in metrics
+        assert f'detour_requests_total{{outcome="success",route="{route}"}} 1.0' in metrics
