@@ -32,6 +32,12 @@ operator: $(STAMP)
 chart: $(STAMP)
 	$(BIN)/python -m pytest -q tests/chart
 
+# ruff (pyflakes, pycodestyle errors, bugbear) on all Python; mypy on the proxy, strict on policy/,
+# adapters/ and engine/ (pyproject [tool.mypy]). CI runs it before the tests.
+lint: $(STAMP)
+	$(BIN)/ruff check proxy operator tests bench
+	$(BIN)/mypy -p detour_proxy
+
 crds: $(STAMP)
 	$(BIN)/python -m detour_operator.crdgen --write
 

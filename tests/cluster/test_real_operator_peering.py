@@ -8,7 +8,6 @@ for the object first: absent, it acts standalone and says so once; present, it j
 
 from __future__ import annotations
 
-import os
 import pathlib
 import subprocess
 import sys

@@ -18,7 +18,7 @@ import yaml
 
 from cluster.realkube import Cluster, wait_for
 from support import record_figures
-from cluster.scale_support import (OperatorProcess, calls, conditions, count, events, install_chart_rbac,
+from cluster.scale_support import (OperatorProcess, conditions, count, events, install_chart_rbac,
                                    install_crds, key_secret, policy, provider, quiet, ready, summary)
 
 RESULTS = pathlib.Path(__file__).resolve().parent / "results" / "scale_operator.json"

@@ -7,6 +7,8 @@ Pure code (no I/O): the executor sends what `build_*` returns and feeds what com
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from ..config import Provider, ProviderType
 from .anthropic import AnthropicAdapter
 from .azure import AzureOpenAIAdapter
@@ -24,7 +26,7 @@ __all__ = [
     "check_answer",
 ]
 
-_ADAPTERS = {
+_ADAPTERS: dict[ProviderType, Callable[[Provider], Adapter]] = {
     ProviderType.openai: OpenAIAdapter,
     ProviderType.openai_compatible: OpenAIAdapter,
     ProviderType.azure_openai: AzureOpenAIAdapter,

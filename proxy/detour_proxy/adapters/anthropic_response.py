@@ -22,7 +22,7 @@ from typing import Any
 import orjson
 
 from .anthropic_fields import ANSWER_TOOL
-from .base import DONE, SSEParser, SSEStreamDecoder, StreamEvent, UpstreamError
+from .base import DONE, SSEEvent, SSEParser, SSEStreamDecoder, StreamEvent, UpstreamError
 from .errors import stream_error
 
 __all__ = ["from_anthropic", "AnthropicStreamDecoder", "FINISH_REASONS", "usage_of"]
@@ -181,7 +181,7 @@ class AnthropicStreamDecoder(SSEStreamDecoder):
             if ws:
                 out.append(self._chunk({"content": ws}, ws))
 
-    def _events(self, sse_events: list) -> list[StreamEvent]:
+    def _events(self, sse_events: list[SSEEvent]) -> list[StreamEvent]:
         out: list[StreamEvent] = []
         for ev in sse_events:
             if self._over:

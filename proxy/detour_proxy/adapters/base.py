@@ -225,8 +225,8 @@ class SSEParser:
                 self._data.append(value)
                 self._size += len(value)
             elif not line and self._data:
-                data = self._data
-                out.append(SSEEvent(self._event, data[0] if len(data) == 1 else b"\n".join(data)))
+                parts = self._data
+                out.append(SSEEvent(self._event, parts[0] if len(parts) == 1 else b"\n".join(parts)))
                 self._data = []
                 self._size = 0
                 self._event = None
@@ -295,6 +295,6 @@ class SSEStreamDecoder:
             return []
         out = self._events(self._sse.close())
         if not self._over:
-            self._over = True
+            self._over = True  # type: ignore[misc]  # a slot of every subclass (see the docstring)
             out.append(self._unterminated())
         return out

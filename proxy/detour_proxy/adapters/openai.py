@@ -14,7 +14,7 @@ import orjson
 
 from ..config import ContinuationMode, Provider
 from .base import (
-    DONE, ContinuationUnsupported, Headers, SSEParser, SSEStreamDecoder, StreamEvent,
+    DONE, ContinuationUnsupported, Headers, SSEEvent, SSEParser, SSEStreamDecoder, StreamEvent,
     UpstreamError, UpstreamRequest,
 )
 from .errors import NormalizedErrors, stream_error
@@ -155,7 +155,7 @@ class OpenAIStreamDecoder(SSEStreamDecoder):
         return StreamEvent.failed(UpstreamError(502, "stream_error", "truncated",
                                                 f"{self._label} stream ended before [DONE]"))
 
-    def _events(self, sse_events: list) -> list[StreamEvent]:
+    def _events(self, sse_events: list[SSEEvent]) -> list[StreamEvent]:
         out: list[StreamEvent] = []
         for ev in sse_events:
             if self._over:

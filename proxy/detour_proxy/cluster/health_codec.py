@@ -40,7 +40,7 @@ import hashlib
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import orjson
 
@@ -181,7 +181,8 @@ def decode(text: str | bytes) -> PeerDoc:
         ratio = t.get("failureRatio", 0.0)
         reqs = t.get("requests", 0)
         entries.append(PeerEntry(
-            provider=provider, model=model, endpoint=endpoint, state=state,
+            provider=cast(str, provider), model=cast(str, model), endpoint=cast(str, endpoint),
+            state=cast(str, state),
             open_until=parse_time(t.get("openUntil")),
             failure_ratio=float(ratio) if isinstance(ratio, (int, float)) else 0.0,
             requests=int(reqs) if isinstance(reqs, (int, float)) else 0,
@@ -189,7 +190,8 @@ def decode(text: str | bytes) -> PeerDoc:
             last_error_at=parse_time(t.get("lastErrorAt")),
             imported=t.get("imported") is True,
         ))
-    pod = doc.get("pod") if isinstance(doc.get("pod"), str) else ""
+    pod = doc.get("pod")
+    pod = pod if isinstance(pod, str) else ""
     return PeerDoc(pod=pod, updated=updated, heartbeat=float(hb), targets=tuple(entries))
 
 

@@ -31,6 +31,7 @@ readers (the operator's roll-up) can say so instead of the PATCH failing with 42
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -110,7 +111,7 @@ def fit(text: str, limit: int = MAX_REPORT_BYTES) -> tuple[str, int]:
     doc = orjson.loads(text)
     targets: list[dict[str, Any]] = doc["targets"]
     total = len(targets)
-    keeps = (lambda t: t.get("state") != "closed" or bool(t.get("lastError")),
+    keeps: tuple[Callable[[dict[str, Any]], bool], ...] = (lambda t: t.get("state") != "closed" or bool(t.get("lastError")),
              lambda t: t.get("state") != "closed" and not t.get("imported"))
     for keep in keeps:
         targets = [t for t in targets if keep(t)]

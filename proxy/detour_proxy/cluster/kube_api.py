@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import os
 import ssl
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from typing import Any
 from urllib.parse import quote
 
@@ -64,9 +64,9 @@ class KubeAPI:
 
         cfg = client.Configuration()
         if os.environ.get("KUBERNETES_SERVICE_HOST"):
-            config.load_incluster_config(client_configuration=cfg)
+            config.load_incluster_config(client_configuration=cfg)  # type: ignore[no-untyped-call]
         else:
-            config.load_kube_config(client_configuration=cfg, persist_config=False)
+            config.load_kube_config(client_configuration=cfg, persist_config=False)  # type: ignore[no-untyped-call]
         ctx: ssl.SSLContext | bool | None = None
         if cfg.host.startswith("https"):
             if cfg.verify_ssl:
@@ -80,6 +80,7 @@ class KubeAPI:
                     ctx = ssl.create_default_context()
                     ctx.check_hostname = False
                     ctx.verify_mode = ssl.CERT_NONE
+                assert isinstance(ctx, ssl.SSLContext)  # made above in both branches
                 ctx.load_cert_chain(cfg.cert_file, cfg.key_file)
 
         def token() -> str | None:
@@ -150,7 +151,7 @@ class KubeAPI:
 
     async def watch_pods(self, namespace: str, params: dict[str, str], resource_version: str,
                          idle_timeout: float, on_open: Callable[[], None] | None = None,
-                         metadata_only: bool = False) -> AsyncIterator[dict[str, Any]]:
+                         metadata_only: bool = False) -> AsyncGenerator[dict[str, Any], None]:
         """Watch events (`{"type", "object"}`) until the server ends the stream or it is idle
         for `idle_timeout` seconds (then the caller re-watches). `on_open` is called once the
         server has accepted the watch (a quiet watch yields nothing for minutes)."""

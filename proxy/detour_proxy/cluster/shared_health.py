@@ -307,8 +307,8 @@ class SharedHealthService:
                 for pod in items:
                     self._on_pod("ADDED", pod)
                 listed = {(p.get("metadata") or {}).get("name", "") for p in items}
-                for gone in [p for p in self.peers.pods() if p not in listed]:
-                    self._forget(gone)
+                for peer in [p for p in self.peers.pods() if p not in listed]:
+                    self._forget(peer)
                 self._update_peer_gauge()
                 backoff = 0.0
                 quick = 0.0

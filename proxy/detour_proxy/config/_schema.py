@@ -11,6 +11,7 @@ import fnmatch
 import hashlib
 from enum import Enum
 from pathlib import Path
+from collections.abc import Mapping
 from typing import Any
 
 import orjson
@@ -323,7 +324,7 @@ class RoutingConfig(_Model):
         return self.model_dump(mode="json", by_alias=True, exclude_defaults=True)
 
 
-def _loc(err: dict[str, Any], model: type[BaseModel] = RoutingConfig) -> str:
+def _loc(err: Mapping[str, Any], model: type[BaseModel] = RoutingConfig) -> str:
     parts: list[str] = []
     for p in err["loc"]:
         if isinstance(p, int):

@@ -117,9 +117,10 @@ class Relay:
             doc = orjson.loads(payload)
             self.stream_id, self.model = doc.get("id"), doc.get("model")
         if self.continuing:
-            payload = self._rewrite(ev)
-            if payload is None:
+            rewritten = self._rewrite(ev)
+            if rewritten is None:
                 return None
+            payload = rewritten
         if ev.content_bearing:
             self.chunks += 1
             if ev.text:

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from ..adapters import StreamEvent, UpstreamError
-from ..adapters.base import SSEEventTooLarge
+from ..adapters.base import SSEEventTooLarge, StreamDecoder
 from ..policy import GiveUp, Outcome, OutcomeKind, RequestPlan
 from ..transport import TransportError
 from . import _usage as usage_acct
@@ -142,7 +142,7 @@ async def run_stream(state: AppState, ctx: RequestContext, send: Send) -> str:
     return "upstream_error"
 
 
-def _decode(decoder: Any, data: bytes, tr: TargetRuntime) -> list[StreamEvent]:
+def _decode(decoder: StreamDecoder, data: bytes, tr: TargetRuntime) -> list[StreamEvent]:
     """Decoder output for `data` (b'' = end of stream). Whatever the decoder raises is this
     target's malformed stream: an error event, never an exception past the engine."""
     try:

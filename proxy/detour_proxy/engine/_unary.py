@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from ..adapters import check_answer
+from ..adapters import UpstreamError, check_answer
 from ..policy import GiveUp, Outcome, OutcomeKind, RequestPlan
 from ..transport import TransportError
 from . import _usage as usage
@@ -37,7 +37,7 @@ class UnaryRunner:
         self.state = state
         self.ctx = ctx
         self.body: bytes | None = None
-        self.last_err = None
+        self.last_err: UpstreamError | None = None
         targets = ctx.route.targets
         self._eligible: Eligible = lambda i: prepare(ctx, targets[i], False) is not None
 

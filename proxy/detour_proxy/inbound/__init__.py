@@ -15,7 +15,8 @@ from .responses import ResponsesCodec
 __all__ = ["MessagesCodec", "ResponsesCodec", "new_codec", "INBOUND_KINDS"]
 
 #: request kind (server.endpoints) -> codec class
-INBOUND_KINDS = {"responses": ResponsesCodec, "messages": MessagesCodec}
+INBOUND_KINDS: dict[str, type[ResponsesCodec] | type[MessagesCodec]] = {
+    "responses": ResponsesCodec, "messages": MessagesCodec}
 
 
 def new_codec(kind: str) -> ResponsesCodec | MessagesCodec:

@@ -118,7 +118,7 @@ class MessagesCodec:
 
     def _start(self, chunk: dict[str, Any], out: list[bytes]) -> None:
         self._started = True
-        message = {"id": new_id("msg_"), "type": "message", "role": "assistant", "content": [],
+        message: dict[str, Any] = {"id": new_id("msg_"), "type": "message", "role": "assistant", "content": [],
                    "model": chunk.get("model") or self.model, "stop_reason": None, "stop_sequence": None,
                    "usage": {"input_tokens": 0, "output_tokens": 0}}
         out.append(self._event("message_start", {"message": message}))

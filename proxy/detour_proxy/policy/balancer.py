@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Sequence
+from typing import cast
 
 from detour_proxy import config
 
@@ -80,7 +81,7 @@ def _latency(route: config.Route, states: Sequence[TargetState], cands: list[int
     probing = [i for i in pool if est[i] is None and states[i].in_flight > 0]
     band = list(unknown)
     if known:
-        best = min(est[i] for i in known)  # type: ignore[type-var]
+        best = min(cast(float, est[i]) for i in known)
         limit = best * (1.0 + route.latency_tolerance)
         band += [i for i in known if est[i] <= limit]  # type: ignore[operator]
     band.sort()

@@ -20,7 +20,7 @@ import orjson
 
 from .. import tracing
 from ..errors import ClientError, model_not_found, not_ready, too_large, unauthorized
-from ..engine import OPENAI, RequestContext, run_stream, run_unary, skipped_headers
+from ..engine import OPENAI, InboundCodec, RequestContext, run_stream, run_unary, skipped_headers
 from ..inbound import INBOUND_KINDS, MessagesCodec
 from ..inbound._common import load_object
 from .count_tokens import count_tokens
@@ -75,7 +75,8 @@ class OpenAIEndpoints:
         if request_id is None:
             request_id = _new_request_id()
         inbound = INBOUND_KINDS.get(kind, MessagesCodec if kind == "count_tokens" else None)
-        codec = OPENAI if inbound is None else inbound()
+        client = None if inbound is None else inbound()   # the client's own API format, if not OpenAI
+        codec: InboundCodec = OPENAI if client is None else client
         if authorization is None and api_key is not None and inbound is MessagesCodec:
             authorization = b"Bearer " + api_key   # Anthropic clients send their key as x-api-key
         try:
@@ -105,8 +106,8 @@ class OpenAIEndpoints:
         except ClientError as exc:
             state.metrics.rejected.labels(str(exc.status)).inc()
             status, err = exc.status, exc.body()
-            if inbound is not None:
-                status = codec.client_status(status)
+            if client is not None:
+                status = client.client_status(status)
                 err = _client_body(codec, status, codec.error(exc.message, exc.type, exc.code))
             await _respond(send, status, err, request_id)
             _log(request_id, None, None, 0, status, started, "rejected", kind)
@@ -137,8 +138,8 @@ class OpenAIEndpoints:
                     outcome = "client_error"
             else:
                 reply = await run_unary(state, ctx)
-                if inbound is not None and reply.status != 200:
-                    reply.status = codec.client_status(reply.status)
+                if client is not None and reply.status != 200:
+                    reply.status = client.client_status(reply.status)
                     reply.body = _client_body(codec, reply.status, reply.body)
                 status = reply.status
                 outcome = ("success" if status == 200 else "client_error" if status in _CLIENT_FAULT
@@ -155,7 +156,8 @@ class OpenAIEndpoints:
         except asyncio.CancelledError:
             if not watch.gone:
                 raise
-            watch.task.uncancel()  # our own cancellation: the client left, nothing more to send
+            if watch.task is not None:
+                watch.task.uncancel()  # our own cancellation: the client left, nothing more to send
         except Exception as exc:  # a bug: answer in the OpenAI format, log it once, keep serving
             outcome = "error"
             status = await _internal_error(send, exc, request_id, route.route.name, stream, ctx.status, codec)
@@ -222,7 +224,7 @@ async def _read_body(receive: Any, limit: int) -> bytes:
             message = await receive()
             if message["type"] == "http.disconnect":
                 raise ClientGone()
-            body = message.get("body", b"")
+            body: bytes = message.get("body", b"")
             if not message.get("more_body"):
                 if len(body) > limit:
                     raise too_large(limit)
