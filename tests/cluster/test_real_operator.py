@@ -138,14 +138,26 @@ def env(crds: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env
         cluster.kubectl("delete", "namespace", ns, "--wait=false", check=False)
 
 
+def _documented_columns() -> dict[str, list[str]]:
+    """`kubectl get` headers per short name, from docs/operator.md's table of kinds (last column:
+    printer columns), with kubectl's NAME first."""
+    out = {}
+    for line in (ROOT / "docs/operator.md").read_text().splitlines():
+        cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
+        if len(cells) == 4 and cells[1] in ("`llmp`", "`rpol`"):
+            out[cells[1].strip("`")] = ["NAME", *(col.strip().upper() for col in cells[3].split(","))]
+    return out
+
+
 def test_objects_reach_ready_and_columns_match_the_docs(env: Env) -> None:
     c, ns = env.cluster, env.ns
     c.kubectl("wait", "--for=condition=Ready", "--timeout=60s", "llmp/a", "llmp/b", "rpol/chat", ns=ns)
+    documented = _documented_columns()
     head, *rows = c.kubectl("get", "llmp", ns=ns).stdout.splitlines()
-    assert head.split() == ["NAME", "TYPE", "READY", "HEALTH", "BREAKER", "AGE"]
+    assert head.split() == documented["llmp"] == ["NAME", "TYPE", "READY", "HEALTH", "BREAKER", "AGE"]
     assert [r.split()[:3] for r in rows] == [["a", "openai", "True"], ["b", "openai", "True"]]
     head, *rows = c.kubectl("get", "rpol", ns=ns).stdout.splitlines()
-    assert head.split() == ["NAME", "STRATEGY", "TARGETS", "READY", "AGE"]
+    assert head.split() == documented["rpol"] == ["NAME", "STRATEGY", "TARGETS", "READY", "AGE"]
     assert rows[0].split()[:4] == ["chat", "priority", "a,b", "True"]
     cm = c.get_json("configmap", "detour-routing", ns=ns)
     assert "sk-real" not in json.dumps(cm), "a provider key reached the ConfigMap"
