@@ -294,3 +294,16 @@ def test_hedging_metrics_and_headers_apply_to_both_endpoints(primary, anthropic_
     for route in ("gpt", "claude"):
         assert f'detour_hedges_total{{route="{route}"}} 1.0' in metrics
         assert f'detour_requests_total{{outcome="success",route="{route}"}} 1.0' in metrics
+
+
+def test_anthropic_beta_goes_to_anthropic_targets_only(gw):
+    proxy, primary, claude = gw
+    client = anthropic.Anthropic(base_url=proxy.url, api_key="k", max_retries=0,
+                                 default_headers={"anthropic-beta": "tools-2024-04-04"})
+    client.messages.create(model="claude-sonnet-4", max_tokens=10, messages=[{"role": "user", "content": "hi"}])
+    assert claude.stats()["lastRequest"]["headers"]["anthropic-beta"] == "tools-2024-04-04"
+    client.messages.count_tokens(model="claude-sonnet-4", messages=[{"role": "user", "content": "hi"}])
+    assert claude.stats()["lastRequest"]["headers"]["anthropic-beta"] == "tools-2024-04-04"
+    claude.faults(status=529)
+    client.messages.create(model="claude-sonnet-4", max_tokens=10, messages=[{"role": "user", "content": "hi"}])
+    assert primary.stats()["total"] == 1 and "anthropic-beta" not in primary.stats()["lastRequest"]["headers"]

@@ -25,6 +25,7 @@ from ..adapters.errors import redact
 from ..policy import GiveUp, Outcome, OutcomeKind, RequestPlan, Try
 from ..transport import BodyTooLarge, Disconnected
 from ._context import RequestContext, Result
+from .codec import OPENAI
 
 if TYPE_CHECKING:
     from ..state import AppState
@@ -154,6 +155,10 @@ def prepare(ctx: RequestContext, tr: TargetRuntime, stream: bool) -> UpstreamReq
         else:
             req = prov.adapter.build_chat(ctx.body, tr.target.model, stream, prov.api_key(), raw=ctx.raw)
         req.headers["x-request-id"] = ctx.request_id  # type: ignore[union-attr]
+        if ctx.codec is not OPENAI:   # an inbound format may pass headers to same-format targets only
+            extra = getattr(ctx.codec, "upstream_headers", None)
+            if extra is not None:
+                req.headers.update(extra(prov.adapter))  # type: ignore[union-attr]
     except UnsupportedRequest as exc:
         ctx.unsupported = f"{tr.label} cannot serve this request: {exc}"
         req = None

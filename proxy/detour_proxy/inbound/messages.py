@@ -15,6 +15,7 @@ from typing import Any
 import orjson
 
 from ..adapters import UpstreamError
+from ..adapters.anthropic import AnthropicAdapter
 from ..engine.codec import SSE_HEADERS
 from ._common import chat_usage, load_object, new_id
 from .messages_request import to_chat
@@ -78,6 +79,7 @@ class MessagesCodec:
 
     def __init__(self) -> None:
         self.model = ""
+        self.beta: str | None = None         # the client's anthropic-beta header
         self._started = False
         self._block: int | None = None       # index of the open content block
         self._block_kind = ""
@@ -103,6 +105,10 @@ class MessagesCodec:
 
     def client_status(self, status: int) -> int:
         return anthropic_status(status)
+
+    def upstream_headers(self, adapter: Any) -> dict[str, str]:
+        """`anthropic-beta` goes to Anthropic targets only (other providers do not know it)."""
+        return {"anthropic-beta": self.beta} if self.beta and isinstance(adapter, AnthropicAdapter) else {}
 
     def reply_body(self, status: int, body: bytes) -> bytes:
         """An error body re-typed for the status the client gets (Anthropic keys on both)."""

@@ -34,8 +34,8 @@ def _error(status: int, message: str, type_: str) -> tuple[int, list[tuple[bytes
     return status, list(_JSON), orjson.dumps({"type": "error", "error": {"type": type_, "message": message}})
 
 
-async def count_tokens(state: AppState, route: RouteRuntime, body: dict[str, Any],
-                       request_id: str) -> tuple[int, list[tuple[bytes, bytes]], bytes, str | None]:
+async def count_tokens(state: AppState, route: RouteRuntime, body: dict[str, Any], request_id: str,
+                       beta: str | None = None) -> tuple[int, list[tuple[bytes, bytes]], bytes, str | None]:
     """(status, headers, body, target label) of the answer."""
     if not isinstance(body.get("messages"), list) or not body["messages"]:
         raise bad_request("messages: at least one message is required.", param="messages")
@@ -51,6 +51,8 @@ async def count_tokens(state: AppState, route: RouteRuntime, body: dict[str, Any
         prov = tr.provider
         headers = prov.adapter.headers(prov.api_key())   # type: ignore[attr-defined]
         headers["x-request-id"] = request_id
+        if beta:
+            headers["anthropic-beta"] = beta
         url = prov.adapter._url + "/count_tokens"   # type: ignore[attr-defined]
         req = UpstreamRequest("POST", url, headers, orjson.dumps({**body, "model": tr.target.model}))
         try:

@@ -77,8 +77,12 @@ class OpenAIEndpoints:
         inbound = INBOUND_KINDS.get(kind, MessagesCodec if kind == "count_tokens" else None)
         client = None if inbound is None else inbound()   # the client's own API format, if not OpenAI
         codec: InboundCodec = OPENAI if client is None else client
-        if authorization is None and api_key is not None and inbound is MessagesCodec:
-            authorization = b"Bearer " + api_key   # Anthropic clients send their key as x-api-key
+        if isinstance(client, MessagesCodec):
+            if authorization is None and api_key is not None:
+                authorization = b"Bearer " + api_key   # Anthropic clients send their key as x-api-key
+            for name, value in scope["headers"]:
+                if name == b"anthropic-beta":
+                    client.beta = value.decode("latin-1")
         try:
             if gw is None or state.draining:
                 raise not_ready()
@@ -94,7 +98,8 @@ class OpenAIEndpoints:
             if route is None:
                 raise model_not_found(model, gw.router.conditions_for(model))
             if kind == "count_tokens":
-                status, reply_headers, answer, target = await count_tokens(state, route, body, request_id)
+                status, reply_headers, answer, target = await count_tokens(
+                    state, route, body, request_id, client.beta if isinstance(client, MessagesCodec) else None)
                 reply_headers += [(b"x-request-id", request_id.encode()),
                                   (b"content-length", str(len(answer)).encode())]
                 if target is not None:

@@ -13,6 +13,7 @@ from anthropic.types import Message, RawMessageStreamEvent
 from openai.types.responses import Response, ResponseStreamEvent
 from pydantic import TypeAdapter
 
+from detour_proxy.adapters.anthropic import AnthropicAdapter
 from detour_proxy.adapters.anthropic_request import to_anthropic
 from detour_proxy.errors import ClientError
 from detour_proxy.inbound import MessagesCodec, ResponsesCodec
@@ -379,6 +380,11 @@ def m_headers():
     # both end to end; here: the canonical body carries no header or key at all.
     out = messages()
     assert set(out) == {"model", "messages", "max_tokens"}
+    codec = MessagesCodec()
+    codec.beta = "tools-2024-04-04"
+    anthropic_target = AnthropicAdapter.__new__(AnthropicAdapter)
+    assert codec.upstream_headers(anthropic_target) == {"anthropic-beta": "tools-2024-04-04"}
+    assert codec.upstream_headers(object()) == {}
 
 
 def ma_text():
