@@ -69,12 +69,13 @@ def test_executor_forwards_client_bytes(provider, kind, body):
     them without re-serializing (the hot path), for embeddings as for chat."""
     from types import SimpleNamespace
 
+    from detour_proxy.engine import OPENAI
     from detour_proxy.engine._attempts import prepare
 
     prov = SimpleNamespace(adapter=adapter_for(provider("openai")), api_key=lambda: "k")
     tr = SimpleNamespace(provider=prov, target=SimpleNamespace(model="emb"), index=0)
     raw = orjson.dumps(body) + b" "  # distinguishable from a re-serialization
-    ctx = SimpleNamespace(kind=kind, body=body, raw=raw, request_id="req-1", requests={})
+    ctx = SimpleNamespace(kind=kind, body=body, raw=raw, request_id="req-1", requests={}, codec=OPENAI)
     req = prepare(ctx, tr, stream=False)
     assert req.body is raw and req.headers["x-request-id"] == "req-1"
 
