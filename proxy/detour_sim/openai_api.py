@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 import orjson
 from aiohttp import web
 
+from .responses_api import ResponsesAPI
 from .stream import StreamPlan, send_stream
 from .text import content_text, embedding, estimate_tokens, split_text, text_tokens
 
@@ -74,6 +75,7 @@ class OpenAIAPI:
         return [
             ("POST", "/v1/chat/completions", self.chat),
             ("POST", "/v1/embeddings", self.embeddings),
+            ("POST", "/v1/responses", ResponsesAPI(self).create),
             ("GET", "/v1/models", self.list_models),
             # Azure OpenAI shape: the deployment in the path, api-version required.
             ("POST", "/openai/deployments/{deployment}/chat/completions", self._azure(self.chat)),

@@ -22,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import struct
-from typing import TYPE_CHECKING, NamedTuple, Sequence
+from typing import TYPE_CHECKING, Callable, NamedTuple, Sequence
 
 from aiohttp import web
 
@@ -38,6 +38,8 @@ class StreamPlan(NamedTuple):
     head: bytes
     pieces: Sequence[bytes]
     tail: bytes
+    #: the API's in-band error event (type, message) -> bytes; None: the flavour's default
+    inband: Callable[[str | None, str | None], bytes] | None = None
 
 
 def client_gone(request: web.BaseRequest) -> bool:
@@ -134,7 +136,7 @@ async def _body(
                 await resp.write(sim.api.garbage_sse)
             ib = fault.inband
             if ib is not None and _at(ib.after_chunks, i, total):
-                await resp.write(sim.api.inband_error(ib.type, ib.message))
+                await resp.write((plan.inband or sim.api.inband_error)(ib.type, ib.message))
                 await resp.write_eof()
                 stats.bump("streamsInbandError")
                 return False
