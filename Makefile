@@ -4,7 +4,7 @@ VENV    := .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 
-.PHONY: run test unit integration operator chart bench soak crds lint clean venv cluster cluster-build cluster-down cluster-test
+.PHONY: run test check unit integration operator chart bench soak crds lint clean venv cluster cluster-build cluster-down cluster-test
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -19,6 +19,10 @@ run: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -p no:cacheprovider
+
+# The fast tier (< 60 s): unit tests and the attempt engine over a scripted fake transport.
+check: $(STAMP)
+	$(BIN)/python -m pytest -q -p no:cacheprovider tests/unit tests/engine
 
 unit: $(STAMP)
 	$(BIN)/python -m pytest -q tests/unit
