@@ -512,3 +512,23 @@ def test_a_torn_in_place_client_key_write_never_lets_its_prefix_in(tmp_path, pri
                                           timeout=10).status_code == 200, 5, "the real key to be accepted")
         finally:
             _stop_services(proxy)
+
+
+def test_client_auth_removed_by_an_atomic_update_is_taken_as_written(tmp_path, primary, secondary):
+    """The cut-short guard is for in-place writes: a `..data` swap (the operator turning client
+    auth off in its ConfigMap) cannot be cut short and is installed."""
+    sims = {"primary": primary, "secondary": secondary}
+    key_file = tmp_path / "client-key"
+    key_file.write_text("ck-real-key\n")
+    without = config(sims, "primary")
+    vol = K8sVolume(tmp_path / "cfg", {"config.yaml": dump({**without, "clientAuth": {"keys": [{"file": str(key_file)}]}})})
+    with ProxyServer(parse_config(vol.path("config.yaml").read_text()), config_path=vol.path("config.yaml")) as proxy:
+        _start_reload(proxy)
+        try:
+            assert httpx.post(proxy.v1 + "/chat/completions", json=chat_body(), timeout=10).status_code == 401
+            vol.update({"config.yaml": dump(without)})
+            wait_until(lambda: httpx.post(proxy.v1 + "/chat/completions", json=chat_body(),
+                                          timeout=10).status_code == 200, 5, "the swapped config to be installed")
+            assert proxy.state.reload_error is None
+        finally:
+            _stop_services(proxy)

@@ -14,9 +14,11 @@ file changed in place re-reads it at the next poll and loads it only if inode, m
 content are unchanged, so a half-written file that happens to parse is never installed (issue
 13); a file renamed into place (new inode) or a `..data` symlink swap (Kubernetes) arrived
 whole and is loaded at once. The bytes
-hashed are the bytes parsed. A config that lacks `clientAuth` while the serving one has it is
-refused (a file cut before its `clientAuth` block parses fine and would serve requests without a
-key): turning client auth off on a running proxy takes an explicit `clientAuth: null`.
+hashed are the bytes parsed. A config written in place that lacks `clientAuth` while the serving
+one has it is refused (a file cut before its `clientAuth` block parses fine and would serve
+requests without a key): turning client auth off that way takes an explicit `clientAuth: null`;
+a file renamed into place or a `..data` swap (the operator's ConfigMap) cannot be cut short and is
+taken as written.
 
 On a change of the config file: read and validate it in a worker thread
 (`config.parse_config`), then `AppState.install` in the event loop, which builds the new
@@ -201,7 +203,7 @@ class ConfigReloader:
         swapped = _renamed(self._sig, sig)
         if self._settle.observe((sig, content), True, complete=swapped) is None:
             return  # changed in place: load it once the next poll reads the same
-        await self.reload(reason="file changed", expect=content)
+        await self.reload(reason="file changed", expect=content, whole=swapped)
 
     def _track_credentials(self) -> None:
         gw = self.state.gateway
@@ -243,10 +245,13 @@ class ConfigReloader:
         return refreshed
 
     # -- reloading ---------------------------------------------------------------------------
-    async def reload(self, reason: str = "requested", force: bool = False, expect: str | None = None) -> bool:
+    async def reload(self, reason: str = "requested", force: bool = False, expect: str | None = None,
+                     whole: bool = False) -> bool:
         """Load, validate and install the config file. True if a new gateway was installed.
         `expect`: the content hash the watcher confirmed; if the file no longer has it, it is
-        being written again and is judged at the next poll."""
+        being written again and is judged at the next poll. `whole`: the file arrived by a rename
+        or `..data` swap, so it cannot be cut short (a config without clientAuth is then taken
+        as written: the operator renders none when client auth is turned off)."""
         async with self._lock:
             sig_before = _signature(self.path)
             metrics = self.state.metrics
@@ -254,7 +259,8 @@ class ConfigReloader:
                 config, content = await asyncio.to_thread(self._load)
                 if expect is not None and content != expect:
                     return False
-                self._keeps_client_auth(config)
+                if not whole:
+                    self._keeps_client_auth(config)
             except ConfigError as exc:
                 if not force and _signature(self.path) != sig_before:
                     return False  # still being written: judge it at the next poll
