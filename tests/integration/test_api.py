@@ -186,7 +186,9 @@ def test_unknown_paths_and_methods_answer_in_the_openai_error_format(proxy):
         assert path in err["message"]
         assert_openai_error(httpx.post(proxy.url + path, json={}, timeout=5), 404, "not_found")
     for method, path, allow in (("GET", "/v1/chat/completions", "POST"), ("PUT", "/v1/embeddings", "POST"),
-                                ("DELETE", "/v1/models", "GET"), ("POST", "/healthz", "GET")):
+                                ("DELETE", "/v1/models", "GET"), ("POST", "/healthz", "GET"),
+                                ("GET", "/v1/responses", "POST"), ("GET", "/v1/messages", "POST"),
+                                ("PUT", "/chat/completions", "POST")):
         r = httpx.request(method, proxy.url + path, timeout=5)
         err = assert_openai_error(r, 405, "method_not_allowed")
         assert method in err["message"]

@@ -52,11 +52,16 @@ class HotPath:
             if kind is not None:
                 await self.endpoints(scope, receive, send, kind)
                 return
-        if scope["type"] == "http" and scope["path"] in DOC_PATHS:
-            gw = self.endpoints.state.gateway
-            if gw is not None and gw.client_keys is not None:
-                await _send_json(send, 404, _not_found(scope["path"]))
+        if scope["type"] == "http":
+            path = scope["path"]
+            if path in HOT_PATHS:   # every hot path is POST-only, whichever API it serves
+                await _send_json(send, 405, _not_allowed(scope["method"], path), [(b"allow", b"POST")])
                 return
+            if path in DOC_PATHS:
+                gw = self.endpoints.state.gateway
+                if gw is not None and gw.client_keys is not None:
+                    await _send_json(send, 404, _not_found(path))
+                    return
         await self.app(scope, receive, send)
 
 
@@ -64,9 +69,15 @@ def _not_found(path: str) -> bytes:
     return error_body(f"Unknown path '{echo(path)}' on this Detour gateway.", "invalid_request_error", "not_found")
 
 
-async def _send_json(send: Any, status: int, body: bytes) -> None:
+def _not_allowed(method: str, path: str) -> bytes:
+    return error_body(f"Method {echo(method)} is not allowed on '{echo(path)}'.", "invalid_request_error",
+                      "method_not_allowed")
+
+
+async def _send_json(send: Any, status: int, body: bytes, extra: list[tuple[bytes, bytes]] | None = None) -> None:
     await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                            *(extra or ())]})
     await send({"type": "http.response.body", "body": body, "more_body": False})
 
 
@@ -76,8 +87,7 @@ def _http_error(request: Request, exc: Exception) -> Response:
     if exc.status_code == 404:
         body = _not_found(request.url.path)
     elif exc.status_code == 405:
-        body = error_body(f"Method {echo(request.method)} is not allowed on '{echo(request.url.path)}'.",
-                          "invalid_request_error", "method_not_allowed")
+        body = _not_allowed(request.method, request.url.path)
     else:
         body = error_body(str(exc.detail), "invalid_request_error", _STATUS_CODES.get(exc.status_code))
     return Response(body, status_code=exc.status_code, headers=exc.headers, media_type="application/json")
