@@ -77,11 +77,18 @@ class PodProcess:
                   "ca.crt": (cluster.dir / "pki" / "ca.crt").read_bytes(), "namespace": ns.encode()})
         self.mounts = [(str(sa.root), SA_DIR)]
         for m in self.container.get("volumeMounts", []):
-            if m["name"] in self.volumes:
+            if m["name"] in self.volumes and not self._shadows_host(m["mountPath"]):
                 self.mounts.append((str(self.volumes[m["name"]][1].root), m["mountPath"]))
         self.env = self._env(extra_env or {})
         self.log_path = self.dir / "log.txt"
         self.proc: subprocess.Popen[bytes] | None = None
+
+    def _shadows_host(self, mount_path: str) -> bool:
+        """A mount over a directory holding the venv, the checkout or the pod's own work dir
+        (the chart's `/tmp` emptyDir when the suite runs from a clone under /tmp) would hide them
+        from the process: the processes share one host, so such a scratch mount is left out."""
+        dst = pathlib.Path(mount_path)
+        return any(p == dst or dst in p.parents for p in (VENV_BIN, pathlib.Path.cwd(), self.dir))
 
     def _env(self, extra: dict[str, str]) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("KUBE")}
