@@ -136,9 +136,10 @@ class AnthropicAPI:
                             headers=ctx.headers, content_type="application/json")
 
     # -- messages -------------------------------------------------------------------
-    async def messages(self, ctx: "Ctx") -> web.StreamResponse:
+    async def messages(self, ctx: "Ctx", version_header: bool = True) -> web.StreamResponse:
+        """`version_header`: False for Claude on Vertex (the version is in the body there)."""
         headers = ctx.headers
-        if "anthropic-version" not in ctx.request.headers:
+        if version_header and "anthropic-version" not in ctx.request.headers:
             return self.error(400, "invalid_request_error", "anthropic-version: header is required", headers, ctx.rid)
         body = ctx.body
         if not isinstance(body, dict):
@@ -228,7 +229,7 @@ class AnthropicAPI:
             "type": "message_delta", "delta": {"stop_reason": stop, "stop_sequence": None},
             "usage": {"output_tokens": usage["output_tokens"]},
         })
-        return StreamPlan(start + block_start + _PING, encoded, _BLOCK_STOP + delta + _MESSAGE_STOP)
+        return StreamPlan(start + block_start + _PING, encoded, _BLOCK_STOP + delta + _MESSAGE_STOP, self.inband_error)
 
     async def list_models(self, ctx: "Ctx") -> web.StreamResponse:
         return web.Response(body=self._models_body, headers=ctx.headers, content_type="application/json")

@@ -26,7 +26,7 @@ from .stats import Stats
 from .stream import abort_connection, client_gone
 from .text import DEFAULT_CHUNKS, DEFAULT_EMBEDDING_DIMS, DEFAULT_REPLY, Canon
 
-FLAVORS = ("openai", "anthropic")
+FLAVORS = ("openai", "anthropic", "google")
 GARBAGE_JSON = b'{"id": "broken", "object": <<<not json'
 CLIENT_MAX_SIZE = 64 * 1024 * 1024
 
@@ -72,6 +72,10 @@ class Sim:
             from .openai_api import OpenAIAPI
 
             self.api: Any = OpenAIAPI(self, models)
+        elif flavor == "google":
+            from .google_api import GoogleAPI
+
+            self.api = GoogleAPI(self, models)
         else:
             from .anthropic_api import AnthropicAPI
 
@@ -199,6 +203,8 @@ def build_app(
     add_admin_routes(app, sim)
     for method, path, handler in sim.api.routes():
         app.router.add_route(method, path, sim.wrap(handler))
+    for method, path, handler in getattr(sim.api, "extra_routes", list)():
+        app.router.add_route(method, path, handler)   # auth infrastructure: no provider faults
 
     async def not_found(ctx: Ctx) -> web.StreamResponse:
         msg = f"Unknown request URL: {ctx.request.method} {ctx.request.path}"

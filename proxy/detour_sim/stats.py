@@ -14,7 +14,7 @@ from collections import deque
 from typing import Any, Mapping
 from urllib.parse import parse_qsl
 
-REDACTED_HEADERS = frozenset({"authorization", "x-api-key", "api-key", "proxy-authorization"})
+REDACTED_HEADERS = frozenset({"authorization", "x-api-key", "x-goog-api-key", "api-key", "proxy-authorization"})
 
 COUNTERS = (
     "total",
@@ -28,6 +28,8 @@ COUNTERS = (
     "streamsInbandError",
     "clientClosed",
     "faultsInjected",
+    "tokensIssued",
+    "tokensRefused",
 )
 
 

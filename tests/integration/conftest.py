@@ -6,7 +6,7 @@ import pytest
 
 from support import Sim
 
-SIMS = {"primary": "openai", "secondary": "openai", "azure": "openai", "anthropic": "anthropic"}
+SIMS = {"primary": "openai", "secondary": "openai", "azure": "openai", "anthropic": "anthropic", "google": "google"}
 
 
 @pytest.fixture(scope="session")
@@ -29,3 +29,4 @@ primary = _fresh("primary")
 secondary = _fresh("secondary")
 azure = _fresh("azure")
 anthropic_sim = _fresh("anthropic")
+google_sim = _fresh("google")

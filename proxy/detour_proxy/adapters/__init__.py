@@ -17,13 +17,15 @@ from .base import (
     StreamEvent, UnsupportedRequest, UpstreamError, UpstreamRequest,
 )
 from .openai import OpenAIAdapter, OpenAIStreamDecoder
+from .gemini import GeminiAdapter
 from .shape import check_answer
+from .vertex import VertexAdapter
 
 __all__ = [
     "adapter_for", "Adapter", "OpenAIAdapter", "AzureOpenAIAdapter", "AnthropicAdapter",
     "UpstreamRequest", "UpstreamError", "RateLimitInfo", "StreamEvent", "StreamDecoder",
     "OpenAIStreamDecoder", "SSEParser", "SSEEvent", "UnsupportedRequest", "ContinuationUnsupported",
-    "check_answer",
+    "check_answer", "GeminiAdapter", "VertexAdapter",
 ]
 
 _ADAPTERS: dict[ProviderType, Callable[[Provider], Adapter]] = {
@@ -31,6 +33,8 @@ _ADAPTERS: dict[ProviderType, Callable[[Provider], Adapter]] = {
     ProviderType.openai_compatible: OpenAIAdapter,
     ProviderType.azure_openai: AzureOpenAIAdapter,
     ProviderType.anthropic: AnthropicAdapter,
+    ProviderType.gemini: GeminiAdapter,
+    ProviderType.vertex: VertexAdapter,
 }
 
 

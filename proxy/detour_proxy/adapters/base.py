@@ -29,7 +29,7 @@ def is_retryable_status(status: int) -> bool:
     return status in (408, 409, 425, 429) or status >= 500
 
 
-_SECRET_HEADERS = frozenset({"authorization", "api-key", "x-api-key", "proxy-authorization"})
+_SECRET_HEADERS = frozenset({"authorization", "api-key", "x-api-key", "x-goog-api-key", "proxy-authorization"})
 
 
 @dataclass(frozen=True, slots=True, repr=False)

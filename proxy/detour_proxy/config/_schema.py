@@ -23,7 +23,7 @@ from .durations import Duration, format_duration, parse_duration
 
 __all__ = [
     "ConfigError", "Duration", "format_duration", "parse_duration",
-    "SecretSource", "Timeouts", "ProviderType", "ContinuationMode", "Provider", "Limits",
+    "SecretSource", "Timeouts", "ProviderType", "VertexPublisher", "ContinuationMode", "Provider", "Limits",
     "Target", "Match", "Strategy", "Backoff", "Retry", "Hedge", "StreamFailover", "Route",
     "Breaker", "SlowCall", "Health", "RetryBudget", "ClientAuth", "Server", "SharedHealth",
     "RoutingConfig", "load_config", "parse_config", "config_hash",
@@ -77,6 +77,8 @@ class ProviderType(str, Enum):
     azure_openai = "azure-openai"
     anthropic = "anthropic"
     openai_compatible = "openai-compatible"
+    gemini = "gemini"      # the Gemini API (generativelanguage.googleapis.com) with an API key
+    vertex = "vertex"      # Google Vertex AI: Claude (rawPredict) and Gemini (generateContent), google-auth
 
 
 class ContinuationMode(str, Enum):
@@ -88,18 +90,45 @@ class ContinuationMode(str, Enum):
     prefix = "prefix"                    # DeepSeek/Mistral: assistant message with `prefix: true`
 
 
+class VertexPublisher(str, Enum):
+    """Which model family a vertex provider serves; by default chosen by the model name."""
+
+    anthropic = "anthropic"   # Claude: rawPredict / streamRawPredict, the Anthropic Messages body
+    google = "google"         # Gemini: generateContent / streamGenerateContent
+
+
 class Provider(_Model):
     """One upstream LLM provider endpoint."""
 
     name: str = Field(..., pattern=NAME_PATTERN, max_length=63, description="Unique name of the provider, used by route targets.")
-    type: ProviderType = Field(ProviderType.openai, description="API dialect: openai, azure-openai, anthropic or openai-compatible.")
-    base_url: str = Field(..., alias="baseURL", pattern=r"^https?://", description="Base URL, e.g. https://api.openai.com/v1 or https://RESOURCE.openai.azure.com.")
+    type: ProviderType = Field(ProviderType.openai, description="API dialect: openai, azure-openai, anthropic, openai-compatible, gemini or vertex.")
+    base_url: str = Field(..., alias="baseURL", pattern=r"^https?://", description="Base URL, e.g. https://api.openai.com/v1, https://RESOURCE.openai.azure.com, https://generativelanguage.googleapis.com (gemini) or https://us-east5-aiplatform.googleapis.com (vertex).")
     api_key: SecretSource | None = Field(None, description="The provider API key.")
     api_version: str | None = Field(None, description="azure-openai: api-version query parameter; anthropic: anthropic-version header.")
     headers: dict[str, str] = Field(default_factory=dict, description="Extra headers sent on every request to this provider.")
     timeouts: Timeouts = Field(default_factory=Timeouts, description="Connection, first-token, idle and total timeouts.")
     max_tokens_default: int = Field(4096, ge=1, description="max_tokens sent when the client sets none and the provider requires it (anthropic).")
     continuation: ContinuationMode | None = Field(None, description="How this provider continues a partial answer; default prefill for anthropic, none otherwise.")
+    project: str | None = Field(None, min_length=1, max_length=100, pattern=r"^[a-z0-9][-a-z0-9.:]*$", description="vertex: the Google Cloud project ID.")
+    location: str | None = Field(None, min_length=1, max_length=63, pattern=r"^[a-z0-9-]+$", description="vertex: the region (e.g. us-east5, europe-west1) or global.")
+    publisher: VertexPublisher | None = Field(None, description="vertex: anthropic or google; default from the model name (claude-* anthropic, otherwise google).")
+    credentials_file: str | None = Field(None, min_length=1, description="vertex: a Google credentials JSON file (service account key or external_account / workload identity federation config); re-read when it changes. Unset: Application Default Credentials (GKE workload identity, the metadata server, GOOGLE_APPLICATION_CREDENTIALS).")
+
+    @model_validator(mode="after")
+    def _google_fields(self) -> Provider:
+        vertex = self.type is ProviderType.vertex
+        if vertex and (self.project is None or self.location is None):
+            raise ValueError("type vertex needs project and location")
+        if vertex and self.api_key is not None:
+            raise ValueError("type vertex authenticates with Google credentials (credentialsFile or "
+                             "Application Default Credentials), not apiKey")
+        if not vertex:
+            extra = [n for n, v in (("project", self.project), ("location", self.location),
+                                    ("publisher", self.publisher), ("credentialsFile", self.credentials_file))
+                     if v is not None]
+            if extra:
+                raise ValueError(f"{', '.join(extra)} apply only to type vertex")
+        return self
 
     @property
     def effective_continuation(self) -> ContinuationMode:

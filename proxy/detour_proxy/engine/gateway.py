@@ -12,19 +12,20 @@ from typing import Any, Callable
 
 
 from ..adapters import Adapter, adapter_for
-from ..config import Provider, Route, RoutingConfig, Target, config_hash
+from ..config import Provider, ProviderType, Route, RoutingConfig, Target, config_hash
 from ..config.credentials import ClientKeys, Credential
 from ..metrics import Metrics, RouteMetrics, TargetMetrics
 from ..policy import Clock, HealthRegistry, RetryBudget, RoutePlanner, TargetKey, TargetState, merge_limits
 from .router import Router
 from ..transport import ConnectTimeout, client_timeout
+from ..transport.google_auth import GoogleToken
 
 
 @dataclass(slots=True)
 class ProviderRuntime:
     config: Provider
     adapter: Adapter
-    credential: Credential | None
+    credential: Credential | GoogleToken | None   # GoogleToken: vertex (an OAuth access token)
     client_timeout: ConnectTimeout          # connect only; built once per config
     can_continue: bool
     supports_embeddings: bool
@@ -69,6 +70,16 @@ class Gateway:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+def _google_token(p: Provider, prev: Credential | GoogleToken | None) -> GoogleToken:
+    """The provider's Google token source: the previous generation's when its credentials did
+    not change (no refetch on reload), else a new one whose first fetch starts now."""
+    if isinstance(prev, GoogleToken) and prev.file == p.credentials_file:
+        return prev
+    token = GoogleToken(p.credentials_file, name=p.name)
+    token.start()
+    return token
+
+
 def build_gateway(config: RoutingConfig, *, registry: HealthRegistry, budget: RetryBudget,
                   metrics: Metrics, rng: random.Random, clock: Clock,
                   previous: Gateway | None = None) -> Gateway:
@@ -85,6 +96,8 @@ def build_gateway(config: RoutingConfig, *, registry: HealthRegistry, budget: Re
             prev = old_creds.get(p.name)
             # Keep the cached credential when its source did not change (no extra file reads).
             cred = prev if prev is not None and prev.describe == repr(p.api_key) else Credential(p.api_key)
+        elif p.type is ProviderType.vertex:
+            cred = _google_token(p, old_creds.get(p.name))
         providers[p.name] = ProviderRuntime(
             config=p, adapter=adapter, credential=cred,
             client_timeout=client_timeout(p.timeouts.connect),
