@@ -14,7 +14,9 @@ Rules:
   one broken fallback must not take the route down); it is excluded only when no target resolves.
 - whatever remains is published if it is a valid `RoutingConfig`; otherwise nothing is published.
 - API keys are copied (still base64, never decoded) into the credentials Secret data under the
-  provider's name; the config refers to them as files under the mount path.
+  provider's name; the config refers to them as files under the mount path (a vertex provider's
+  Secret key is its Google credentials JSON, referred to as `credentialsFile`; without one it uses
+  workload identity).
 """
 
 from __future__ import annotations
@@ -101,9 +103,13 @@ def _provider(obj: Mapping[str, Any], secrets: Mapping[str, Mapping[str, str]],
         return None
     data = spec.model_dump(mode="json", by_alias=True, exclude_defaults=True, exclude={"api_key_secret_ref"})
     data["name"] = name
-    ref = spec.api_key_secret_ref  # type: ignore[attr-defined]  # required unless openai-compatible (spec rule)
+    ref = spec.api_key_secret_ref  # type: ignore[attr-defined]  # required unless openai-compatible/vertex (spec rule)
     if ref is not None:
-        data["apiKey"] = {"file": f"{settings.credentials_mount_path.rstrip('/')}/{name}"}
+        path = f"{settings.credentials_mount_path.rstrip('/')}/{name}"
+        if spec.type is cfg.ProviderType.vertex:  # type: ignore[attr-defined]
+            data["credentialsFile"] = path   # the service-account / external_account JSON, read by google-auth
+        else:
+            data["apiKey"] = {"file": path}
     provider, err = _validate(cfg.Provider, data)
     if provider is None:
         result.add(key, Problem("Accepted", "InvalidSpec", err or "invalid provider"))

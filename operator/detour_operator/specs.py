@@ -40,9 +40,19 @@ def _derive(name: str, base: type[BaseModel], drop: set[str], doc: str,
     return model
 
 
+#: Types that may run without apiKeySecretRef: an open server, and vertex on workload identity.
+KEYLESS_TYPES = (cfg.ProviderType.openai_compatible, cfg.ProviderType.vertex)
+
+
 def _key_needed_unless_openai_compatible(spec: Any) -> Any:
-    if spec.api_key_secret_ref is None and spec.type is not cfg.ProviderType.openai_compatible:
-        raise ValueError("apiKeySecretRef is required unless type is openai-compatible")
+    if spec.api_key_secret_ref is None and spec.type not in KEYLESS_TYPES:
+        raise ValueError("apiKeySecretRef is required unless type is openai-compatible or vertex")
+    return spec
+
+
+def _vertex_needs_project_and_location(spec: Any) -> Any:
+    if spec.type is cfg.ProviderType.vertex and (spec.project is None or spec.location is None):
+        raise ValueError("type vertex needs project and location")
     return spec
 
 
@@ -61,11 +71,14 @@ class SecretKeyRef(BaseModel):
 
 
 LLMProviderSpec = _derive(
-    "LLMProviderSpec", cfg.Provider, {"name", "api_key"},
+    "LLMProviderSpec", cfg.Provider, {"name", "api_key", "credentials_file"},
     "One upstream LLM provider endpoint; the provider's name is the object's metadata.name.",
-    validators={"_key_rule": model_validator(mode="after")(_key_needed_unless_openai_compatible)},
+    validators={"_key_rule": model_validator(mode="after")(_key_needed_unless_openai_compatible),
+                "_vertex_rule": model_validator(mode="after")(_vertex_needs_project_and_location)},
     api_key_secret_ref=(SecretKeyRef | None, Field(None, description=(
-        "Secret key holding the provider API key; required unless type is openai-compatible. "
+        "Secret key holding the provider API key (vertex: a Google service-account key or external_account "
+        "JSON; without it, vertex uses workload identity / Application Default Credentials); required unless "
+        "type is openai-compatible or vertex. "
         "The operator copies it into Secret detour-credentials, never into the ConfigMap."))),
 )
 
@@ -89,7 +102,7 @@ RoutingPolicySpec = _derive(
 )
 
 # Fields of the config models the specs leave out on purpose (tests check nothing else is lost).
-PROVIDER_DROPPED = {"name", "api_key"}
+PROVIDER_DROPPED = {"name", "api_key", "credentials_file"}   # credentials_file: vertex's apiKeySecretRef
 ROUTE_DROPPED = {"name"}
 TARGET_RENAMED = {"provider": "provider_ref"}
 

@@ -14,7 +14,7 @@ from .anthropic import AnthropicAdapter
 from .azure import AzureOpenAIAdapter
 from .base import (
     Adapter, ContinuationUnsupported, RateLimitInfo, SSEEvent, SSEParser, StreamDecoder,
-    StreamEvent, UnsupportedRequest, UpstreamError, UpstreamRequest,
+    StreamEvent, TargetUnavailable, UnsupportedRequest, UpstreamError, UpstreamRequest,
 )
 from .openai import OpenAIAdapter, OpenAIStreamDecoder
 from .gemini import GeminiAdapter
@@ -24,7 +24,7 @@ from .vertex import VertexAdapter
 __all__ = [
     "adapter_for", "Adapter", "OpenAIAdapter", "AzureOpenAIAdapter", "AnthropicAdapter",
     "UpstreamRequest", "UpstreamError", "RateLimitInfo", "StreamEvent", "StreamDecoder",
-    "OpenAIStreamDecoder", "SSEParser", "SSEEvent", "UnsupportedRequest", "ContinuationUnsupported",
+    "OpenAIStreamDecoder", "SSEParser", "SSEEvent", "UnsupportedRequest", "TargetUnavailable", "ContinuationUnsupported",
     "check_answer", "GeminiAdapter", "VertexAdapter",
 ]
 

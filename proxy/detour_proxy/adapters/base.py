@@ -15,7 +15,7 @@ import orjson
 
 __all__ = [
     "UpstreamRequest", "UpstreamError", "RateLimitInfo", "StreamEvent", "StreamDecoder",
-    "Adapter", "UnsupportedRequest", "ContinuationUnsupported", "SSEEvent", "SSEParser",
+    "Adapter", "UnsupportedRequest", "TargetUnavailable", "ContinuationUnsupported", "SSEEvent", "SSEParser",
     "SSEEventTooLarge", "is_retryable_status", "Headers",
 ]
 
@@ -130,6 +130,12 @@ class UnsupportedRequest(ValueError):
 
     The executor should treat it like a 400 from this target: skip it, not count it against
     its health."""
+
+
+class TargetUnavailable(UnsupportedRequest):
+    """The target cannot take any request right now for a reason of its own (a vertex provider
+    without a Google access token yet): skipped like an UnsupportedRequest, but when no target
+    is left the client gets a 503, not a 400."""
 
 
 class ContinuationUnsupported(UnsupportedRequest):

@@ -62,6 +62,8 @@ def lower_headers(headers: Headers | None) -> dict[str, str]:
 _SECRET_PATTERNS = re.compile(
     r"(?:\b(?:sk|pk|rk)-[A-Za-z0-9_\-\*\.]{6,})"          # OpenAI/Anthropic style keys (sk-ant-..., sk-proj-...)
     r"|(?:\bBearer\s+[A-Za-z0-9_\-\.=\*/\+]+)"            # bearer tokens echoed back by proxies
+    r"|(?:\bya29\.[A-Za-z0-9_\-\.]{8,})"                    # Google OAuth access tokens (vertex)
+    r"|(?:\bAIza[0-9A-Za-z_\-]{20,})"                       # Google API keys (gemini)
     r"|(?:\b(?:api[-_]?key|key)\s*[=:]\s*[\"']?[A-Za-z0-9_\-\.\*]{8,})",  # api-key=..., key: ...
     re.IGNORECASE,
 )

@@ -177,8 +177,10 @@ def _declaration(t: Any, i: int) -> dict[str, Any]:
     if isinstance(fn.get("description"), str) and fn["description"]:
         out["description"] = fn["description"]
     params = fn.get("parameters")
-    if isinstance(params, dict) and params.get("properties"):
-        out["parameters"] = clean_schema({"type": "object", **params}, f"tools[{i}].function.parameters")
+    if isinstance(params, dict) and params:
+        schema = clean_schema({"type": "object", **params}, f"tools[{i}].function.parameters")
+        if schema.get("properties"):   # Gemini rejects an object schema without properties
+            out["parameters"] = schema
     return out
 
 

@@ -29,7 +29,7 @@ from .anthropic import DEFAULT_ANTHROPIC_VERSION  # noqa: F401  (documented neig
 from .anthropic_request import to_anthropic
 from .anthropic_response import AnthropicStreamDecoder, from_anthropic
 from .base import (
-    ContinuationUnsupported, Headers, RateLimitInfo, StreamEvent, UnsupportedRequest, UpstreamError,
+    ContinuationUnsupported, Headers, RateLimitInfo, StreamEvent, TargetUnavailable, UnsupportedRequest, UpstreamError,
     UpstreamRequest,
 )
 from .errors import ANTHROPIC_TRANSIENT, normalize_error
@@ -87,7 +87,7 @@ class VertexAdapter:
     def build_chat(self, body: dict[str, Any], model: str, stream: bool, api_key: str | None,
                    raw: bytes | None = None) -> UpstreamRequest:
         if not api_key:
-            raise UnsupportedRequest(f"vertex provider {self.provider.name!r} has no Google access token yet")
+            raise TargetUnavailable(f"vertex provider {self.provider.name!r} has no Google access token yet")
         if publisher_for(self.provider, model) is VertexPublisher.anthropic:
             return self._claude(body, model, stream, api_key)
         method = "streamGenerateContent?alt=sse" if stream else "generateContent"
@@ -103,7 +103,7 @@ class VertexAdapter:
             raise ContinuationUnsupported(f"provider {self.provider.name!r} cannot continue a partial answer "
                                           f"of {model!r}")
         if not api_key:
-            raise UnsupportedRequest(f"vertex provider {self.provider.name!r} has no Google access token yet")
+            raise TargetUnavailable(f"vertex provider {self.provider.name!r} has no Google access token yet")
         return self._claude(body, model, True, api_key, prefill=delivered_text)
 
     def parse_response(self, status: int, headers: Headers, raw: bytes) -> bytes:
@@ -137,7 +137,7 @@ class VertexStreamDecoder:
         self._inner: AnthropicStreamDecoder | GeminiStreamDecoder | None = None
         self._buf = b""
 
-    def _pick(self, final: bool) -> bool:
+    def _pick(self, final: bool) -> AnthropicStreamDecoder | GeminiStreamDecoder | None:
         head = self._buf.lstrip()
         while head.startswith(b":"):          # SSE comments / keep-alives
             nl = head.find(b"\n")
@@ -150,19 +150,23 @@ class VertexStreamDecoder:
         elif head.startswith(b"data:") or final or len(self._buf) > _SNIFF_LIMIT or \
                 (len(head) >= 6 and not head.startswith((b"e", b"d", b":"))):
             self._inner = GeminiStreamDecoder(include_usage=include_usage, model=model, label="vertex")
-        return self._inner is not None
+        return self._inner
 
     def feed(self, data: bytes) -> list[StreamEvent]:
-        if self._inner is None:
+        inner = self._inner
+        if inner is None:
             self._buf += data
-            if not self._pick(False):
+            inner = self._pick(False)
+            if inner is None:
                 return []
             data, self._buf = self._buf, b""
-        return self._inner.feed(data)  # type: ignore[union-attr]
+        return inner.feed(data)
 
     def close(self) -> list[StreamEvent]:
-        if self._inner is None:
-            self._pick(True)
-            out = self._inner.feed(self._buf) if self._buf else []  # type: ignore[union-attr]
-            return out + self._inner.close()  # type: ignore[union-attr]
-        return self._inner.close()
+        inner = self._inner
+        if inner is None:
+            inner = self._pick(True)
+            assert inner is not None   # final: a dialect is always chosen
+            out = inner.feed(self._buf) if self._buf else []
+            return out + inner.close()
+        return inner.close()

@@ -104,6 +104,7 @@ def credential_files(config: RoutingConfig | None) -> list[str]:
     if config is None:
         return []
     files = [p.api_key.file for p in config.providers if p.api_key is not None and p.api_key.file]
+    files += [p.credentials_file for p in config.providers if p.credentials_file]   # vertex (Google credentials)
     if config.client_auth is not None:
         files += [k.file for k in config.client_auth.keys if k.file]
     return sorted(set(files))

@@ -20,7 +20,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Callable, Protocol
 
 from .. import tracing
-from ..adapters import UnsupportedRequest, UpstreamError, UpstreamRequest
+from ..adapters import TargetUnavailable, UnsupportedRequest, UpstreamError, UpstreamRequest
 from ..adapters.errors import redact
 from ..policy import GiveUp, Outcome, OutcomeKind, RequestPlan, Try
 from ..transport import BodyTooLarge, Disconnected
@@ -161,6 +161,7 @@ def prepare(ctx: RequestContext, tr: TargetRuntime, stream: bool) -> UpstreamReq
                 req.headers.update(extra(prov.adapter))  # type: ignore[union-attr]
     except UnsupportedRequest as exc:
         ctx.unsupported = f"{tr.label} cannot serve this request: {exc}"
+        ctx.unavailable = ctx.unavailable or isinstance(exc, TargetUnavailable)
         req = None
     reqs[i] = req
     return req

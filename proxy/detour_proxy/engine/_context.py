@@ -30,6 +30,7 @@ class RequestContext:
     target: TargetRuntime | None = None
     errors: list[tuple[str, Outcome, UpstreamError | None]] = field(default_factory=list)
     unsupported: str | None = None   # why a target could not take this request (no attempt sent)
+    unavailable: bool = False        # ...because of the target (no credentials yet), not the request: 503
     trace: Any = None                # tracing.RequestTrace when OpenTelemetry tracing is on
     status: int = 0                  # the status sent once the response started (0: nothing sent yet)
     codec: InboundCodec = OPENAI     # the client's API format

@@ -40,6 +40,8 @@ def failure_reply(ctx: RequestContext, give_up: GiveUp, last_err: UpstreamError 
         if ctx.unsupported or (ctx.kind == "embeddings"
                                and not any(map(route.embeddings_eligible, range(len(route.targets))))):
             msg = ctx.unsupported or f"No target of route '{name}' can serve {ctx.kind} requests."
+            if ctx.unavailable:   # a target without credentials yet: not the request's fault
+                return Reply(503, headers, codec.error(msg, "upstream_error", "no_target_available"))
             return Reply(400, headers, codec.error(msg, "invalid_request_error", "unsupported_by_route"))
         if give_up.reason == "deadline":
             msg = f"Route '{name}' deadline passed before any attempt could start."

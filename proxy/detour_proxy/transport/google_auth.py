@@ -43,6 +43,8 @@ MAX_MARGIN = 300.0
 #: A token this close to expiry is not sent any more (clock skew, time in flight).
 EXPIRY_GUARD = 5.0
 MAX_BACKOFF = 60.0
+#: Failed fetches retried in the background (1 + 2 + 4 + 8 + 16 + 32 s) before only use retries.
+BACKGROUND_RETRIES = 6
 
 
 class GoogleToken:
@@ -59,7 +61,7 @@ class GoogleToken:
         self._creds: Any = None
         self._stamp: tuple[int, int, int] | None = None
         self._token: str | None = None
-        self._expiry = 0.0
+        self._expiry = 0.0        # not sent from here on (expiry minus a guard for skew and flight time)
         self._refresh_at = 0.0
         self._inflight = False
         self._failures = 0
@@ -99,7 +101,7 @@ class GoogleToken:
         if now >= self._refresh_at:
             self._kick(now)
         token = self._token
-        return token if token is not None and now < self._expiry - EXPIRY_GUARD else None
+        return token if token is not None and now < self._expiry else None
 
     def refresh(self, complete: bool = False) -> None:
         """The credentials file changed: load it again and fetch a token with it."""
@@ -125,7 +127,8 @@ class GoogleToken:
         stamp = (st.st_ino, st.st_mtime_ns, st.st_size)
         if self._creds is not None and stamp == self._stamp:
             return self._creds
-        creds, _ = google.auth.load_credentials_from_file(self._file, scopes=list(self._scopes))
+        creds, _ = google.auth.load_credentials_from_file(  # type: ignore[no-untyped-call]
+            self._file, scopes=list(self._scopes))
         self._stamp = stamp
         return creds
 
@@ -147,7 +150,7 @@ class GoogleToken:
             lifetime = max(0.0, expires - started)
             with self._lock:
                 self._creds = creds
-                self._token, self._expiry = token, expires
+                self._token, self._expiry = token, expires - min(EXPIRY_GUARD, lifetime / 4)
                 self._refresh_at = expires - min(MAX_MARGIN, lifetime / 2)
                 self._failures, self._next_try = 0, 0.0
             if self._problem is not None:
@@ -162,6 +165,12 @@ class GoogleToken:
                 self._next_try = self._clock() + min(MAX_BACKOFF, 2.0 ** (self._failures - 1))
                 if self._file is not None and isinstance(exc, (OSError, ValueError)):
                     self._creds = None   # re-read the file next time
+            if self._failures <= BACKGROUND_RETRIES:
+                # Keep trying on our own for a while, so a recovered endpoint has a token ready
+                # before traffic asks; after that, requests (`get`) trigger the retries.
+                timer = threading.Timer(self._next_try - self._clock(), lambda: self._kick(self._clock(), force=True))
+                timer.daemon = True
+                timer.start()
             if problem != self._problem:
                 log.warning("provider %s: cannot get a Google access token from %s: %s",
                             self._name, self.describe, problem)

@@ -136,7 +136,9 @@ def variant(base: dict[str, Any], drop: tuple[str, ...] = (), **changes: Any) ->
     return {**spec, **changes}
 
 
-KEY_RULE = "apiKeySecretRef is required unless type is openai-compatible"
+KEY_RULE = "apiKeySecretRef is required unless type is openai-compatible or vertex"
+VERTEX_RULE = "type vertex needs project and location"
+VERTEX = {"type": "vertex", "baseURL": "https://us-east5-aiplatform.googleapis.com", "project": "p", "location": "us-east5"}
 LATENCY_RULE = "latencyTolerance applies only to strategy: latency"
 # id -> (kind, spec, the rule message it breaks or None)
 CASES = {
@@ -146,6 +148,10 @@ CASES = {
     "null-key-ref": ("LLMProvider", variant(PROVIDER, apiKeySecretRef=None), KEY_RULE),
     "openai-compatible-without-key": ("LLMProvider", variant(PROVIDER, drop=("apiKeySecretRef",), type="openai-compatible"), None),
     "openai-compatible-with-key": ("LLMProvider", variant(PROVIDER, type="openai-compatible"), None),
+    "vertex-workload-identity": ("LLMProvider", VERTEX, None),
+    "vertex-service-account-key": ("LLMProvider", variant(VERTEX, apiKeySecretRef={"name": "s", "key": "k"}), None),
+    "vertex-without-location": ("LLMProvider", variant(VERTEX, drop=("location",)), VERTEX_RULE),
+    "vertex-without-project": ("LLMProvider", variant(VERTEX, drop=("project",)), VERTEX_RULE),
     # weights mean something in every strategy (priority ties share by weight), so they are never refused
     "weights-default-strategy": ("RoutingPolicy", POLICY, None),
     "weights-priority": ("RoutingPolicy", variant(POLICY, strategy="priority"), None),

@@ -96,7 +96,7 @@ def test_nothing_valid_keeps_only_the_keys_that_still_resolve_for_pruning():
 
 
 def test_invalid_specs_are_not_accepted():
-    r = render([llmp("openai", type="gemini"), llmp("nokey", apiKeySecretRef=None)],
+    r = render([llmp("openai", type="palm"), llmp("nokey", apiKeySecretRef=None)],
                [rpol("chat", "openai", retry={"attempts": 99})], KEYS, S)
     assert r.problems[(LLMP, "openai")][0].condition == "Accepted"
     assert "apiKeySecretRef is required" in r.problems[(LLMP, "nokey")][0].message
@@ -111,6 +111,28 @@ def test_openai_compatible_needs_no_key_and_deleting_objects_are_left_out():
     r = render([vllm, gone], [rpol("chat", "vllm")], KEYS, S)
     assert [p.name for p in r.config.providers] == ["vllm"] and r.config.providers[0].api_key is None
     assert r.credentials == {}
+
+
+def test_vertex_credentials_come_from_a_secret_file_or_workload_identity():
+    """Issue 16: a vertex provider's Secret key is its service-account (or external_account) JSON,
+    mounted like an API key and named as `credentialsFile`; without one it uses workload identity."""
+    google = {"baseURL": "https://us-east5-aiplatform.googleapis.com", "type": "vertex", "project": "p",
+              "location": "us-east5"}
+    sa = llmp("vertex-sa", **google, apiKeySecretRef={"name": "keys", "key": "sa"})
+    wi = llmp("vertex-wi", **google, apiKeySecretRef=None)
+    gem = llmp("gemini", type="gemini", baseURL="https://generativelanguage.googleapis.com",
+               apiKeySecretRef={"name": "keys", "key": "openai"})
+    r = render([sa, wi, gem], [rpol("chat", "vertex-sa", "vertex-wi", "gemini")],
+               {"keys": {"sa": "eyJ0eXBlIjoic2VydmljZV9hY2NvdW50In0=", "openai": "QUl6YQ=="}}, S)
+    assert r.error is None and not r.problems
+    assert r.config.provider("vertex-sa").credentials_file == "/etc/detour/credentials/vertex-sa"
+    assert r.config.provider("vertex-sa").api_key is None
+    assert r.config.provider("vertex-wi").credentials_file is None and r.config.provider("vertex-wi").api_key is None
+    assert r.config.provider("gemini").api_key.file == "/etc/detour/credentials/gemini"
+    assert r.credentials == {"vertex-sa": "eyJ0eXBlIjoic2VydmljZV9hY2NvdW50In0=", "gemini": "QUl6YQ=="}
+    assert b"eyJ0" not in r.config_yaml
+    bad = render([llmp("v", **{**google, "location": None}, apiKeySecretRef=None)], [rpol("chat", "v")], KEYS, S)
+    assert "project and location" in bad.problems[(LLMP, "v")][0].message
 
 
 def test_global_settings_are_rendered():
