@@ -54,6 +54,9 @@ def add_admin_routes(app: web.Application, sim: "Sim") -> None:
     async def post_reset(request: web.Request) -> web.Response:
         stats.reset()
         faults.clear()
+        reset_api = getattr(sim.api, "reset", None)   # flavour settings (google: token lifetime, outage)
+        if reset_api is not None:
+            reset_api()
         return json_response({"name": sim.name, "flavor": sim.flavor, **stats.to_json()})
 
     async def wait(request: web.Request) -> web.Response:

@@ -13,6 +13,9 @@ Routes (all behind the shared fault pipeline of :meth:`Sim.wrap`, except the tok
   (``grant_type=urn:ietf:params:oauth:grant-type:jwt-bearer``). The JWT assertion must be
   RS256-signed by the sim's own service-account key (``GET /_sim/google/service-account``
   hands out a key file whose ``token_uri`` points here) and addressed to this endpoint.
+- ``POST /sts/v1/token``: the Security Token Service of workload identity federation
+  (``external_account`` credentials): a token-exchange grant whose subject token is
+  ``SUBJECT_TOKEN`` (a stand-in for the workload's Kubernetes service-account token).
 - ``GET /computeMetadata/v1/instance/service-accounts/default/token`` (and ``GET /``): a GCE
   metadata server for Application Default Credentials (``GCE_METADATA_HOST``/``GCE_METADATA_IP``).
 - ``PUT /_sim/google/token`` ``{"lifetime": seconds, "failStatus": 500|null}``: token lifetime
@@ -44,6 +47,9 @@ if TYPE_CHECKING:
 DEFAULT_MODELS = ("gemini-2.5-flash", "gemini-2.5-pro", "claude-sonnet-4-5")
 VERTEX_ANTHROPIC_VERSION = "vertex-2023-10-16"
 JWT_BEARER = "urn:ietf:params:oauth:grant-type:jwt-bearer"
+TOKEN_EXCHANGE = "urn:ietf:params:oauth:grant-type:token-exchange"
+#: The subject token the STS endpoint accepts (a stand-in for a Kubernetes service-account token).
+SUBJECT_TOKEN = "sim-kubernetes-service-account-token"
 GOOGLE_TOKEN_URI = "https://oauth2.googleapis.com/token"
 SA_EMAIL = "detour-sim@sim-project.iam.gserviceaccount.com"
 
@@ -82,6 +88,11 @@ class GoogleAPI:
         self._key: Any = None
         self.key_id = secrets.token_hex(8)
 
+    def reset(self) -> None:
+        """`POST /_sim/reset`: default token lifetime, no token-endpoint outage (issued tokens stay valid)."""
+        self.token_lifetime = 3600.0
+        self.token_fail = None
+
     def routes(self):
         return [
             ("POST", "/v1beta/models/{call}", self.gemini_api),
@@ -92,6 +103,7 @@ class GoogleAPI:
         """Routes outside the fault pipeline (auth infrastructure, not the model API)."""
         return [
             ("POST", "/token", self.token),
+            ("POST", "/sts/v1/token", self.sts_token),
             ("GET", "/computeMetadata/v1/instance/service-accounts/default/token", self.metadata_token),
             ("GET", "/computeMetadata/v1/instance/service-accounts/default/", self.metadata_account),
             ("GET", "/computeMetadata/v1/project/project-id", self.metadata_project),
@@ -300,6 +312,23 @@ class GoogleAPI:
         if not claims.get("scope"):
             return "Invalid JWT: no scope"
         return None
+
+    async def sts_token(self, request: web.Request) -> web.Response:
+        """Google's Security Token Service for workload identity federation (`external_account`
+        credentials): a token-exchange grant with the workload's own token as subject."""
+        if self.token_fail:
+            return self._refuse(self.token_fail, "internal_failure", "simulated STS failure")
+        form = await request.post()
+        if form.get("grant_type") != TOKEN_EXCHANGE:
+            return self._refuse(400, "unsupported_grant_type", "Invalid grant_type")
+        if not str(form.get("audience") or "").startswith("//iam.googleapis.com/"):
+            return self._refuse(400, "invalid_request", "Invalid audience")
+        if form.get("subject_token") != SUBJECT_TOKEN:
+            return self._refuse(400, "invalid_grant", "The subject token is not valid")
+        resp = self._issue()
+        doc = orjson.loads(resp.body)  # type: ignore[arg-type]
+        doc["issued_token_type"] = "urn:ietf:params:oauth:token-type:access_token"
+        return web.Response(body=orjson.dumps(doc), content_type="application/json")
 
     async def service_account(self, request: web.Request) -> web.Response:
         from cryptography.hazmat.primitives import serialization

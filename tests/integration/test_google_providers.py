@@ -26,7 +26,6 @@ API_KEY = "AIzaSy-gemini-SECRET-key"
 @pytest.fixture()
 def sa_file(google_sim, tmp_path):
     """A service-account key file from the simulator (its token_uri points at the simulator)."""
-    google_sim.admin.put("/_sim/google/token", json={"lifetime": 3600, "failStatus": None}).raise_for_status()
     path = tmp_path / "sa.json"
     path.write_text(google_sim.admin.get("/_sim/google/service-account").text)
     return str(path)
@@ -308,6 +307,26 @@ def test_a_key_signed_by_someone_else_is_refused(google_sim, sa_file, tmp_path):
     assert google_sim.stats()["tokensIssued"] == 0
 
 
+def test_workload_identity_federation_external_account(google_sim, tmp_path):
+    """An `external_account` credentials file (GKE/EKS workload identity federation): the
+    workload's own token, read from a file, is exchanged at Google's STS for an access token."""
+    subject = tmp_path / "token"
+    subject.write_text("sim-kubernetes-service-account-token")
+    config = tmp_path / "external.json"
+    config.write_text(json.dumps({
+        "type": "external_account",
+        "audience": "//iam.googleapis.com/projects/1/locations/global/workloadIdentityPools/p/providers/k8s",
+        "subject_token_type": "urn:ietf:params:oauth:token-type:jwt",
+        "token_url": google_sim.url + "/sts/v1/token",
+        "credential_source": {"file": str(subject)},
+    }))
+    with ProxyServer(_config(google_sim, str(config))) as proxy:
+        _token_ready(proxy)
+        c = oai(proxy).chat.completions.create(model="claude-sonnet-4-5", messages=[{"role": "user", "content": "hi"}])
+    assert c.choices[0].message.content == CANONICAL
+    assert google_sim.stats()["tokensIssued"] == 1 and google_sim.stats()["tokensRefused"] == 0
+
+
 def test_application_default_credentials_from_the_metadata_server(google_sim, monkeypatch, tmp_path):
     host = google_sim.url.removeprefix("http://")
     monkeypatch.setenv("GCE_METADATA_HOST", host)
@@ -322,3 +341,24 @@ def test_application_default_credentials_from_the_metadata_server(google_sim, mo
         c = oai(proxy).chat.completions.create(model="claude-sonnet-4-5", messages=[{"role": "user", "content": "hi"}])
     assert c.choices[0].message.content == CANONICAL
     assert google_sim.stats()["tokensIssued"] >= 1
+
+
+def test_a_claude_stream_cut_on_anthropic_continues_on_vertex(anthropic_sim, google_sim, sa_file):
+    """streamFailover: continue across clouds: the answer Anthropic started is finished by the
+    same model on Vertex (a prefill through streamRawPredict), seamlessly for the client."""
+    cfg = {"providers": [
+        {"name": "anthropic", "type": "anthropic", "baseURL": anthropic_sim.url, "apiKey": {"value": "sk-ant-SECRET"}},
+        {"name": "vertex", "type": "vertex", "baseURL": google_sim.url, "project": "sim-project",
+         "location": "us-east5", "credentialsFile": sa_file}],
+        "routes": [{"name": "claude", "streamFailover": "continue", "retry": {"attempts": 1},
+                    "targets": [{"provider": "anthropic", "model": "claude-sonnet-4-5"},
+                                {"provider": "vertex", "model": "claude-sonnet-4-5@20250929", "priority": 1}]}]}
+    anthropic_sim.faults(cutAfterChunks=3, chunkDelay=0.05)
+    with ProxyServer(cfg) as proxy:
+        _token_ready(proxy)
+        chunks = list(oai(proxy).chat.completions.create(model="claude-sonnet-4-5", stream=True,
+                                                          messages=[{"role": "user", "content": "hi"}]))
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == CANONICAL
+    sent = google_sim.stats()["lastRequest"]
+    assert sent["path"].endswith(":streamRawPredict")
+    assert sent["body"]["messages"][-1] == {"role": "assistant", "content": [{"type": "text", "text": "The quick brown fox"}]}

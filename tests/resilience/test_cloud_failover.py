@@ -60,7 +60,6 @@ async def test_anthropic_then_vertex_outage_zero_client_errors(clouds, tmp_path)
     ant, google = clouds["anthropic"], clouds["google"]
     for s in (ant, google):
         s.reset()
-    google.admin.put("/_sim/google/token", json={"lifetime": 3600, "failStatus": None}).raise_for_status()
     sa = tmp_path / "sa.json"
     sa.write_text(google.admin.get("/_sim/google/service-account").text)
     with ProxyProcess(_config(ant, google, str(sa)), tmp_path) as proxy:

@@ -24,6 +24,7 @@ Where the credentials come from:
 from __future__ import annotations
 
 import datetime as dt
+import json
 import logging
 import os
 import threading
@@ -45,6 +46,30 @@ EXPIRY_GUARD = 5.0
 MAX_BACKOFF = 60.0
 #: Failed fetches retried in the background (1 + 2 + 4 + 8 + 16 + 32 s) before only use retries.
 BACKGROUND_RETRIES = 6
+
+
+_AWS_SUBJECT_TOKEN_TYPE = "urn:ietf:params:aws:token-type:aws4_request"
+
+
+def _from_file(path: str, scopes: list[str]) -> Any:
+    """Credentials from a JSON file. `external_account` configs are built directly: google-auth's
+    `load_credentials_from_file` would also look up the project ID (a Cloud Resource Manager
+    call, with its own failure modes), which Detour does not need: the provider names it."""
+    with open(path, encoding="utf-8") as fh:
+        info = json.load(fh)
+    if isinstance(info, dict) and info.get("type") == "external_account":
+        if info.get("subject_token_type") == _AWS_SUBJECT_TOKEN_TYPE:
+            from google.auth import aws
+            return aws.Credentials.from_info(info, scopes=scopes)
+        if (info.get("credential_source") or {}).get("executable") is not None:
+            from google.auth import pluggable
+            return pluggable.Credentials.from_info(info, scopes=scopes)
+        from google.auth import identity_pool
+        return identity_pool.Credentials.from_info(info, scopes=scopes)
+    import google.auth
+
+    creds, _ = google.auth.load_credentials_from_file(path, scopes=scopes)  # type: ignore[no-untyped-call]
+    return creds
 
 
 class GoogleToken:
@@ -127,8 +152,7 @@ class GoogleToken:
         stamp = (st.st_ino, st.st_mtime_ns, st.st_size)
         if self._creds is not None and stamp == self._stamp:
             return self._creds
-        creds, _ = google.auth.load_credentials_from_file(  # type: ignore[no-untyped-call]
-            self._file, scopes=list(self._scopes))
+        creds = _from_file(self._file, list(self._scopes))
         self._stamp = stamp
         return creds
 
