@@ -60,12 +60,12 @@ def _from_file(path: str, scopes: list[str]) -> Any:
     if isinstance(info, dict) and info.get("type") == "external_account":
         if info.get("subject_token_type") == _AWS_SUBJECT_TOKEN_TYPE:
             from google.auth import aws
-            return aws.Credentials.from_info(info, scopes=scopes)
+            return aws.Credentials.from_info(info, scopes=scopes)  # type: ignore[no-untyped-call]
         if (info.get("credential_source") or {}).get("executable") is not None:
             from google.auth import pluggable
-            return pluggable.Credentials.from_info(info, scopes=scopes)
+            return pluggable.Credentials.from_info(info, scopes=scopes)  # type: ignore[no-untyped-call]
         from google.auth import identity_pool
-        return identity_pool.Credentials.from_info(info, scopes=scopes)
+        return identity_pool.Credentials.from_info(info, scopes=scopes)  # type: ignore[no-untyped-call]
     import google.auth
 
     creds, _ = google.auth.load_credentials_from_file(path, scopes=scopes)  # type: ignore[no-untyped-call]
