@@ -72,16 +72,24 @@ def _from_file(path: str, scopes: list[str]) -> Any:
     return creds
 
 
+def _timer(delay: float, fn: Callable[[], None]) -> None:
+    timer = threading.Timer(max(0.0, delay), fn)
+    timer.daemon = True
+    timer.start()
+
+
 class GoogleToken:
     """A lazily refreshed Google OAuth access token (the `Credential` interface: `get`, `file`,
     `describe`, `refresh`)."""
 
     def __init__(self, credentials_file: str | None, *, scopes: tuple[str, ...] = (CLOUD_PLATFORM,),
-                 clock: Callable[[], float] = time.time, name: str = "") -> None:
+                 clock: Callable[[], float] = time.time, name: str = "",
+                 schedule: Callable[[float, Callable[[], None]], None] | None = None) -> None:
         self._file = credentials_file
         self._scopes = scopes
         self._clock = clock
         self._name = name
+        self._schedule = schedule or _timer
         self._lock = threading.Lock()
         self._creds: Any = None
         self._stamp: tuple[int, int, int] | None = None
@@ -192,9 +200,7 @@ class GoogleToken:
             if self._failures <= BACKGROUND_RETRIES:
                 # Keep trying on our own for a while, so a recovered endpoint has a token ready
                 # before traffic asks; after that, requests (`get`) trigger the retries.
-                timer = threading.Timer(self._next_try - self._clock(), lambda: self._kick(self._clock(), force=True))
-                timer.daemon = True
-                timer.start()
+                self._schedule(self._next_try - self._clock(), lambda: self._kick(self._clock(), force=True))
             if problem != self._problem:
                 log.warning("provider %s: cannot get a Google access token from %s: %s",
                             self._name, self.describe, problem)
