@@ -177,7 +177,7 @@ class GoogleAPI:
         if stream and ctx.request.query.get("alt") != "sse":
             return self.error(400, "INVALID_ARGUMENT", "this sim streams only with alt=sse", ctx.headers, ctx.rid)
         body = ctx.body
-        problem = self._invalid(body)
+        problem = self._invalid(body) or self._unsigned(body, model)
         if problem:
             return self.error(400, "INVALID_ARGUMENT", problem, ctx.headers, ctx.rid)
         sim = self.sim
@@ -197,6 +197,7 @@ class GoogleAPI:
             decl = next((d for d in decls if d.get("name") in allowed), decls[0])
             args = example(decl.get("parameters") or {}, query)
             call = {"name": decl.get("name") or "tool", "args": args if isinstance(args, dict) else {"query": query}}
+        signature = base64.b64encode(f"sim-signature/{sim.name}/{n}".encode()).decode()
         pieces: Sequence[str] = sim.canon.chunks
         if call is None and gc.get("responseMimeType") == "application/json":
             schema = gc.get("responseSchema") or {"type": "object", "properties": {"answer": {"type": "string"}}}
@@ -216,7 +217,8 @@ class GoogleAPI:
         meta = {"modelVersion": model, "responseId": rid}
         if stream:
             if call is not None:
-                encoded = [_sse({"candidates": [{"content": {"role": "model", "parts": [{"functionCall": call}]},
+                encoded = [_sse({"candidates": [{"content": {"role": "model", "parts": [
+                    {"functionCall": call, "thoughtSignature": signature}]},
                                                  "index": 0}], **meta})]
             else:
                 encoded = [_sse({"candidates": [{"content": {"role": "model", "parts": [{"text": p}]}, "index": 0}],
@@ -224,10 +226,31 @@ class GoogleAPI:
             tail = _sse({"candidates": [{"content": {"role": "model", "parts": [{"text": ""}]},
                                          "finishReason": finish, "index": 0}], "usageMetadata": usage, **meta})
             return await send_stream(sim, ctx, StreamPlan(b"", encoded, tail, self.inband_error))
-        parts = [{"functionCall": call}] if call is not None else [{"text": "".join(pieces)}]
+        parts = [{"functionCall": call, "thoughtSignature": signature}] if call is not None else [{"text": "".join(pieces)}]
         doc = {"candidates": [{"content": {"role": "model", "parts": parts}, "finishReason": finish, "index": 0}],
                "usageMetadata": usage, **meta}
         return web.Response(body=orjson.dumps(doc), headers=ctx.headers, content_type="application/json")
+
+    @staticmethod
+    def _unsigned(body: dict[str, Any], model: str) -> str | None:
+        """Gemini 3 wants every function call of the history back with its thoughtSignature: one
+        this sim issued (``sim-signature/...``) or Google's stand-in for calls of other models."""
+        if not model.startswith("gemini-3"):
+            return None
+        for i, c in enumerate(body["contents"]):
+            for p in c["parts"]:
+                if "functionCall" not in p:
+                    continue
+                sig = p.get("thoughtSignature")
+                if sig in ("skip_thought_signature_validator", "context_engineering_is_the_way_to_go"):
+                    continue
+                try:
+                    ok = isinstance(sig, str) and base64.b64decode(sig).startswith(b"sim-signature/")
+                except ValueError:
+                    ok = False
+                if not ok:
+                    return f"Function call is missing a thought_signature in functionCall parts (contents[{i}])"
+        return None
 
     @staticmethod
     def _invalid(body: Any) -> str | None:

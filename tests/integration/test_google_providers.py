@@ -49,6 +49,8 @@ def _config(sim, sa_file, **route):
              "retry": {"attempts": 1}, **route},
             {"name": "vertex-gemini", "match": {"models": ["vertex-gemini"]},
              "targets": [{"provider": "vertex", "model": "gemini-2.5-pro"}], **route},
+            {"name": "gemini-3", "match": {"models": ["gemini-3-pro-preview"]},
+             "targets": [{"provider": "gemini", "model": "gemini-3-pro-preview"}], **route},
         ],
     }
 
@@ -126,19 +128,46 @@ def test_text_stream_with_usage(gw, model):
     assert chunks[-1].usage.total_tokens > 0 and chunks[-1].choices == []
 
 
-def test_tool_result_round_trip_and_structured_output(gw):
+@pytest.mark.parametrize("stream", [False, True])
+def test_tool_result_round_trip_keeps_gemini_3_thought_signatures(gw, stream):
+    """Gemini 3 refuses a function-call history without the calls' thoughtSignatures (the sim
+    too): the signature travels in the tool call id and comes back on the functionCall part."""
     proxy, sim = gw
     client = oai(proxy)
-    first = client.chat.completions.create(model="gemini-2.5-flash", messages=[{"role": "user", "content": "q"}],
-                                           tools=[TOOL])
-    call = first.choices[0].message.tool_calls[0]
-    second = client.chat.completions.create(model="gemini-2.5-flash", tools=[TOOL], messages=[
-        {"role": "user", "content": "q"}, first.choices[0].message.model_dump(exclude_none=True),
+    model = "gemini-3-pro-preview"
+    if stream:
+        with client.chat.completions.stream(model=model, messages=[{"role": "user", "content": "q"}],
+                                            tools=[TOOL]) as s:
+            message = s.get_final_completion().choices[0].message
+    else:
+        message = client.chat.completions.create(model=model, messages=[{"role": "user", "content": "q"}],
+                                                 tools=[TOOL]).choices[0].message
+    call = message.tool_calls[0]
+    assert "__thought__" in call.id
+    second = client.chat.completions.create(model=model, tools=[TOOL], messages=[
+        {"role": "user", "content": "q"}, message.model_dump(exclude_none=True),
         {"role": "tool", "tool_call_id": call.id, "content": "three results"}])
     assert second.choices[0].message.content == CANONICAL
     sent = _last(sim)["body"]["contents"]
     assert sent[1]["parts"][0]["functionCall"]["name"] == "search"
+    assert sent[1]["parts"][0]["thoughtSignature"].startswith("c2ltLXNpZ25hdHVyZS")   # base64 "sim-signature"
     assert sent[2]["parts"][0] == {"functionResponse": {"name": "search", "response": {"content": "three results"}}}
+
+
+def test_a_tool_history_from_another_model_reaches_gemini_3(gw):
+    proxy, sim = gw
+    history = [{"role": "user", "content": "q"},
+               {"role": "assistant", "tool_calls": [{"id": "call_from_gpt", "type": "function",
+                                                     "function": {"name": "search", "arguments": '{"query": "q"}'}}]},
+               {"role": "tool", "tool_call_id": "call_from_gpt", "content": "{\"hits\": 2}"}]
+    c = oai(proxy).chat.completions.create(model="gemini-3-pro-preview", tools=[TOOL], messages=history)
+    assert c.choices[0].message.content == CANONICAL
+    assert _last(sim)["body"]["contents"][1]["parts"][0]["thoughtSignature"] == "skip_thought_signature_validator"
+
+
+def test_structured_output(gw):
+    proxy, sim = gw
+    client = oai(proxy)
     schema = {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"],
               "additionalProperties": False}
     out = client.chat.completions.create(model="gemini-2.5-flash", messages=[{"role": "user", "content": "Paris"}],

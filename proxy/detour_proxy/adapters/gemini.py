@@ -49,7 +49,7 @@ class GeminiAdapter:
         headers = self._headers.copy()
         if api_key:
             headers["x-goog-api-key"] = api_key
-        return UpstreamRequest("POST", self.url(model, stream), headers, orjson.dumps(to_gemini(body)))
+        return UpstreamRequest("POST", self.url(model, stream), headers, orjson.dumps(to_gemini(body, model)))
 
     def build_embeddings(self, body: dict[str, Any], model: str, api_key: str | None,
                          raw: bytes | None = None) -> UpstreamRequest:

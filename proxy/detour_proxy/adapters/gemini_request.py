@@ -14,6 +14,8 @@ Choices worth knowing:
   assistant `tool_calls` entry with the same id (a tool message answering no call is an
   UnsupportedRequest, as it is a 400 on OpenAI). A tool result that is a JSON object is sent
   as the response object; any other text as `{"content": "<text>"}` (Gemini wants an object).
+- A function call's `thoughtSignature` (which Gemini 3 needs back with the call) travels in the
+  tool call id (`gemini_response.SIGNATURE_MARK`) and is put back on the `functionCall` part.
 - Tool-call arguments that are not a JSON object are sent as `{"_raw_arguments": "<text>"}`
   (the same rule as the Anthropic adapter: nothing silently lost).
 - Function parameter schemas and `response_format` schemas are JSON Schema; Gemini accepts an
@@ -35,8 +37,9 @@ import orjson
 
 from .anthropic_request import tool_input
 from .base import UnsupportedRequest
+from .gemini_response import split_signature
 
-__all__ = ["to_gemini", "TRANSLATED", "DROPPED", "INELIGIBLE", "clean_schema"]
+__all__ = ["to_gemini", "TRANSLATED", "DROPPED", "INELIGIBLE", "clean_schema", "SKIP_SIGNATURE"]
 
 TRANSLATED = (
     "model", "messages", "max_tokens", "max_completion_tokens", "temperature", "top_p", "stop", "stream",
@@ -246,8 +249,16 @@ def _generation_config(body: dict[str, Any]) -> dict[str, Any]:
     return gc
 
 
-def to_gemini(body: dict[str, Any]) -> dict[str, Any]:
-    """The `generateContent` body for an OpenAI chat request (the model goes in the URL)."""
+#: Google's documented stand-in signature for function calls that no Gemini model made (a history
+#: from another provider, e.g. after a failover): Gemini 3 skips validating it.
+SKIP_SIGNATURE = "skip_thought_signature_validator"
+
+
+def to_gemini(body: dict[str, Any], model: str = "") -> dict[str, Any]:
+    """The `generateContent` body for an OpenAI chat request (the model goes in the URL).
+    `model`: Gemini 3 models need a signature on every function call of the history; calls that
+    carry none (made by another model) get Google's documented `SKIP_SIGNATURE`."""
+    needs_signature = model.startswith("gemini-3")
     msgs = body.get("messages")
     if not isinstance(msgs, list):
         raise UnsupportedRequest("messages must be a list")
@@ -284,7 +295,11 @@ def to_gemini(body: dict[str, Any]) -> dict[str, Any]:
                 if not isinstance(fn, dict) or not isinstance(fn.get("name"), str) or not isinstance(tc.get("id"), str):
                     raise UnsupportedRequest(f"{where}.tool_calls[{j}]: needs id and function.name")
                 names[tc["id"]] = fn["name"]
-                parts.append({"functionCall": {"name": fn["name"], "args": tool_input(fn.get("arguments"))}})
+                part: dict[str, Any] = {"functionCall": {"name": fn["name"], "args": tool_input(fn.get("arguments"))}}
+                _, signature = split_signature(tc["id"])
+                if signature or needs_signature:
+                    part["thoughtSignature"] = signature or SKIP_SIGNATURE
+                parts.append(part)
             if m.get("function_call"):
                 raise UnsupportedRequest(f"{where}: legacy function_call history is not supported by gemini")
             add("model", parts)

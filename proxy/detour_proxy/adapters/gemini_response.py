@@ -24,6 +24,7 @@ UNAVAILABLE, INTERNAL and DEADLINE_EXCEEDED are transient whatever the HTTP stat
 
 from __future__ import annotations
 
+import base64
 import time
 import uuid
 from typing import Any
@@ -34,7 +35,33 @@ from .base import DONE, Headers, SSEEvent, SSEParser, SSEStreamDecoder, StreamEv
 from .errors import MAX_MESSAGE, parse_retry_after, redact
 
 __all__ = ["from_gemini", "GeminiStreamDecoder", "FINISH_REASONS", "google_error", "is_google_error",
-           "GOOGLE_TRANSIENT_STATUS"]
+           "GOOGLE_TRANSIENT_STATUS", "with_signature", "split_signature", "SIGNATURE_MARK"]
+
+#: Gemini's `thoughtSignature` of a function call must come back with the call in the next turn
+#: (Gemini 3 rejects a function-call history without it). OpenAI's format has no place for it but
+#: the tool call id, which clients echo verbatim: `<id>__thought__<signature, URL-safe base64>`
+#: (URL-safe so the id stays valid for Anthropic targets, whose ids allow only [A-Za-z0-9_-]).
+SIGNATURE_MARK = "__thought__"
+
+
+def with_signature(call_id: str, signature: str) -> str:
+    try:
+        raw = base64.b64decode(signature + "=" * (-len(signature) % 4), validate=False)
+    except ValueError:
+        return call_id
+    return call_id + SIGNATURE_MARK + base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def split_signature(call_id: str) -> tuple[str, str | None]:
+    """(the call id, Gemini's thoughtSignature in standard base64, or None)."""
+    head, mark, tail = call_id.partition(SIGNATURE_MARK)
+    if not mark or not tail:
+        return call_id, None
+    try:
+        raw = base64.urlsafe_b64decode(tail + "=" * (-len(tail) % 4))
+    except ValueError:
+        return call_id, None
+    return head, base64.b64encode(raw).decode()
 
 FINISH_REASONS = {
     "STOP": "stop", "MAX_TOKENS": "length", "SAFETY": "content_filter", "RECITATION": "content_filter",
@@ -152,6 +179,9 @@ def _call(part: dict[str, Any], n: int) -> dict[str, Any]:
         raise ValueError("gemini functionCall without a name")
     # Gemini's own id when it gives one; else a fresh one (ids must not repeat across a conversation's turns)
     cid = fc.get("id") if isinstance(fc.get("id"), str) and fc.get("id") else f"call_{uuid.uuid4().hex[:24]}"
+    sig = part.get("thoughtSignature")
+    if isinstance(sig, str) and sig:
+        cid = with_signature(cid, sig)
     return {"id": cid, "type": "function",
             "function": {"name": fc["name"], "arguments": orjson.dumps(fc.get("args") or {}).decode()}}
 

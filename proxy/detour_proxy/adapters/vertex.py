@@ -91,7 +91,7 @@ class VertexAdapter:
         if publisher_for(self.provider, model) is VertexPublisher.anthropic:
             return self._claude(body, model, stream, api_key)
         method = "streamGenerateContent?alt=sse" if stream else "generateContent"
-        return self._request(f"{self._root}google/models/{model}:{method}", api_key, to_gemini(body))
+        return self._request(f"{self._root}google/models/{model}:{method}", api_key, to_gemini(body, model))
 
     def build_embeddings(self, body: dict[str, Any], model: str, api_key: str | None,
                          raw: bytes | None = None) -> UpstreamRequest:

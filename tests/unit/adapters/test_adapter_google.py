@@ -282,3 +282,26 @@ def test_the_docs_table_lists_exactly_the_known_fields():
     assert {f for f, v in doc.items() if v == "dropped"} == set(DROPPED)
     assert {f for f, v in doc.items() if v == "target ineligible"} == set(INELIGIBLE)
     assert {f for f, v in doc.items() if v == "translated"} == set(TRANSLATED)
+
+
+def test_thought_signatures_travel_in_the_tool_call_id():
+    import base64
+
+    sig = base64.b64encode(bytes(range(256))).decode()       # has + and / in standard base64
+    raw = _answer([{"functionCall": {"name": "search", "args": {}}, "thoughtSignature": sig}])
+    call = orjson.loads(adapter_for(gemini()).parse_response(200, {}, raw))["choices"][0]["message"]["tool_calls"][0]
+    assert "__thought__" in call["id"] and all(ch.isalnum() or ch in "_-" for ch in call["id"])  # valid on Anthropic
+    history = {"model": "m", "messages": [
+        {"role": "user", "content": "q"}, {"role": "assistant", "tool_calls": [call]},
+        {"role": "tool", "tool_call_id": call["id"], "content": "ok"}]}
+    for model in ("gemini-2.5-flash", "gemini-3-pro-preview"):
+        part = to_gemini(history, model)["contents"][1]["parts"][0]
+        assert part["thoughtSignature"] == sig
+    # claude on Vertex gets the same id as a tool_use id
+    claude = orjson.loads(adapter_for(vertex()).build_chat(history, "claude-sonnet-4-5", False, "t").body)
+    assert claude["messages"][1]["content"][0]["id"] == call["id"]
+    plain = {**history, "messages": [history["messages"][0], {"role": "assistant", "tool_calls": [{**call, "id": "c1"}]},
+                                     {"role": "tool", "tool_call_id": "c1", "content": "ok"}]}
+    assert "thoughtSignature" not in to_gemini(plain, "gemini-2.5-flash")["contents"][1]["parts"][0]
+    assert to_gemini(plain, "gemini-3-pro-preview")["contents"][1]["parts"][0]["thoughtSignature"] == \
+        "skip_thought_signature_validator"
