@@ -178,7 +178,8 @@ def _call(part: dict[str, Any], n: int) -> dict[str, Any]:
     if not isinstance(fc, dict) or not isinstance(fc.get("name"), str):
         raise ValueError("gemini functionCall without a name")
     # Gemini's own id when it gives one; else a fresh one (ids must not repeat across a conversation's turns)
-    cid = fc.get("id") if isinstance(fc.get("id"), str) and fc.get("id") else f"call_{uuid.uuid4().hex[:24]}"
+    given = fc.get("id")
+    cid = given if isinstance(given, str) and given else f"call_{uuid.uuid4().hex[:24]}"
     sig = part.get("thoughtSignature")
     if isinstance(sig, str) and sig:
         cid = with_signature(cid, sig)
