@@ -107,6 +107,11 @@ def examples() -> list[dict[str, Any]]:
             spec["targets"] = [{("providerRef" if k == "provider" else k): v for k, v in t.items()}
                                for t in route["targets"]]
             docs.append({"kind": "RoutingPolicy", "metadata": {"name": f"{path.stem}-{route['name']}"}, "spec": spec})
+    # the custom resources shown in docs/kubernetes.md (e.g. the vertex and gemini LLMProviders)
+    text = (ROOT / "docs" / "kubernetes.md").read_text()
+    for block in text.split("```yaml")[1:]:
+        docs += [d for d in yaml.safe_load_all(block.split("```")[0])
+                 if isinstance(d, dict) and str(d.get("apiVersion", "")).startswith("detour.dev/")]
     return docs
 
 
