@@ -29,6 +29,7 @@ Anthropic's shape (what Claude itself says on Vertex), in-band errors of Claude 
 from __future__ import annotations
 
 import base64
+import re
 import secrets
 import time
 from typing import TYPE_CHECKING, Any, Sequence
@@ -46,6 +47,7 @@ if TYPE_CHECKING:
 
 DEFAULT_MODELS = ("gemini-2.5-flash", "gemini-2.5-pro", "claude-sonnet-4-5")
 VERTEX_ANTHROPIC_VERSION = "vertex-2023-10-16"
+_DATED = re.compile(r"20\d\d-\d\d-\d\d")   # the anthropic SDK's Vertex client sends its API version
 JWT_BEARER = "urn:ietf:params:oauth:grant-type:jwt-bearer"
 TOKEN_EXCHANGE = "urn:ietf:params:oauth:grant-type:token-exchange"
 #: The subject token the STS endpoint accepts (a stand-in for a Kubernetes service-account token).
@@ -96,6 +98,7 @@ class GoogleAPI:
     def routes(self):
         return [
             ("POST", "/v1beta/models/{call}", self.gemini_api),
+            ("POST", "/v1/models/{call}", self.gemini_api),
             ("POST", "/v1/projects/{project}/locations/{location}/publishers/{publisher}/models/{call}", self.vertex),
         ]
 
@@ -158,9 +161,11 @@ class GoogleAPI:
         if not isinstance(body, dict):
             return self.claude.error(400, "invalid_request_error", "request body must be a JSON object",
                                      ctx.headers, ctx.rid)
-        if body.get("anthropic_version") != VERTEX_ANTHROPIC_VERSION:
+        version = body.get("anthropic_version")
+        if version != VERTEX_ANTHROPIC_VERSION and not (isinstance(version, str) and _DATED.fullmatch(version)):
             return self.claude.error(400, "invalid_request_error",
-                                     f"anthropic_version: must be {VERTEX_ANTHROPIC_VERSION}", ctx.headers, ctx.rid)
+                                     f"anthropic_version: must be {VERTEX_ANTHROPIC_VERSION} or a dated API version",
+                                     ctx.headers, ctx.rid)
         if "model" in body:
             return self.claude.error(400, "invalid_request_error", "model: Extra inputs are not permitted",
                                      ctx.headers, ctx.rid)

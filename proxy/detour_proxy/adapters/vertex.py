@@ -4,7 +4,8 @@ One provider is one project and location; the publisher of each request follows 
 name (`claude-*` -> anthropic, anything else -> google) unless the provider pins `publisher`.
 - anthropic: POST {base}/v1/projects/{project}/locations/{location}/publishers/anthropic/models/
   {model}:rawPredict (or :streamRawPredict); the body is the Anthropic Messages body of the
-  Anthropic adapter without `model` and with `anthropic_version: vertex-2023-10-16`; answers,
+  Anthropic adapter without `model` and with `anthropic_version: vertex-2023-10-16` (or the
+  provider's `apiVersion`); answers,
   streams and errors are Anthropic's (529 overloaded included). Continuation is a prefill, as
   on Anthropic.
 - google: .../publishers/google/models/{model}:generateContent (or :streamGenerateContent?alt=sse)
@@ -25,7 +26,7 @@ from typing import Any
 import orjson
 
 from ..config import ContinuationMode, Provider, VertexPublisher
-from .anthropic import DEFAULT_ANTHROPIC_VERSION  # noqa: F401  (documented neighbour)
+from .anthropic import NO_SAMPLING_VERSION
 from .anthropic_request import to_anthropic
 from .anthropic_response import AnthropicStreamDecoder, from_anthropic
 from .base import (
@@ -60,6 +61,11 @@ class VertexAdapter:
         self._root = f"{base}/v1/projects/{provider.project}/locations/{provider.location}/publishers/"
         self._headers = {"Content-Type": "application/json", **provider.headers}
         self._max_tokens = provider.max_tokens_default
+        # `apiVersion` overrides the body's anthropic_version (dated versions from 2026-10-21 on
+        # reject sampling parameters, as on Anthropic's own API).
+        self._version = provider.api_version or VERTEX_ANTHROPIC_VERSION
+        v = self._version
+        self._sampling = not (v[:4].isdigit() and v >= NO_SAMPLING_VERSION)
         mode = provider.continuation
         if mode is None:
             mode = (ContinuationMode.prefill if provider.publisher is not VertexPublisher.google
@@ -78,9 +84,9 @@ class VertexAdapter:
 
     def _claude(self, body: dict[str, Any], model: str, stream: bool, token: str | None,
                 prefill: str | None = None) -> UpstreamRequest:
-        req, trimmed = to_anthropic(body, model, stream, self._max_tokens, prefill=prefill)
+        req, trimmed = to_anthropic(body, model, stream, self._max_tokens, prefill=prefill, sampling=self._sampling)
         del req["model"]
-        req["anthropic_version"] = VERTEX_ANTHROPIC_VERSION
+        req["anthropic_version"] = self._version
         url = f"{self._root}anthropic/models/{model}:{'streamRawPredict' if stream else 'rawPredict'}"
         return self._request(url, token, req, trimmed)
 

@@ -104,7 +104,7 @@ class Provider(_Model):
     type: ProviderType = Field(ProviderType.openai, description="API dialect: openai, azure-openai, anthropic, openai-compatible, gemini or vertex.")
     base_url: str = Field(..., alias="baseURL", pattern=r"^https?://", description="Base URL, e.g. https://api.openai.com/v1, https://RESOURCE.openai.azure.com, https://generativelanguage.googleapis.com (gemini) or https://us-east5-aiplatform.googleapis.com (vertex).")
     api_key: SecretSource | None = Field(None, description="The provider API key.")
-    api_version: str | None = Field(None, description="azure-openai: api-version query parameter; anthropic: anthropic-version header.")
+    api_version: str | None = Field(None, description="azure-openai: api-version query parameter; anthropic: anthropic-version header; vertex: anthropic_version of Claude requests (default vertex-2023-10-16).")
     headers: dict[str, str] = Field(default_factory=dict, description="Extra headers sent on every request to this provider.")
     timeouts: Timeouts = Field(default_factory=Timeouts, description="Connection, first-token, idle and total timeouts.")
     max_tokens_default: int = Field(4096, ge=1, description="max_tokens sent when the client sets none and the provider requires it (anthropic).")

@@ -305,3 +305,11 @@ def test_thought_signatures_travel_in_the_tool_call_id():
     assert "thoughtSignature" not in to_gemini(plain, "gemini-2.5-flash")["contents"][1]["parts"][0]
     assert to_gemini(plain, "gemini-3-pro-preview")["contents"][1]["parts"][0]["thoughtSignature"] == \
         "skip_thought_signature_validator"
+
+
+def test_vertex_api_version_overrides_anthropic_version_and_drops_sampling_when_dated():
+    sent = orjson.loads(adapter_for(vertex(apiVersion="2026-10-21")).build_chat(
+        body(temperature=0.5, top_p=0.9), "claude-sonnet-4-5", False, "t").body)
+    assert sent["anthropic_version"] == "2026-10-21" and "temperature" not in sent and "top_p" not in sent
+    sent = orjson.loads(adapter_for(vertex()).build_chat(body(temperature=0.5), "claude-sonnet-4-5", False, "t").body)
+    assert sent["anthropic_version"] == "vertex-2023-10-16" and sent["temperature"] == 0.5
