@@ -114,11 +114,11 @@ class AnthropicAPI:
         return _event("error", {"type": "error", "error": {"type": etype, "message": msg}})
 
     # -- count_tokens ---------------------------------------------------------------
-    async def count_tokens(self, ctx: "Ctx") -> web.StreamResponse:
+    async def count_tokens(self, ctx: "Ctx", version_header: bool = True) -> web.StreamResponse:
         """`{"input_tokens": N}`: N counts the words of every text in `system` and `messages`
         (deterministic, so a test can predict it); `max_tokens` is refused as Anthropic does."""
         body = ctx.body
-        if "anthropic-version" not in ctx.request.headers:
+        if version_header and "anthropic-version" not in ctx.request.headers:
             return self.error(400, "invalid_request_error", "anthropic-version: header is required", ctx.headers, ctx.rid)
         if not isinstance(body, dict) or not isinstance(body.get("model"), str) or not body.get("messages"):
             return self.error(400, "invalid_request_error", "model and messages are required", ctx.headers, ctx.rid)

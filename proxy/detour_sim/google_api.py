@@ -151,10 +151,22 @@ class GoogleAPI:
         model, _, method = ctx.request.match_info["call"].partition(":")
         if publisher == "google":
             return await self._generate(ctx, model, method)
+        if publisher == "anthropic" and model == "count-tokens" and method == "rawPredict":
+            return await self._count_tokens(ctx)
         if publisher == "anthropic" and method in ("rawPredict", "streamRawPredict"):
             return await self._raw_predict(ctx, model, method == "streamRawPredict")
         return self.error(404, "NOT_FOUND", f"Publisher model {publisher}/{model}:{method} not found",
                           ctx.headers, ctx.rid)
+
+    async def _count_tokens(self, ctx: "Ctx") -> web.StreamResponse:
+        """Claude's count_tokens on Vertex: the Anthropic body, `model` included, plus anthropic_version."""
+        body = ctx.body
+        version = body.get("anthropic_version") if isinstance(body, dict) else None
+        if version != VERTEX_ANTHROPIC_VERSION and not (isinstance(version, str) and _DATED.fullmatch(version)):
+            return self.claude.error(400, "invalid_request_error", "anthropic_version: is required", ctx.headers,
+                                     ctx.rid)
+        ctx.body = {k: v for k, v in body.items() if k != "anthropic_version"}
+        return await self.claude.count_tokens(ctx, version_header=False)
 
     async def _raw_predict(self, ctx: "Ctx", model: str, stream: bool) -> web.StreamResponse:
         body = ctx.body

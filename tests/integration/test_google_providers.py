@@ -194,6 +194,21 @@ def test_anthropic_sdk_through_messages(gw, model):
     assert final.stop_reason == "tool_use" and final.content[-1].input == {"query": "fox"}
 
 
+def test_count_tokens_is_answered_by_claude_on_vertex(gw):
+    """/v1/messages/count_tokens (Claude Code asks it constantly): Claude on Vertex counts through
+    `count-tokens:rawPredict`; a route whose only counters are Gemini answers 400 with the reason."""
+    proxy, sim = gw
+    client = anthropic.Anthropic(base_url=proxy.url, api_key="client-key", max_retries=0)
+    n = client.messages.count_tokens(model="claude-sonnet-4-5", system="one two",
+                                     messages=[{"role": "user", "content": "three four five"}])
+    assert n.input_tokens == 5
+    last = _last(sim)
+    assert last["path"] == "/v1/projects/sim-project/locations/us-east5/publishers/anthropic/models/count-tokens:rawPredict"
+    assert last["body"]["model"] == "claude-sonnet-4-5@20250929" and last["body"]["anthropic_version"] == "vertex-2023-10-16"
+    with pytest.raises(anthropic.BadRequestError, match="count tokens"):
+        client.messages.count_tokens(model="vertex-gemini", messages=[{"role": "user", "content": "x"}])
+
+
 @pytest.mark.parametrize("model", ["gemini-2.5-flash", "claude-sonnet-4-5"])
 def test_openai_responses_through_responses(gw, model):
     proxy, _ = gw

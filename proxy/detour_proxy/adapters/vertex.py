@@ -103,6 +103,21 @@ class VertexAdapter:
                          raw: bytes | None = None) -> UpstreamRequest:
         raise UnsupportedRequest("vertex embeddings are not translated")
 
+    def counts_tokens(self, model: str) -> bool:
+        """Claude on Vertex answers Anthropic's count_tokens (`count-tokens:rawPredict`)."""
+        return publisher_for(self.provider, model) is VertexPublisher.anthropic
+
+    def build_count_tokens(self, body: dict[str, Any], model: str, api_key: str | None,
+                           beta: str | None = None) -> UpstreamRequest:
+        """An Anthropic count_tokens body (the client's, with the target's model) for Vertex."""
+        if not api_key:
+            raise TargetUnavailable(f"vertex provider {self.provider.name!r} has no Google access token yet")
+        req = self._request(f"{self._root}anthropic/models/count-tokens:rawPredict", api_key,
+                            {**body, "model": model, "anthropic_version": self._version})
+        if beta:
+            req.headers["anthropic-beta"] = beta
+        return req
+
     def build_continuation(self, body: dict[str, Any], delivered_text: str, model: str,
                            api_key: str | None) -> UpstreamRequest:
         if not self.can_continue or publisher_for(self.provider, model) is not VertexPublisher.anthropic:

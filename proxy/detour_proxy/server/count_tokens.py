@@ -1,4 +1,5 @@
-"""POST /v1/messages/count_tokens: answered by a target that can count (an Anthropic target).
+"""POST /v1/messages/count_tokens: answered by a target that can count (an Anthropic target, or
+Claude on Vertex AI through `count-tokens:rawPredict`).
 
 Counting tokens is a question about one provider's tokenizer, not a generation, so it does
 not go through the attempt engine: the route's Anthropic targets are asked in priority order
@@ -16,7 +17,8 @@ import orjson
 
 from ..adapters.base import is_retryable_status
 from ..adapters.anthropic import AnthropicAdapter
-from ..adapters import UpstreamRequest
+from ..adapters.vertex import VertexAdapter
+from ..adapters import UnsupportedRequest, UpstreamRequest
 from ..errors import bad_request
 from ..inbound.messages import anthropic_status
 from ..transport import TransportError
@@ -39,7 +41,8 @@ async def count_tokens(state: AppState, route: RouteRuntime, body: dict[str, Any
     """(status, headers, body, target label) of the answer."""
     if not isinstance(body.get("messages"), list) or not body["messages"]:
         raise bad_request("messages: at least one message is required.", param="messages")
-    targets = [tr for tr in route.targets if isinstance(tr.provider.adapter, AnthropicAdapter)]
+    targets = [tr for tr in route.targets if isinstance(tr.provider.adapter, AnthropicAdapter)
+               or (isinstance(tr.provider.adapter, VertexAdapter) and tr.provider.adapter.counts_tokens(tr.target.model))]
     if not targets:
         return (*_error(400, f"No target of route '{route.route.name}' can count tokens: only Anthropic targets "
                         "answer /v1/messages/count_tokens (another provider's tokenizer gives other numbers).",
@@ -49,12 +52,19 @@ async def count_tokens(state: AppState, route: RouteRuntime, body: dict[str, Any
         if not tr.state.admits(state.clock.now()):
             continue
         prov = tr.provider
-        headers = prov.adapter.headers(prov.api_key())   # type: ignore[attr-defined]
-        headers["x-request-id"] = request_id
-        if beta:
-            headers["anthropic-beta"] = beta
-        url = prov.adapter._url + "/count_tokens"   # type: ignore[attr-defined]
-        req = UpstreamRequest("POST", url, headers, orjson.dumps({**body, "model": tr.target.model}))
+        if isinstance(prov.adapter, VertexAdapter):
+            try:
+                req = prov.adapter.build_count_tokens(body, tr.target.model, prov.api_key(), beta)
+            except UnsupportedRequest:   # no Google access token yet: the next target counts
+                continue
+            req.headers["x-request-id"] = request_id
+        else:
+            headers = prov.adapter.headers(prov.api_key())   # type: ignore[attr-defined]
+            headers["x-request-id"] = request_id
+            if beta:
+                headers["anthropic-beta"] = beta
+            url = prov.adapter._url + "/count_tokens"   # type: ignore[attr-defined]
+            req = UpstreamRequest("POST", url, headers, orjson.dumps({**body, "model": tr.target.model}))
         try:
             async with asyncio.timeout(prov.config.timeouts.total):
                 resp = await state.upstream.send(req, prov.client_timeout)

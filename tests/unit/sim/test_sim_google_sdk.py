@@ -108,6 +108,9 @@ async def test_claude_on_vertex_through_anthropic_vertex(google, token):
     async with client.messages.stream(model="claude-sonnet-4-5", max_tokens=100,
                                       messages=[{"role": "user", "content": "hello"}]) as s:
         assert "".join([t async for t in s.text_stream]) == DEFAULT_REPLY
+    counted = await client.messages.count_tokens(model="claude-sonnet-4-5", messages=[{"role": "user", "content": "a b c"}])
+    assert counted.input_tokens == 3
+    assert (await google.stats())["lastRequest"]["path"].endswith("/publishers/anthropic/models/count-tokens:rawPredict")
     await google.faults({"status": 529, "errorType": "overloaded_error"})
     with pytest.raises(anthropic.APIStatusError) as exc:
         await client.messages.create(model="claude-sonnet-4-5", max_tokens=10,
