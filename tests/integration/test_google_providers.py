@@ -185,8 +185,11 @@ def test_anthropic_sdk_through_messages(gw, model):
     proxy, _ = gw
     client = anthropic.Anthropic(base_url=proxy.url, api_key="client-key", max_retries=0)
     msg = client.messages.create(model=model, max_tokens=100, system="Be brief.",
-                                 messages=[{"role": "user", "content": "hi"}])
+                                 messages=[{"role": "user", "content": "hi"}],
+                                 extra_headers={"anthropic-beta": "context-1m-2025-08-07"})
     assert msg.content[0].text == CANONICAL and msg.stop_reason == "end_turn"
+    if model.startswith("claude"):   # Claude on Vertex reads the beta header, as AnthropicVertex sends it
+        assert _last(gw[1])["headers"]["anthropic-beta"] == "context-1m-2025-08-07"
     with client.messages.stream(model=model, max_tokens=100, messages=[{"role": "user", "content": "fox"}],
                                 tools=[{"name": "search", "input_schema": {
                                     "type": "object", "properties": {"query": {"type": "string"}}}}]) as stream:

@@ -16,6 +16,7 @@ import orjson
 
 from ..adapters import UpstreamError
 from ..adapters.anthropic import AnthropicAdapter
+from ..adapters.vertex import VertexAdapter
 from ..engine.codec import SSE_HEADERS
 from ._common import chat_usage, load_object, new_id
 from .messages_request import to_chat
@@ -107,8 +108,10 @@ class MessagesCodec:
         return anthropic_status(status)
 
     def upstream_headers(self, adapter: Any) -> dict[str, str]:
-        """`anthropic-beta` goes to Anthropic targets only (other providers do not know it)."""
-        return {"anthropic-beta": self.beta} if self.beta and isinstance(adapter, AnthropicAdapter) else {}
+        """`anthropic-beta` goes to Anthropic targets and Vertex (Claude reads it there, as the
+        anthropic SDK's Vertex client sends it; Vertex's Gemini ignores it); others do not know it."""
+        return ({"anthropic-beta": self.beta} if self.beta and isinstance(adapter, (AnthropicAdapter, VertexAdapter))
+                else {})
 
     def reply_body(self, status: int, body: bytes) -> bytes:
         """An error body re-typed for the status the client gets (Anthropic keys on both)."""
