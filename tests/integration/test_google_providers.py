@@ -330,9 +330,14 @@ def test_token_endpoint_outage_keeps_the_token_then_makes_vertex_ineligible(goog
         assert raw.headers["x-detour-target"] == "gemini/gemini-2.5-flash"   # vertex skipped, not sent unauthenticated
         with pytest.raises(openai.APIStatusError) as exc:
             oai(proxy).chat.completions.create(model="vertex-gemini", messages=[{"role": "user", "content": "hi"}])
-        assert "no Google access token" in str(exc.value)
+        assert "no Google access token" in str(exc.value) and exc.value.status_code == 503
+        metrics = httpx.get(proxy.url + "/metrics").text
+        assert 'detour_provider_credentials_ok{provider="vertex"} 0.0' in metrics
+        assert 'detour_provider_credential_fetches_total{provider="vertex",result="error"}' in metrics
         google_sim.admin.put("/_sim/google/token", json={"failStatus": None}).raise_for_status()
         _token_ready(proxy)
+        wait_until(lambda: 'detour_provider_credentials_ok{provider="vertex"} 1.0' in httpx.get(proxy.url + "/metrics").text,
+                   5, "the credentials gauge back at 1")
         ok = oai(proxy).chat.completions.create(model="vertex-gemini", messages=[{"role": "user", "content": "hi"}])
         assert ok.choices[0].message.content == CANONICAL
     assert "cannot get a Google access token" in caplog.text

@@ -44,6 +44,8 @@ FAMILIES = {
     "detour_shared_health_api_available": ("gauge", set()),
     "detour_shared_health_peers": ("gauge", set()),
     "detour_shared_health_ignored": ("counter", {"reason"}),
+    "detour_provider_credentials_ok": ("gauge", {"provider"}),
+    "detour_provider_credential_fetches": ("counter", {"provider", "result"}),
 }
 
 

@@ -70,12 +70,13 @@ class Gateway:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def _google_token(p: Provider, prev: Credential | GoogleToken | None) -> GoogleToken:
+def _google_token(p: Provider, prev: Credential | GoogleToken | None, metrics: Metrics) -> GoogleToken:
     """The provider's Google token source: the previous generation's when its credentials did
     not change (no refetch on reload), else a new one whose first fetch starts now."""
     if isinstance(prev, GoogleToken) and prev.file == p.credentials_file:
         return prev
-    token = GoogleToken(p.credentials_file, name=p.name)
+    name = p.name
+    token = GoogleToken(p.credentials_file, name=name, on_result=lambda ok: metrics.credential_fetched(name, ok))
     token.start()
     return token
 
@@ -97,7 +98,7 @@ def build_gateway(config: RoutingConfig, *, registry: HealthRegistry, budget: Re
             # Keep the cached credential when its source did not change (no extra file reads).
             cred = prev if prev is not None and prev.describe == repr(p.api_key) else Credential(p.api_key)
         elif p.type is ProviderType.vertex:
-            cred = _google_token(p, old_creds.get(p.name))
+            cred = _google_token(p, old_creds.get(p.name), metrics)
         providers[p.name] = ProviderRuntime(
             config=p, adapter=adapter, credential=cred,
             client_timeout=client_timeout(p.timeouts.connect),

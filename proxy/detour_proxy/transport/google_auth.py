@@ -84,12 +84,14 @@ class GoogleToken:
 
     def __init__(self, credentials_file: str | None, *, scopes: tuple[str, ...] = (CLOUD_PLATFORM,),
                  clock: Callable[[], float] = time.time, name: str = "",
-                 schedule: Callable[[float, Callable[[], None]], None] | None = None) -> None:
+                 schedule: Callable[[float, Callable[[], None]], None] | None = None,
+                 on_result: Callable[[bool], None] | None = None) -> None:
         self._file = credentials_file
         self._scopes = scopes
         self._clock = clock
         self._name = name
         self._schedule = schedule or _timer
+        self.on_result = on_result   # called after each fetch with its success (metrics)
         self._lock = threading.Lock()
         self._creds: Any = None
         self._stamp: tuple[int, int, int] | None = None
@@ -142,6 +144,13 @@ class GoogleToken:
             self._creds = None
         self._kick(self._clock(), force=True)
 
+    def _report(self, ok: bool) -> None:
+        if self.on_result is not None:
+            try:
+                self.on_result(ok)
+            except Exception:  # noqa: BLE001  (observability must never break the refresh)
+                log.exception("provider %s: reporting a token fetch failed", self._name)
+
     # -- the refresh thread -------------------------------------------------------------------
     def _kick(self, now: float, force: bool = False) -> None:
         with self._lock:
@@ -190,6 +199,7 @@ class GoogleToken:
             self._problem = None
             self.refreshes += 1
             self._fetched.set()
+            self._report(True)
         except Exception as exc:  # noqa: BLE001  (any failure: keep the old token, retry later)
             problem = f"{type(exc).__name__}: {redact(str(exc), (self._token,))[:300]}"
             with self._lock:
@@ -205,6 +215,7 @@ class GoogleToken:
                 log.warning("provider %s: cannot get a Google access token from %s: %s",
                             self._name, self.describe, problem)
             self._problem = problem
+            self._report(False)
         finally:
             with self._lock:
                 self._inflight = False
