@@ -312,9 +312,15 @@ class GoogleAPI:
         return web.Response(status=status, body=orjson.dumps({"error": error, "error_description": why}),
                             content_type="application/json")
 
+    def _refuse_configured(self, why: str) -> web.Response:
+        """`failStatus`: 5xx is an outage (`internal_failure`, which google-auth retries for a few
+        seconds), 4xx a refusal (`invalid_grant`, not retried)."""
+        status = self.token_fail or 500
+        return self._refuse(status, "internal_failure" if status >= 500 else "invalid_grant", why)
+
     async def token(self, request: web.Request) -> web.Response:
         if self.token_fail:
-            return self._refuse(self.token_fail, "internal_failure", "simulated token endpoint failure")
+            return self._refuse_configured("simulated token endpoint failure")
         form = await request.post()
         if form.get("grant_type") != JWT_BEARER:
             return self._refuse(400, "unsupported_grant_type", "Invalid grant_type")
@@ -357,7 +363,7 @@ class GoogleAPI:
         """Google's Security Token Service for workload identity federation (`external_account`
         credentials): a token-exchange grant with the workload's own token as subject."""
         if self.token_fail:
-            return self._refuse(self.token_fail, "internal_failure", "simulated STS failure")
+            return self._refuse_configured("simulated STS failure")
         form = await request.post()
         if form.get("grant_type") != TOKEN_EXCHANGE:
             return self._refuse(400, "unsupported_grant_type", "Invalid grant_type")
@@ -408,7 +414,7 @@ class GoogleAPI:
         if not self._flavor_ok(request):
             return web.Response(status=403, text="Missing Metadata-Flavor:Google header.")
         if self.token_fail:
-            return self._refuse(self.token_fail, "internal_failure", "simulated metadata server failure")
+            return self._refuse_configured("simulated metadata server failure")
         resp = self._issue()
         resp.headers["Metadata-Flavor"] = "Google"
         return resp

@@ -320,8 +320,12 @@ def test_service_account_token_is_fetched_refreshed_ahead_of_expiry_and_never_sh
     assert google_sim.stats()["tokensRefused"] == 0
 
 
-def test_token_endpoint_outage_keeps_the_token_then_makes_vertex_ineligible(google_sim, sa_file, caplog):
-    google_sim.admin.put("/_sim/google/token", json={"failStatus": 500}).raise_for_status()
+def test_token_endpoint_outage_keeps_the_token_then_makes_vertex_ineligible(google_sim, sa_file, caplog, monkeypatch):
+    from detour_proxy.transport import google_auth
+
+    monkeypatch.setattr(google_auth, "FIRST_BACKOFF", 0.1)   # retries 0.1 s, 0.2 s, ... apart (1 s in production)
+    # 400 invalid_grant: google-auth itself retries a 5xx internal_failure for ~3 s before giving up
+    google_sim.admin.put("/_sim/google/token", json={"failStatus": 400}).raise_for_status()
     with ProxyServer(_config(google_sim, sa_file)) as proxy:
         wait_until(lambda: google_sim.stats()["tokensRefused"] >= 1 and
                    proxy.state.gateway.providers["vertex"].credential.problem, 10, "a refused token fetch")

@@ -21,7 +21,7 @@ from support import Sim
 
 RATE = scaled(60, 120)
 CONCURRENCY = 16
-PHASE = scaled(2.0, 10.0)
+PHASE = scaled(1.5, 10.0)
 MODEL = "claude-sonnet-4-5"
 VERTEX_PATHS = ["/v1/projects/sim-project/locations/us-east5/publishers/anthropic/*"]
 

@@ -43,6 +43,7 @@ CLOUD_PLATFORM = "https://www.googleapis.com/auth/cloud-platform"
 MAX_MARGIN = 300.0
 #: A token this close to expiry is not sent any more (clock skew, time in flight).
 EXPIRY_GUARD = 5.0
+FIRST_BACKOFF = 1.0
 MAX_BACKOFF = 60.0
 #: Failed fetches retried in the background (1 + 2 + 4 + 8 + 16 + 32 s) before only use retries.
 BACKGROUND_RETRIES = 6
@@ -204,7 +205,7 @@ class GoogleToken:
             problem = f"{type(exc).__name__}: {redact(str(exc), (self._token,))[:300]}"
             with self._lock:
                 self._failures += 1
-                self._next_try = self._clock() + min(MAX_BACKOFF, 2.0 ** (self._failures - 1))
+                self._next_try = self._clock() + min(MAX_BACKOFF, FIRST_BACKOFF * 2.0 ** (self._failures - 1))
                 if self._file is not None and isinstance(exc, (OSError, ValueError)):
                     self._creds = None   # re-read the file next time
             if self._failures <= BACKGROUND_RETRIES:

@@ -170,7 +170,7 @@ def test_any_answer_is_one_clean_result(engine, which, status, doc, raw):
         assert status == 200 and isinstance(orjson.loads(res.body)["choices"][0]["message"], dict)
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(which=st.integers(0, 1), docs=st.lists(json_st | st.binary(max_size=10), max_size=6),
        cuts=st.lists(st.integers(0, 400), max_size=4), event=st.booleans())
 def test_any_stream_decodes_to_clean_events(engine, which, docs, cuts, event):
