@@ -37,8 +37,9 @@ async def google(make_sim):
 
 @pytest.fixture
 def token(google) -> str:
-    api = google.sim.api
-    return api._issue().text and next(iter(api.tokens))   # a token issued by the sim, as /token would
+    oauth = google.sim.api.oauth
+    oauth._issue()                        # a token issued by the sim, as its /token would
+    return next(iter(oauth.tokens))
 
 
 def _gemini(google) -> genai.Client:
