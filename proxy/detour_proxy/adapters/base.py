@@ -47,6 +47,9 @@ class UpstreamRequest:
     headers: dict[str, str]
     body: bytes
     prefix_trim: str = ""
+    #: the client's own API format forwarded as is (an inbound codec's native request): the
+    #: answer and stream are the client's format already, not canonical chat
+    native: bool = False
 
     def __repr__(self) -> str:  # requests end up in logs and tracebacks: never show a key
         headers = {k: ("***" if k.lower() in _SECRET_HEADERS else v) for k, v in self.headers.items()}

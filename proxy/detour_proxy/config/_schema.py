@@ -112,6 +112,7 @@ class Provider(_Model):
     project: str | None = Field(None, min_length=1, max_length=100, pattern=r"^[a-z0-9][-a-z0-9.:]*$", description="vertex: the Google Cloud project ID.")
     location: str | None = Field(None, min_length=1, max_length=63, pattern=r"^[a-z0-9-]+$", description="vertex: the region (e.g. us-east5, europe-west1) or global.")
     publisher: VertexPublisher | None = Field(None, description="vertex: anthropic or google; default from the model name (claude-* anthropic, otherwise google).")
+    responses_api: bool | None = Field(None, alias="responsesAPI", description="Whether this provider serves the OpenAI Responses API (POST {baseURL}/responses; azure-openai: /openai/responses): POST /v1/responses is then forwarded to it as is, stateful features (previous_response_id, store, background, server-side tools) included; otherwise it is translated to chat completions. Default true for openai and azure-openai, false for the others.")
     credentials_file: str | None = Field(None, min_length=1, description="vertex: a Google credentials JSON file (service account key or external_account / workload identity federation config); re-read when it changes. Unset: Application Default Credentials (GKE workload identity, the metadata server, GOOGLE_APPLICATION_CREDENTIALS).")
 
     @model_validator(mode="after")
@@ -129,6 +130,14 @@ class Provider(_Model):
             if extra:
                 raise ValueError(f"{', '.join(extra)} apply only to type vertex")
         return self
+
+    @property
+    def serves_responses(self) -> bool:
+        """POST /v1/responses is forwarded natively (see `responses_api`)."""
+        if self.responses_api is not None:
+            return self.responses_api and self.type in (ProviderType.openai, ProviderType.azure_openai,
+                                                        ProviderType.openai_compatible)
+        return self.type in (ProviderType.openai, ProviderType.azure_openai)
 
     @property
     def effective_continuation(self) -> ContinuationMode:

@@ -153,9 +153,18 @@ def prepare(ctx: RequestContext, tr: TargetRuntime, stream: bool) -> UpstreamReq
             req: UpstreamRequest | None = prov.adapter.build_embeddings(ctx.body, tr.target.model, prov.api_key(),
                                                                         raw=ctx.raw)
         else:
-            req = prov.adapter.build_chat(ctx.body, tr.target.model, stream, prov.api_key(), raw=ctx.raw)
+            req = None
+            if ctx.codec is not OPENAI:
+                # An inbound format goes as is to a target that speaks it (inbound.native);
+                # None: translate it. The codec raises UnsupportedRequest when it cannot be.
+                native = getattr(ctx.codec, "native_request", None)
+                if native is not None:
+                    req = native(prov, tr.target.model, stream, prov.api_key())
+            if req is None:
+                req = prov.adapter.build_chat(ctx.body, tr.target.model, stream, prov.api_key(), raw=ctx.raw)
         req.headers["x-request-id"] = ctx.request_id  # type: ignore[union-attr]
-        if ctx.codec is not OPENAI:   # an inbound format may pass headers to same-format targets only
+        if ctx.codec is not OPENAI and not req.native:  # type: ignore[union-attr]
+            # an inbound format may pass headers to same-format targets only
             extra = getattr(ctx.codec, "upstream_headers", None)
             if extra is not None:
                 req.headers.update(extra(prov.adapter))  # type: ignore[union-attr]

@@ -91,11 +91,18 @@ class Relay:
         self.continuing = False     # rewriting a continuation into the original stream
         self.trim = ""              # whitespace the continuation prefill had to drop
         self.seen_content = False
+        self.native = False         # relaying a provider's own events (see `start`)
         self.blocked = 0.0
         self.sending_since: float | None = None
         self._time = asyncio.get_running_loop().time
 
-    async def start(self, tr: TargetRuntime) -> None:
+    async def start(self, tr: TargetRuntime, native: bool = False) -> None:
+        """Send the headers. `native`: the stream is the provider's own events in the client's
+        format (inbound.native), relayed as they are; a continuation after a cut is translated by
+        the codec into the same event sequence (`begin_continuation`)."""
+        if native:
+            self.native = True
+            self.codec.native = True   # type: ignore[attr-defined]
         headers = [*self.codec.stream_headers, (b"x-detour-target", tr.label.encode()),
                    (b"x-detour-attempts", str(self.ctx.attempts).encode()),
                    (b"x-request-id", self.ctx.request_id.encode()), *skipped_headers(self.ctx)]
@@ -104,6 +111,9 @@ class Relay:
         self.started = True
 
     def begin_continuation(self, from_label: str, to_label: str, trim: str) -> bytes:
+        if self.native:   # continuations are canonical chat: the codec translates from here on
+            self.native = False
+            self.codec.resume_translated()   # type: ignore[attr-defined]
         self.continuing = True
         self.trim = trim
         self.seen_content = False
@@ -113,7 +123,7 @@ class Relay:
     def _frame(self, ev: StreamEvent) -> bytes | None:
         """The payload to relay for `ev` (None: drop it), with the relay's bookkeeping."""
         payload = ev.payload
-        if self.stream_id is None:
+        if self.stream_id is None and not self.native:
             doc = orjson.loads(payload)
             self.stream_id, self.model = doc.get("id"), doc.get("model")
         if self.continuing:

@@ -73,6 +73,11 @@ class StreamRunner:
         if tr.index in reqs:
             return reqs[tr.index]
         prov = tr.provider
+        why = getattr(self.ctx.codec, "untranslatable", None)
+        if why:   # only the client's own format can carry it: no translated continuation
+            self.ctx.unsupported = f"{tr.label} cannot continue this stream: {why}"
+            reqs[tr.index] = None
+            return None
         try:
             req = prov.adapter.build_continuation(self.ctx.body, "".join(self.relay.text), tr.target.model,
                                                   prov.api_key())
@@ -182,7 +187,9 @@ async def stream_attempt(state: AppState, ctx: RequestContext, tr: TargetRuntime
             if resp.status != 200:
                 raw = await resp.read(ctx.route.max_response_bytes)
                 return classify_answer(state, ctx, tr, resp.status, resp.headers, raw, started, clock.now())
-            decoder = prov.adapter.stream_decoder(include_usage=include_usage)
+            codec: Any = ctx.codec
+            decoder = codec.native_decoder(tr.target.provider) if req.native else \
+                prov.adapter.stream_decoder(include_usage=include_usage)
             pending: list[StreamEvent] = []
             done = False
             while True:
@@ -211,10 +218,11 @@ async def stream_attempt(state: AppState, ctx: RequestContext, tr: TargetRuntime
                 state.metrics.continuations.labels(ctx.route.route.name, (failed or tr).target.provider,
                                                    tr.target.provider).inc()
             else:
-                await relay.start(tr)
+                await relay.start(tr, native=req.native)
             blocked = relay.blocked
             await relay.emit(pending, prefix)
-            _usage(tr, pending)
+            if not req.native:
+                _usage(tr, pending)
             while not done:
                 if relay.blocked != blocked:   # time the client held us up is not the provider's
                     total.extend(relay.blocked - blocked)
@@ -231,11 +239,14 @@ async def stream_attempt(state: AppState, ctx: RequestContext, tr: TargetRuntime
                         await relay.emit(out)
                         return _stream_failure(state, ctx, ev.error, started, clock.now(), ttft)
                 await relay.emit(out)
-                _usage(tr, out)
+                if not req.native:
+                    _usage(tr, out)
                 if not data and not done:
                     return _stream_failure(state, ctx, None, started, clock.now(), ttft)
             await relay.finish()
             complete = True
+            if req.native:
+                observe_usage(tr, getattr(decoder, "usage", None))
             return Result(Outcome(OutcomeKind.SUCCESS, status=200, duration=clock.now() - started, ttft=ttft))
     except asyncio.CancelledError:
         if total is None or not total.fired:

@@ -7,7 +7,7 @@ from typing import Any
 
 import orjson
 
-from ..errors import bad_request
+from ..errors import ClientError, bad_request
 
 
 def new_id(prefix: str) -> str:
@@ -42,3 +42,22 @@ def unsupported(message: str, param: str | None = None) -> Exception:
 def chat_usage(doc: dict[str, Any]) -> tuple[int, int]:
     u = doc.get("usage") or {}
     return int(u.get("prompt_tokens") or 0), int(u.get("completion_tokens") or 0)
+
+
+def translate_or_defer(to_chat: Any, request: dict[str, Any]) -> tuple[dict[str, Any], str | None]:
+    """(canonical body, None), or for a request only a native target can serve (stateful or
+    server-side features): (a stand-in body for routing, the reason). The reason makes every
+    target that would need the translation ineligible (skipped, `x-detour-skipped`); a 400
+    names it only when no target of the route speaks the client's format."""
+    try:
+        return to_chat(request), None
+    except ClientError as exc:
+        if exc.code != "unsupported_by_route":
+            raise
+        why = exc.message
+    body: dict[str, Any] = {"model": request["model"], "messages": [{"role": "user", "content": ""}]}
+    if isinstance(request.get("metadata"), dict):
+        body["metadata"] = request["metadata"]
+    if request.get("stream") is True:
+        body["stream"] = True
+    return body, why

@@ -14,11 +14,13 @@ from typing import Any
 
 import orjson
 
-from ..adapters import UpstreamError
+from ..adapters import UpstreamError, UpstreamRequest
 from ..adapters.anthropic import AnthropicAdapter
 from ..adapters.vertex import VertexAdapter
+from ..config import ProviderType
 from ..engine.codec import SSE_HEADERS
-from ._common import chat_usage, load_object, new_id
+from . import native as nat
+from ._common import chat_usage, load_object, new_id, translate_or_defer
 from .messages_request import to_chat
 
 __all__ = ["MessagesCodec", "to_message", "anthropic_status", "error_type"]
@@ -80,6 +82,11 @@ class MessagesCodec:
 
     def __init__(self) -> None:
         self.model = ""
+        self.request: dict[str, Any] = {}
+        self.raw = b""
+        self.untranslatable: str | None = None   # why no translated target can serve it
+        self.native = False                       # the relayed stream is Anthropic's own events
+        self._events: nat.MessagesEvents | None = None
         self.beta: str | None = None         # the client's anthropic-beta header
         self._started = False
         self._block: int | None = None       # index of the open content block
@@ -90,9 +97,43 @@ class MessagesCodec:
         self._usage = (0, 0)
 
     def parse(self, raw: bytes, kind: str) -> dict[str, Any]:
-        body = load_object(raw)
-        self.model = body["model"]
-        return to_chat(body)
+        self.request = load_object(raw)
+        self.raw = raw
+        self.model = self.request["model"]
+        body, self.untranslatable = translate_or_defer(to_chat, self.request)
+        return body
+
+    # -- native forwarding (see inbound.native) ----------------------------------------------
+    def native_request(self, prov: Any, model: str, stream: bool, api_key: str | None) -> UpstreamRequest | None:
+        """The request as is for an Anthropic target; None: translate it (raises
+        UnsupportedRequest, via the engine, when the translation cannot carry it)."""
+        config = prov.config
+        if config.type is not ProviderType.anthropic:
+            if self.untranslatable:
+                raise nat.UnsupportedRequest(f"it does not speak the Messages API, and {self.untranslatable}")
+            return None
+        return nat.messages_request(config, prov.adapter, self.request, self.raw, model, api_key, self.beta)
+
+    def native_decoder(self, provider: str) -> nat.MessagesEvents:
+        self._events = nat.MessagesEvents(provider)
+        return self._events
+
+    def resume_translated(self) -> None:
+        """A native stream was cut and a translated continuation carries on: continue its
+        content blocks (the open text block keeps its index) so the client sees one message."""
+        self.native = False
+        ev = self._events
+        if ev is None:
+            return
+        self._started = True
+        self._blocks = ev.blocks
+        self._block = ev.open if ev.open_type == "text" else None
+        self._block_kind = "text"
+        if ev.usage:
+            self._usage = (ev.usage.get("prompt_tokens", 0), 0)
+
+    def check_native(self, doc: Any, provider: str) -> tuple[str | None, dict[str, int] | None]:
+        return nat.check_message(doc, provider)
 
     def answer(self, body: bytes) -> bytes:
         return orjson.dumps(to_message(orjson.loads(body), self.model))
@@ -147,6 +188,8 @@ class MessagesCodec:
         return index
 
     def chunks(self, payloads: list[bytes]) -> bytes:
+        if self.native:
+            return b"".join(payloads)
         out: list[bytes] = []
         for p in payloads:
             chunk = orjson.loads(p)
@@ -176,6 +219,8 @@ class MessagesCodec:
         return b"".join(out)
 
     def done(self) -> bytes:
+        if self.native:
+            return b""   # Anthropic's message_stop was relayed
         out: list[bytes] = []
         if not self._started:
             self._start({}, out)

@@ -17,10 +17,11 @@ from typing import Any
 
 import orjson
 
-from ..adapters import UpstreamError
+from ..adapters import UnsupportedRequest, UpstreamError, UpstreamRequest
 from ..engine.codec import SSE_HEADERS
 from ..errors import error_body
-from ._common import chat_usage, load_object, new_id
+from . import native as nat
+from ._common import chat_usage, load_object, new_id, translate_or_defer
 from .responses_request import to_chat
 
 __all__ = ["ResponsesCodec", "to_response"]
@@ -92,6 +93,10 @@ class ResponsesCodec:
 
     def __init__(self) -> None:
         self.request: dict[str, Any] = {}
+        self.raw = b""
+        self.untranslatable: str | None = None   # why no translated target can serve it
+        self.native = False                       # the relayed stream is a provider's own events
+        self._events: nat.ResponsesEvents | None = None
         self._seq = 0
         self._doc: dict[str, Any] | None = None
         self._text: dict[str, Any] | None = None   # the open message item: id, index, parts
@@ -103,7 +108,46 @@ class ResponsesCodec:
     # -- requests and whole answers -------------------------------------------------------
     def parse(self, raw: bytes, kind: str) -> dict[str, Any]:
         self.request = load_object(raw)
-        return to_chat(self.request)
+        self.raw = raw
+        body, self.untranslatable = translate_or_defer(to_chat, self.request)
+        return body
+
+    # -- native forwarding (see inbound.native) ----------------------------------------------
+    def native_request(self, prov: Any, model: str, stream: bool, api_key: str | None) -> UpstreamRequest | None:
+        """The request as is for a target serving the Responses API; None: translate it.
+        Raises UnsupportedRequest when this target cannot serve it at all."""
+        config = prov.config
+        if not config.serves_responses:
+            if self.untranslatable:
+                raise UnsupportedRequest(f"it does not serve the Responses API natively, and {self.untranslatable}")
+            return None
+        prev = self.request.get("previous_response_id")
+        if isinstance(prev, str):
+            owner = nat.stored_by(prev)
+            if owner is not None and owner != config.name:
+                raise UnsupportedRequest(f"previous_response_id {prev!r} is stored by provider {owner!r}")
+        return nat.responses_request(config, prov.adapter, self.request, self.raw, model, api_key)
+
+    def resume_translated(self) -> None:
+        """A native stream was cut and a translated continuation carries on: take over its
+        sequence numbers, response, finished items and the open message item, so the client
+        sees one consistent event sequence."""
+        self.native = False
+        ev = self._events
+        if ev is None:
+            return
+        self._seq = ev.last_seq + 1
+        self._doc = {**(ev.response or _skeleton(self.request, new_id("resp_"), self.request.get("model", ""),
+                                                 int(time.time()))), "output": list(ev.done_items)}
+        if ev.open_text is not None:
+            self._text = {"id": ev.open_text["id"], "index": ev.open_text["index"], "parts": list(ev.open_text["parts"])}
+
+    def native_decoder(self, provider: str) -> nat.ResponsesEvents:
+        self._events = nat.ResponsesEvents(provider)
+        return self._events
+
+    def check_native(self, doc: Any, provider: str) -> tuple[str | None, dict[str, int] | None]:
+        return nat.check_response(doc, provider)
 
     def answer(self, body: bytes) -> bytes:
         return orjson.dumps(to_response(orjson.loads(body), self.request))
@@ -194,6 +238,8 @@ class ResponsesCodec:
                                    output_index=c["index"], delta=args))
 
     def chunks(self, payloads: list[bytes]) -> bytes:
+        if self.native:
+            return b"".join(payloads)
         out: list[bytes] = []
         for p in payloads:
             chunk = orjson.loads(p)
@@ -212,6 +258,8 @@ class ResponsesCodec:
         return b"".join(out)
 
     def done(self) -> bytes:
+        if self.native:
+            return b""   # the provider's response.completed was relayed
         out: list[bytes] = []
         if self._doc is None:
             self._start({}, out)
@@ -225,6 +273,12 @@ class ResponsesCodec:
         return b"".join(out)
 
     def stream_error(self, error: dict[str, Any]) -> bytes:
+        if self.native and self._events is not None:
+            # continue the provider's numbering, with the response it announced
+            ev = self._events
+            self._seq = ev.last_seq + 1
+            self._doc = dict(ev.response or _skeleton(self.request, new_id("resp_"), self.request.get("model", ""),
+                                                      int(time.time())))
         out: list[bytes] = []
         if self._doc is None:
             self._start({}, out)
