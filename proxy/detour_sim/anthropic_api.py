@@ -60,6 +60,25 @@ def _json_delta(piece: str) -> bytes:
 _PING = _event("ping", {"type": "ping"})
 _BLOCK_STOP = _event("content_block_stop", {"type": "content_block_stop", "index": 0})
 _MESSAGE_STOP = _event("message_stop", {"type": "message_stop"})
+_THINKING = {"type": "thinking", "thinking": "Let me think.", "signature": "sig-sim"}
+
+
+def _with_thinking(plan: StreamPlan) -> StreamPlan:
+    """The plan with a thinking block at index 0 (the answer's block moves to index 1)."""
+    def shift(b: bytes) -> bytes:
+        return b.replace(b'"index":0', b'"index":1')
+    start, rest = plan.head.split(b"\n\n", 1)
+    think = (_event("content_block_start", {"type": "content_block_start", "index": 0,
+                                            "content_block": {"type": "thinking", "thinking": "", "signature": ""}})
+             + _event("content_block_delta", {"type": "content_block_delta", "index": 0,
+                                              "delta": {"type": "thinking_delta", "thinking": _THINKING["thinking"]}})
+             + _event("content_block_delta", {"type": "content_block_delta", "index": 0,
+                                              "delta": {"type": "signature_delta", "signature": _THINKING["signature"]}})
+             + _event("content_block_stop", {"type": "content_block_stop", "index": 0}))
+    return StreamPlan(start + b"\n\n" + think + shift(rest), [shift(d) for d in plan.pieces], shift(plan.tail),
+                      plan.inband)
+
+
 _TEXT_BLOCK_START = _event("content_block_start",
                            {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}})
 
@@ -190,17 +209,26 @@ class AnthropicAPI:
         input_tokens = estimate_tokens(messages, body.get("system"))
         args = orjson.dumps(tool_input).decode() if tool else ""
         output_tokens = text_tokens(args) if tool else len(pieces)
+        # Like Anthropic: a `cache_control` breakpoint writes the prompt cache; extended
+        # thinking adds a signed `thinking` block before the answer.
+        cached = input_tokens if b'"cache_control"' in orjson.dumps(body) else 0
         usage = {"input_tokens": input_tokens, "output_tokens": output_tokens,
-                 "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0}
+                 "cache_creation_input_tokens": cached, "cache_read_input_tokens": 0}
+        thinking = isinstance(body.get("thinking"), dict) and body["thinking"].get("type") == "enabled"
 
         if body.get("stream") is True:
-            return await send_stream(sim, ctx, self._stream_plan(mid, model, pieces, tool, args, stop, usage))
+            plan = self._stream_plan(mid, model, pieces, tool, args, stop, usage)
+            if thinking:
+                plan = _with_thinking(plan)
+            return await send_stream(sim, ctx, plan)
         if tool is not None:
             blocks: list[dict[str, Any]] = [
                 {"type": "tool_use", "id": tool[0], "name": tool[1], "input": tool_input}
             ]
         else:
             blocks = [{"type": "text", "text": "".join(pieces)}]
+        if thinking:
+            blocks.insert(0, dict(_THINKING))
         out = {
             "id": mid, "type": "message", "role": "assistant", "model": model, "content": blocks,
             "stop_reason": stop, "stop_sequence": None, "usage": usage,

@@ -75,12 +75,26 @@ class OpenAIAPI:
         return [
             ("POST", "/v1/chat/completions", self.chat),
             ("POST", "/v1/embeddings", self.embeddings),
-            ("POST", "/v1/responses", ResponsesAPI(self).create),
+            ("POST", "/v1/responses", self._responses.create),
+            # Azure's Responses API: the deployment in the body's model, api-version required.
+            ("POST", "/openai/responses", self._azure_responses),
             ("GET", "/v1/models", self.list_models),
             # Azure OpenAI shape: the deployment in the path, api-version required.
             ("POST", "/openai/deployments/{deployment}/chat/completions", self._azure(self.chat)),
             ("POST", "/openai/deployments/{deployment}/embeddings", self._azure(self.embeddings)),
         ]
+
+    @property
+    def _responses(self) -> ResponsesAPI:
+        api = self.__dict__.get("_responses_api")
+        if api is None:
+            api = self.__dict__["_responses_api"] = ResponsesAPI(self)
+        return api
+
+    async def _azure_responses(self, ctx: "Ctx") -> web.StreamResponse:
+        if not ctx.request.query.get("api-version"):
+            return self.error(400, "invalid_request_error", "api-version query parameter is required", ctx.headers)
+        return await self._responses.create(ctx)
 
     def _azure(self, handler):
         """Serve Azure deployment URLs with the OpenAI handlers (model = deployment)."""

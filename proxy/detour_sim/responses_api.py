@@ -8,6 +8,11 @@ gets text), shaped as a `response` object the `openai` SDK parses, or as the eve
 `response.function_call_arguments.delta`), the `.done` events, `response.completed`. Stream
 faults apply between the deltas like on every other stream; an in-band error is a
 `response.failed` event.
+
+Stateful like OpenAI: responses are stored unless `store: false` (bounded), and a
+`previous_response_id` this simulator did not store is refused with OpenAI's 404
+`previous_response_not_found`. A `web_search` tool (server-side) adds a completed
+`web_search_call` output item before the message.
 """
 
 from __future__ import annotations
@@ -46,10 +51,27 @@ def _text_of(item: Any) -> str:
     return ""
 
 
+_STORED_MAX = 1000
+
+
 class ResponsesAPI:
     def __init__(self, api: OpenAIAPI) -> None:
         self.api = api
         self.sim = api.sim
+        self.stored: dict[str, dict[str, Any]] = {}
+
+    def _not_found(self, prev: str, ctx: Ctx) -> web.Response:
+        body = {"error": {"message": f"Previous response with id '{prev}' not found.",
+                          "type": "invalid_request_error", "param": "previous_response_id",
+                          "code": "previous_response_not_found"}}
+        return web.Response(body=orjson.dumps(body), status=404, headers=ctx.headers,
+                            content_type="application/json")
+
+    def _store(self, body: dict[str, Any], final: dict[str, Any]) -> None:
+        if body.get("store") is not False:
+            if len(self.stored) >= _STORED_MAX:
+                self.stored.pop(next(iter(self.stored)))
+            self.stored[final["id"]] = final
 
     async def create(self, ctx: Ctx) -> web.StreamResponse:
         api, sim, body = self.api, self.sim, ctx.body
@@ -62,8 +84,13 @@ class ResponsesAPI:
         if not isinstance(items, list) or not items:
             return api.error(400, "invalid_request_error", "'input' must be a string or a non-empty array",
                              ctx.headers, param="input")
+        prev = body.get("previous_response_id")
+        if prev is not None and prev not in self.stored:
+            return self._not_found(str(prev), ctx)
         n = next(sim.seq)
         last = items[-1] if isinstance(items[-1], dict) else {}
+        search = any(isinstance(t, dict) and str(t.get("type", "")).startswith("web_search")
+                     for t in body.get("tools") or ())
         tools = [t for t in body.get("tools") or () if isinstance(t, dict) and t.get("type") == "function"]
         call = None
         if last.get("type", "message") == "message" and last.get("role") == "user" and tools \
@@ -81,7 +108,8 @@ class ResponsesAPI:
         base = {"id": rid, "object": "response", "created_at": int(time.time()), "model": body["model"],
                 "status": "in_progress", "output": [], "error": None, "incomplete_details": None,
                 "parallel_tool_calls": True, "tool_choice": body.get("tool_choice") or "auto",
-                "tools": body.get("tools") or [], "usage": None, "metadata": {}}
+                "tools": body.get("tools") or [], "usage": None, "metadata": {},
+                "previous_response_id": prev, "store": body.get("store") is not False}
         if call:
             done_item = {"type": "function_call", "id": item_id, "call_id": call[0], "name": call[1],
                          "arguments": call[2], "status": "completed"}
@@ -89,21 +117,32 @@ class ResponsesAPI:
             done_item = {"type": "message", "id": item_id, "status": "completed", "role": "assistant",
                          "content": [{"type": "output_text", "text": "".join(pieces), "annotations": [],
                                       "logprobs": []}]}
-        final = {**base, "status": status, "incomplete_details": incomplete, "output": [done_item],
-                 "usage": _usage(inp, out_tokens)}
+        ws = {"type": "web_search_call", "id": f"ws_{sim.name}_{n}", "status": "completed",
+              "action": {"type": "search", "query": _text_of(last)}} if search else None
+        final = {**base, "status": status, "incomplete_details": incomplete,
+                 "output": [ws, done_item] if ws else [done_item], "usage": _usage(inp, out_tokens)}
+        self._store(body, final)
         if body.get("stream") is not True:
             return web.Response(body=orjson.dumps(final), headers=ctx.headers, content_type="application/json")
-        return await send_stream(sim, ctx, self._plan(base, final, done_item, pieces, call))
+        return await send_stream(sim, ctx, self._plan(base, final, done_item, pieces, call, ws))
 
     def _plan(self, base: dict[str, Any], final: dict[str, Any], item: dict[str, Any], pieces: list[str],
-              call: tuple[str, str, str] | None) -> StreamPlan:
+              call: tuple[str, str, str] | None, ws: dict[str, Any] | None = None) -> StreamPlan:
         seq = iter(range(10**6))
+        at = 1 if ws else 0   # the message (or call) item's output_index
 
         def ev(type_: str, **fields: Any) -> bytes:
+            if fields.get("output_index") == 0:
+                fields["output_index"] = at
             return _event({"type": type_, "sequence_number": next(seq), **fields})
 
         iid = item["id"]
         head = [ev("response.created", response=base), ev("response.in_progress", response=base)]
+        if ws:
+            head.append(_event({"type": "response.output_item.added", "sequence_number": next(seq),
+                                "output_index": 0, "item": {**ws, "status": "in_progress"}}))
+            head.append(_event({"type": "response.output_item.done", "sequence_number": next(seq),
+                                "output_index": 0, "item": ws}))
         if call:
             head.append(ev("response.output_item.added", output_index=0, item={**item, "arguments": "",
                                                                                 "status": "in_progress"}))

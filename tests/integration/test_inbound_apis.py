@@ -23,7 +23,10 @@ ANT_TOOL = {"name": "search", "description": "Search the web",
 def _config(primary, anthropic_sim, **route):
     return {
         "providers": [
-            {"name": "openai", "type": "openai", "baseURL": primary.v1, "apiKey": {"value": "sk-openai-SECRET"}},
+            # a chat-completions-only OpenAI-format target: /v1/responses is translated for it
+            # (native forwarding to openai/azure targets: test_inbound_native.py)
+            {"name": "openai", "type": "openai-compatible", "baseURL": primary.v1,
+             "apiKey": {"value": "sk-openai-SECRET"}},
             {"name": "claude", "type": "anthropic", "baseURL": anthropic_sim.url,
              "apiKey": {"value": "sk-ant-SECRET"}},
         ],
@@ -121,7 +124,8 @@ def test_responses_failure_after_first_event_is_response_failed(gw):
     assert events[-1].response.status == "failed" and events[-1].response.error.message
 
 
-def test_responses_stateful_features_are_refused_with_a_reason(gw):
+def test_responses_stateful_features_are_refused_when_no_target_serves_them(gw):
+    """No target of the route speaks the Responses API natively: a 400 that names why."""
     proxy, _, _ = gw
     client = oai(proxy)
     for extra in ({"previous_response_id": "resp_1"}, {"store": True}, {"background": True},
@@ -129,6 +133,7 @@ def test_responses_stateful_features_are_refused_with_a_reason(gw):
         with pytest.raises(openai.BadRequestError) as info:
             client.responses.create(model="gpt-4o", input="hi", **extra)
         assert info.value.code == "unsupported_by_route"
+        assert "does not serve the Responses API natively" in info.value.message
 
 
 # -- /v1/messages ----------------------------------------------------------------------------

@@ -96,6 +96,39 @@ def test_hedged_attempts_get_spans_too(spans, primary, secondary):
     assert "req-hedge" in primary.stats()["requestIds"] and "req-hedge" in secondary.stats()["requestIds"]
 
 
+def test_responses_and_messages_get_the_same_spans_as_chat(spans, primary, anthropic_sim):
+    """Issue 15: /v1/responses (native to OpenAI, then translated to Anthropic after a 503)
+    and a streamed /v1/messages (translated to OpenAI) produce the request and attempt spans of chat."""
+    cfg = {"providers": [
+        {"name": "openai", "type": "openai", "baseURL": primary.v1, "apiKey": {"value": "sk-o-SECRET"}},
+        {"name": "claude", "type": "anthropic", "baseURL": anthropic_sim.url, "apiKey": {"value": "sk-a-SECRET"}}],
+        "routes": [{"name": "mixed", "match": {"models": ["m"]}, "retry": {"attempts": 1},
+                    "targets": [{"provider": "openai", "model": "gpt-4o"},
+                                {"provider": "claude", "model": "claude-x", "priority": 1}]}]}
+    primary.faults(status=503, count=1)
+    with ProxyServer(cfg) as proxy:
+        r = httpx.post(proxy.v1 + "/responses", json={"model": "m", "input": "hi"}, timeout=10,
+                       headers={"x-request-id": "req-resp"})
+        assert r.status_code == 200 and r.headers["x-detour-target"] == "claude/claude-x"
+        r = httpx.post(proxy.url + "/v1/messages", timeout=10, headers={"x-request-id": "req-msg"},
+                       json={"model": "m", "max_tokens": 10, "stream": True,
+                             "messages": [{"role": "user", "content": "hi"}]})
+        assert r.status_code == 200 and r.headers["x-detour-target"] == "openai/gpt-4o"
+    finished = spans.get_finished_spans()
+    requests = {s.attributes["detour.request_id"]: s for s in finished if s.name.startswith("detour chat")}
+    assert set(requests) == {"req-resp", "req-msg"}
+    for rid, target, results in (("req-resp", "claude/claude-x", ["http_5xx", "success"]),
+                                 ("req-msg", "openai/gpt-4o", ["success"])):
+        req = requests[rid]
+        assert req.attributes["detour.route"] == "mixed" and req.attributes["detour.target"] == target
+        assert req.attributes["detour.outcome"] == "success" and req.attributes["http.response.status_code"] == 200
+        assert req.attributes["detour.attempts"] == len(results)
+        mine = sorted((a for a in finished if a.name == "detour attempt" and a.parent.span_id == req.context.span_id),
+                      key=lambda a: a.attributes["detour.attempt"])
+        assert [a.attributes["detour.result"] for a in mine] == results
+    assert requests["req-msg"].attributes["detour.stream"] is True
+
+
 def test_no_spans_after_disable(spans, primary, secondary):
     tracing.disable()
     with ProxyServer(two_provider_config(primary, secondary)) as proxy:

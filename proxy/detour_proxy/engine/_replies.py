@@ -34,6 +34,10 @@ def failure_reply(ctx: RequestContext, give_up: GiveUp, last_err: UpstreamError 
     if give_up.reason == "not_retryable" and last_err is not None:
         # The request itself was refused (e.g. 400): return the provider's verdict as is.
         return Reply(last_err.status, headers, codec.upstream_error(last_err))
+    if last_err is not None and _native_refusal(ctx, last_err):
+        # The client's own format, refused the same way by every target it went to as is
+        # (e.g. OpenAI's 404 `previous_response_not_found`): the provider's verdict, as is.
+        return Reply(last_err.status, headers, codec.upstream_error(last_err))
     route = ctx.route
     name = route.route.name
     if ctx.attempts == 0:
@@ -84,3 +88,13 @@ def summarize(ctx: RequestContext) -> str:
     if ctx.unsupported:
         out += ("; " if out else "") + ctx.unsupported
     return out
+
+
+def _native_refusal(ctx: RequestContext, last: UpstreamError) -> bool:
+    """Every failed attempt was a natively forwarded request refused with `last`'s 4xx."""
+    if not 400 <= last.status < 500 or last.status in (408, 409, 425, 429) or not ctx.errors:
+        return False
+    native = {tr.label for tr in ctx.route.targets
+              if (req := ctx.requests.get(tr.index)) is not None and req.native}
+    return all(label in native and err is not None and err.status == last.status and err.code == last.code
+               for label, _, err in ctx.errors)
