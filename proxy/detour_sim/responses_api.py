@@ -10,8 +10,8 @@ faults apply between the deltas like on every other stream; an in-band error is 
 `response.failed` event.
 
 Stateful like OpenAI: responses are stored unless `store: false` (bounded), and a
-`previous_response_id` this simulator did not store is refused with OpenAI's 404
-`previous_response_not_found`. A `web_search` tool (server-side) adds a completed
+`previous_response_id` this simulator did not store is refused like OpenAI does: 400
+`invalid_request_error`, code `previous_response_not_found`. A `web_search` tool (server-side) adds a completed
 `web_search_call` output item before the message.
 """
 
@@ -64,7 +64,7 @@ class ResponsesAPI:
         body = {"error": {"message": f"Previous response with id '{prev}' not found.",
                           "type": "invalid_request_error", "param": "previous_response_id",
                           "code": "previous_response_not_found"}}
-        return web.Response(body=orjson.dumps(body), status=404, headers=ctx.headers,
+        return web.Response(body=orjson.dumps(body), status=400, headers=ctx.headers,
                             content_type="application/json")
 
     def _store(self, body: dict[str, Any], final: dict[str, Any]) -> None:

@@ -102,12 +102,24 @@ def test_previous_response_id_is_pinned_to_the_provider_that_stored_it(gw):
     assert secondary.requests("/v1/responses") == 0 and claude.requests("/v1/messages") == 0
 
 
-def test_unknown_previous_response_id_gets_openais_404(gw):
-    proxy, _, _, claude = gw
-    with pytest.raises(openai.NotFoundError) as info:
+def test_unknown_previous_response_id_gets_openais_refusal(gw):
+    proxy, primary, _, claude = gw
+    with pytest.raises(openai.BadRequestError) as info:
         oai(proxy).responses.create(model="gpt-x", input="hi", previous_response_id="resp_nowhere")
-    assert info.value.code == "previous_response_not_found"
+    assert info.value.code == "previous_response_not_found" and "resp_nowhere" in info.value.message
     assert claude.requests("/v1/messages") == 0   # never translated: Anthropic cannot serve it
+
+
+def test_an_id_detour_never_saw_is_looked_for_on_each_native_target(gw):
+    """Stored by the second OpenAI provider behind Detour's back (another replica, a restart):
+    the first refuses it (`previous_response_not_found`, not held against it), the second serves."""
+    proxy, primary, secondary, claude = gw
+    elsewhere = openai.OpenAI(base_url=secondary.v1, api_key="k").responses.create(model="gpt-4o-2", input="42")
+    raw = oai(proxy).responses.with_raw_response.create(model="gpt-4o", input="what was it?",
+                                                       previous_response_id=elsewhere.id)
+    assert raw.headers["x-detour-target"] == "openai2/gpt-4o-2" and raw.headers["x-detour-attempts"] == "2"
+    assert raw.parse().previous_response_id == elsewhere.id
+    assert primary.requests("/v1/responses") == 1 and claude.requests("/v1/messages") == 0
 
 
 def test_server_side_web_search_runs_natively_and_skips_translated_targets(gw):
@@ -238,4 +250,4 @@ def test_native_rows_are_tested():
     from pathlib import Path
     doc = (Path(__file__).parents[2] / "docs" / "inbound.md").read_text()
     named = re.findall(r"^\| nat-[a-z-]+ \| .* \| (test_[a-z0-9_]+) \|$", doc, re.M)
-    assert len(named) == 12 and all(callable(globals().get(n)) for n in named)
+    assert len(named) == 13 and all(callable(globals().get(n)) for n in named)

@@ -154,14 +154,16 @@ def prepare(ctx: RequestContext, tr: TargetRuntime, stream: bool) -> UpstreamReq
                                                                         raw=ctx.raw)
         else:
             req = None
+            raw: bytes | None = ctx.raw
             if ctx.codec is not OPENAI:
+                raw = None   # ctx.raw is the client's own format: the canonical body is serialised
                 # An inbound format goes as is to a target that speaks it (inbound.native);
                 # None: translate it. The codec raises UnsupportedRequest when it cannot be.
                 native = getattr(ctx.codec, "native_request", None)
                 if native is not None:
                     req = native(prov, tr.target.model, stream, prov.api_key())
             if req is None:
-                req = prov.adapter.build_chat(ctx.body, tr.target.model, stream, prov.api_key(), raw=ctx.raw)
+                req = prov.adapter.build_chat(ctx.body, tr.target.model, stream, prov.api_key(), raw=raw)
         req.headers["x-request-id"] = ctx.request_id  # type: ignore[union-attr]
         if ctx.codec is not OPENAI and not req.native:  # type: ignore[union-attr]
             # an inbound format may pass headers to same-format targets only

@@ -132,7 +132,17 @@ def classify_answer(state: AppState, ctx: RequestContext, tr: TargetRuntime, sta
         return malformed(f"{tr.label} sent an answer Detour cannot read ({type(exc).__name__})", started, now)
     return Result(Outcome(OutcomeKind.HTTP_ERROR, status=status, retry_after=err.retry_after, duration=now - started,
                           error_class=f"http_{status}", message=err.message,
-                          retryable=status in adapter.transient_statuses), err)
+                          retryable=status in adapter.transient_statuses or _elsewhere(ctx, tr, err)), err)
+
+
+def _elsewhere(ctx: RequestContext, tr: TargetRuntime, err: UpstreamError) -> bool:
+    """A native request refused only because this provider does not hold the state it names
+    (`previous_response_not_found`: another provider, or another replica's memory, knows the
+    id): the next native target may hold it. Still a request error: not held against the target."""
+    if err.code != "previous_response_not_found":
+        return False
+    req = ctx.requests.get(tr.index)
+    return req is not None and req.native
 
 
 def _native_answer(ctx: RequestContext, tr: TargetRuntime, raw: bytes, started: float, now: float,

@@ -16,7 +16,6 @@ import time
 import traceback
 from typing import TYPE_CHECKING, Any
 
-import orjson
 
 from .. import tracing
 from ..errors import ClientError, model_not_found, not_ready, too_large, unauthorized
@@ -126,8 +125,9 @@ class OpenAIEndpoints:
         if inbound is None:
             ctx = RequestContext(request_id=request_id, route=route, body=body, raw=raw, kind=kind,
                                  stream=stream, started=started)
-        else:   # translated: the canonical body's own bytes stand for the request from here on
-            ctx = RequestContext(request_id=request_id, route=route, body=body, raw=orjson.dumps(body),
+        else:   # the client's bytes: sent as is to native targets, sized for token limits (never
+            # reused as a translated body: `prepare` serialises the canonical body for those)
+            ctx = RequestContext(request_id=request_id, route=route, body=body, raw=raw,
                                  kind="chat", stream=stream, started=started, codec=codec)
         rm = route.metrics
         rm.in_flight.inc()
