@@ -53,6 +53,7 @@ def add_admin_routes(app: web.Application, sim: "Sim") -> None:
 
     async def post_reset(request: web.Request) -> web.Response:
         stats.reset()
+        sim.prompt_cache.clear()
         faults.clear()
         reset_api = getattr(sim.api, "reset", None)   # flavour settings (google: token lifetime, outage)
         if reset_api is not None:

@@ -200,6 +200,11 @@ class AnthropicAPI:
             tool_input = example(first.get("input_schema") or {}, query)
             if not isinstance(tool_input, dict):
                 tool_input = {"query": query}
+        answer = ctx.fault.answer if ctx.fault is not None else None
+        if answer is not None:
+            tool = None
+            pieces = [] if answer == "empty" else [" ", "\n\n"] if answer == "blank" else pieces
+        sim.prompt_cache.observe(messages, sim.stats, body.get("system"))
         stop = "end_turn"
         if tool is not None:
             stop = "tool_use"
@@ -217,7 +222,8 @@ class AnthropicAPI:
         thinking = isinstance(body.get("thinking"), dict) and body["thinking"].get("type") == "enabled"
 
         if body.get("stream") is True:
-            plan = self._stream_plan(mid, model, pieces, tool, args, stop, usage)
+            plan = self._stream_plan(mid, model, pieces, tool, args, stop, usage,
+                                     reasoning_only=answer == "reasoningOnly")
             if thinking:
                 plan = _with_thinking(plan)
             return await send_stream(sim, ctx, plan)
@@ -225,6 +231,8 @@ class AnthropicAPI:
             blocks: list[dict[str, Any]] = [
                 {"type": "tool_use", "id": tool[0], "name": tool[1], "input": tool_input}
             ]
+        elif answer == "reasoningOnly":
+            blocks = [{"type": "thinking", "thinking": "".join(pieces), "signature": "sim"}]
         else:
             blocks = [{"type": "text", "text": "".join(pieces)}]
         if thinking:
@@ -237,14 +245,20 @@ class AnthropicAPI:
 
     def _stream_plan(
         self, mid: str, model: str, pieces: Sequence[str], tool: tuple[str, str, str] | None,
-        args: str, stop: str, usage: dict[str, int],
+        args: str, stop: str, usage: dict[str, int], reasoning_only: bool = False,
     ) -> StreamPlan:
         start = _event("message_start", {"type": "message_start", "message": {
             "id": mid, "type": "message", "role": "assistant", "model": model, "content": [],
             "stop_reason": None, "stop_sequence": None,
             "usage": {**usage, "output_tokens": 1},
         }})
-        if tool is None:
+        if reasoning_only:
+            block_start = _event("content_block_start", {"type": "content_block_start", "index": 0,
+                                                         "content_block": {"type": "thinking", "thinking": ""}})
+            encoded = [_event("content_block_delta", {"type": "content_block_delta", "index": 0,
+                                                      "delta": {"type": "thinking_delta", "thinking": p}})
+                       for p in pieces]
+        elif tool is None:
             block_start = _TEXT_BLOCK_START
             encoded = [_text_delta(p) for p in pieces]
         else:

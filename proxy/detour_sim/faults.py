@@ -19,6 +19,8 @@ from typing import Any
 import orjson
 
 FAULT_HEADER = "x-sim-fault"
+#: `answer` fault modes: a 200 (streamed or not) that carries no usable answer
+ANSWER_MODES = ("empty", "blank", "reasoningOnly")
 
 
 class FaultError(ValueError):
@@ -82,6 +84,8 @@ class Fault:
     location: str | None = None
     count: int | None = None
     paths: tuple[str, ...] | None = None
+    answer: str | None = None          # "empty" | "blank" | "reasoningOnly": a 200 with no real answer
+    context_length: bool = False       # the flavour's context-length error (status: 400 unless given)
     remaining: int | None = None
     rng: random.Random | None = None
 
@@ -183,6 +187,14 @@ def parse_fault(spec: Any) -> Fault:
         elif key == "count":
             f.count = _int(key, v, 1)
             f.remaining = f.count
+        elif key == "answer":
+            if v not in ANSWER_MODES:
+                raise FaultError(f"answer: expected one of {list(ANSWER_MODES)}")
+            f.answer = v
+        elif key == "contextLength":
+            if not isinstance(v, bool):
+                raise FaultError("contextLength: expected a boolean")
+            f.context_length = v
         elif key == "paths":
             if not isinstance(v, list) or not all(isinstance(p, str) for p in v):
                 raise FaultError("paths: expected a list of strings")

@@ -49,6 +49,11 @@ def _content_delta(piece: str) -> bytes:
 
 
 @lru_cache(maxsize=4096)
+def _reasoning_delta(piece: str) -> bytes:
+    return orjson.dumps({"reasoning_content": piece})
+
+
+@lru_cache(maxsize=4096)
 def _args_delta(piece: str) -> bytes:
     return orjson.dumps({"tool_calls": [{"index": 0, "function": {"arguments": piece}}]})
 
@@ -159,6 +164,11 @@ class OpenAIAPI:
             name = (fn or {}).get("name") or (first.get("name") if isinstance(first, dict) else None) or "tool"
             args = orjson.dumps({"query": content_text(last.get("content"))}).decode()
             tool = (f"call_{sim.name}_{n}", name, args)
+        answer = ctx.fault.answer if ctx.fault is not None else None
+        if answer is not None:
+            tool = None
+            pieces = [] if answer == "empty" else [" ", "\n\n"] if answer == "blank" else pieces
+        sim.prompt_cache.observe(messages, sim.stats)
         finish = "stop"
         if tool is not None:
             finish = "tool_calls"
@@ -178,7 +188,8 @@ class OpenAIAPI:
         if body.get("stream") is True:
             opts = body.get("stream_options")
             include_usage = isinstance(opts, dict) and opts.get("include_usage") is True
-            plan = self._stream_plan(cid, created, model, pieces, tool, finish, usage, include_usage)
+            plan = self._stream_plan(cid, created, model, pieces, tool, finish, usage, include_usage,
+                                     reasoning=answer == "reasoningOnly")
             return await send_stream(sim, ctx, plan)
         if tool is not None:
             message: dict[str, Any] = {
@@ -186,6 +197,9 @@ class OpenAIAPI:
                 "tool_calls": [{"id": tool[0], "type": "function",
                                 "function": {"name": tool[1], "arguments": tool[2]}}],
             }
+        elif answer == "reasoningOnly":
+            message = {"role": "assistant", "content": None, "refusal": None, "annotations": [],
+                       "reasoning_content": "".join(pieces)}
         else:
             message = {"role": "assistant", "content": "".join(pieces), "refusal": None, "annotations": []}
         out = {
@@ -202,6 +216,7 @@ class OpenAIAPI:
     def _stream_plan(
         self, cid: str, created: int, model: str, pieces: Sequence[str],
         tool: tuple[str, str, str] | None, finish: str, usage: dict[str, int], include_usage: bool,
+        reasoning: bool = False,
     ) -> StreamPlan:
         prefix = b"".join((
             b'data: {"id":', orjson.dumps(cid), b',"object":"chat.completion.chunk","created":',
@@ -213,7 +228,8 @@ class OpenAIAPI:
         suffix = b',"logprobs":null,"finish_reason":null}]' + usage_null + b"}\n\n"
         if tool is None:
             head_delta = b'{"role":"assistant","content":"","refusal":null}'
-            encoded = [prefix + _content_delta(p) + suffix for p in pieces]
+            delta = _reasoning_delta if reasoning else _content_delta
+            encoded = [prefix + delta(p) + suffix for p in pieces]
         else:
             head_delta = orjson.dumps({
                 "role": "assistant", "content": None, "refusal": None,

@@ -22,6 +22,7 @@ import orjson
 from aiohttp import web
 
 from .faults import FAULT_HEADER, Fault, FaultBook, FaultError
+from .prompt_cache import PromptCache
 from .stats import Stats
 from .stream import abort_connection, client_gone
 from .text import DEFAULT_CHUNKS, DEFAULT_EMBEDDING_DIMS, DEFAULT_REPLY, Canon
@@ -66,6 +67,7 @@ class Sim:
         self.chunk_delay = float(chunk_delay)
         self.embedding_dims = int(embedding_dims)
         self.stats = Stats()
+        self.prompt_cache = PromptCache()
         self.faults = FaultBook()
         self.seq = itertools.count(1)
         if flavor == "openai":
@@ -155,6 +157,11 @@ class Sim:
             abort_connection(request)
             # Never reaches the client; aiohttp swallows the write error on the dead socket.
             return web.Response(status=502)
+        if fault.context_length:
+            headers = dict(out)
+            status = fault.status if fault.status is not None else 400
+            return web.Response(status=status, body=orjson.dumps(context_error(self.flavor, status)),
+                                headers=headers, content_type="application/json")
         if fault.body is not None or (fault.status is not None and fault.status < 400):
             # An answer that is not an error response: a body of the wrong shape, a redirect,
             # 202/204/304, an error object on a 200, a raw SSE script. Sent exactly as given.
@@ -177,6 +184,19 @@ class Sim:
         if fault.malformed == "body":
             return web.Response(body=GARBAGE_JSON, headers=out, content_type="application/json")
         return None
+
+
+def context_error(flavor: str, status: int) -> dict[str, Any]:
+    """The provider's own context-length error body (status 200: the same text inside a 200)."""
+    if flavor == "anthropic":
+        return {"type": "error", "error": {"type": "invalid_request_error",
+                                           "message": "prompt is too long: 210342 tokens > 200000 maximum"}}
+    if flavor == "google":
+        return {"error": {"code": 400, "status": "INVALID_ARGUMENT", "message":
+                          "The input token count (1200345) exceeds the maximum number of tokens allowed (1048576)."}}
+    return {"error": {"message": "This model's maximum context length is 8192 tokens. However, your messages "
+                                 "resulted in 9123 tokens. Please reduce the length of the messages.",
+                      "type": "invalid_request_error", "param": "messages", "code": "context_length_exceeded"}}
 
 
 SIM_KEY = web.AppKey("detour_sim", Sim)

@@ -30,6 +30,8 @@ COUNTERS = (
     "faultsInjected",
     "tokensIssued",
     "tokensRefused",
+    "promptCacheHits",
+    "promptCacheMisses",
 )
 
 

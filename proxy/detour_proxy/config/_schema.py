@@ -24,7 +24,7 @@ from .durations import Duration, format_duration, parse_duration
 __all__ = [
     "ConfigError", "Duration", "format_duration", "parse_duration",
     "SecretSource", "Timeouts", "ProviderType", "VertexPublisher", "ContinuationMode", "Provider", "Limits",
-    "Target", "Match", "Strategy", "Backoff", "Retry", "Hedge", "StreamFailover", "Route",
+    "Target", "Match", "Strategy", "HiddenFailure", "AffinitySource", "Affinity", "Backoff", "Retry", "Hedge", "StreamFailover", "Route",
     "Breaker", "SlowCall", "Health", "RetryBudget", "ClientAuth", "Server", "SharedHealth",
     "RoutingConfig", "load_config", "parse_config", "config_hash",
 ]
@@ -161,6 +161,7 @@ class Target(_Model):
     priority: int = Field(0, ge=0, description="Lower is tried first (priority strategy).")
     weight: int = Field(1, ge=0, le=10000, description="Relative share of traffic (weighted strategy).")
     limits: Limits | None = Field(None, description="Optional requests/tokens per minute for this target.")
+    context_window: int | None = Field(None, ge=1, description="The model's context window in tokens. With `context-window` in the route's hiddenFailures, a prompt too long for a target moves only to targets with a larger contextWindow.")
 
 
 class Match(_Model):
@@ -206,6 +207,41 @@ class Hedge(_Model):
     max_extra: int = Field(1, ge=1, le=3, description="Most extra requests per client request.")
 
 
+class HiddenFailure(str, Enum):
+    """An answer that looks like a success but is the target's failure (route `hiddenFailures`)."""
+
+    empty = "empty"                    # 200 with no content (or only whitespace), no tool call, no refusal
+    reasoning_only = "reasoning-only"  # 200 with reasoning but no content, tool call or refusal
+    context_window = "context-window"  # the prompt exceeds the target's context: try a larger one
+
+
+class AffinitySource(str, Enum):
+    """Where a request's prompt-cache affinity key comes from (first one present wins)."""
+
+    session_header = "session-header"      # the `x-detour-session` header
+    prompt_cache_key = "prompt-cache-key"  # the OpenAI `prompt_cache_key` field
+    user = "user"                          # the OpenAI `user` field
+    header = "header"                      # the header named by `affinity.header`
+    prefix = "prefix"                      # a hash of the first `prefixMessages` messages
+
+
+class Affinity(_Model):
+    """Prompt-cache affinity: requests with the same key go to the same healthy target on every replica."""
+
+    sources: list[AffinitySource] = Field(
+        default_factory=lambda: [AffinitySource.session_header, AffinitySource.prompt_cache_key,
+                                 AffinitySource.user, AffinitySource.prefix],
+        min_length=1, description="Where the affinity key comes from, in order; the first one a request carries is used: session-header (x-detour-session), prompt-cache-key, user, header (affinity.header), prefix (hash of the first prefixMessages messages).")
+    header: str | None = Field(None, min_length=1, max_length=100, pattern=r"^[A-Za-z0-9-]+$", description="A request header carrying the affinity key (source `header`).")
+    prefix_messages: int = Field(2, ge=1, le=32, description="Source `prefix`: how many leading messages (system prompt and first turns) make up the shared prefix.")
+
+    @model_validator(mode="after")
+    def _header_named(self) -> Affinity:
+        if (AffinitySource.header in self.sources) != (self.header is not None):
+            raise ValueError("affinity: source `header` and the `header` field go together")
+        return self
+
+
 class StreamFailover(str, Enum):
     error = "error"        # mid-stream failure ends the stream with an error event (no [DONE])
     continue_ = "continue"  # ask the next target to continue the delivered text
@@ -227,6 +263,8 @@ class Route(_Model):
     stream_failover: StreamFailover = Field(StreamFailover.error, description="After tokens reached the client: end with an error event (error) or continue on the next target (continue).")
     latency_tolerance: float = Field(LATENCY_TOLERANCE_DEFAULT, ge=0.0, le=10.0, description="latency strategy: targets within this fraction of the best EWMA share traffic.")
     hedge: Hedge | None = Field(None, description="Optional hedging of slow non-streaming requests.")
+    hidden_failures: list[HiddenFailure] = Field(default_factory=list, description="Answers that look successful but count as the target's failure and fail over (streams: before the first token, invisibly): empty (no content, or only whitespace, and no tool call or refusal), reasoning-only (reasoning but no content), context-window (the prompt exceeds the target's context, also as a 400: the request moves to a target with a larger contextWindow and no breaker counts it). Off by default: an empty answer can be the right one, and failing over costs a second call.")
+    affinity: Affinity | None = Field(None, description="Prompt-cache affinity: requests sharing a key go to the same healthy target on every replica (rendezvous hashing over the best tier's healthy targets; off when unset).")
 
     @field_validator("retry", "fallback_on_status_codes", mode="after")
     @classmethod

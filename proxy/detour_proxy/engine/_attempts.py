@@ -52,7 +52,8 @@ async def run_attempts(state: AppState, ctx: RequestContext, runner: Runner) -> 
     """Run the plan to its end: None when `runner.after` ended it, else the planner's GiveUp."""
     clock = state.clock
     route = ctx.route
-    plan = route.planner.begin(clock.now(), eligible=route.embeddings_eligible if ctx.kind == "embeddings" else None)
+    plan = route.planner.begin(clock.now(), eligible=route.embeddings_eligible if ctx.kind == "embeddings" else None,
+                               affinity=ctx.affinity_key)
     hedged = route.route.hedge is not None and not ctx.stream
     while True:
         d = plan.next(clock.now(), eligible=runner.eligible())

@@ -34,6 +34,7 @@ class RequestContext:
     trace: Any = None                # tracing.RequestTrace when OpenTelemetry tracing is on
     status: int = 0                  # the status sent once the response started (0: nothing sent yet)
     codec: InboundCodec = OPENAI     # the client's API format
+    affinity_key: str | None = None  # prompt-cache affinity key (routes with `affinity`; policy.affinity)
     #: upstream requests built for this request, by target index (None: the target cannot
     #: express it). Built when the planner asks whether a target is eligible, so a target
     #: that cannot take the request never has a rate-limit slot or a probe spent on it.

@@ -33,6 +33,7 @@ from ..transport import TransportError
 from . import _usage as usage_acct
 from ._attempts import Eligible, exception_result, malformed, prepare, redact_error, run_attempts
 from ._context import RequestContext, Result, skipped_headers
+from ._hidden import CONTEXT, chunk_opens_gate, context_result, hidden_result, is_context_error, stream_failure
 from ._relay import Relay, Send, TotalTimer
 from ._replies import failure_reply
 from ._unary import classify_answer, observe_usage
@@ -192,16 +193,22 @@ async def stream_attempt(state: AppState, ctx: RequestContext, tr: TargetRuntime
                 prov.adapter.stream_decoder(include_usage=include_usage)
             pending: list[StreamEvent] = []
             done = False
+            hidden = frozenset(ctx.route.route.hidden_failures) - {CONTEXT}
             while True:
                 data = await resp.readany()
                 for ev in _decode(decoder, data, tr):
                     if ev.kind == "chunk":
                         pending.append(ev)
-                        gate_passed = gate_passed or ev.content_bearing
+                        gate_passed = gate_passed or (ev.content_bearing and (
+                            not hidden or chunk_opens_gate(ev.payload, hidden)))
                     elif ev.kind == "done":
                         done = True
                     else:
                         return _stream_failure(state, ctx, ev.error, started, clock.now())
+                if done and not gate_passed and hidden:
+                    what = stream_failure([ev.payload for ev in pending], hidden)
+                    if what is not None:
+                        return hidden_result(tr.label, what, started, clock.now(), stream=True)
                 if gate_passed or done:
                     break
                 if not data:
@@ -291,6 +298,8 @@ def _stream_failure(state: AppState, ctx: RequestContext, err: UpstreamError | N
                             "the provider's stream ended without completing", None)
     else:   # in-band error text is the provider's: remove every configured key from it
         err = redact_error(state, ctx, err)
+        if ttft is None and CONTEXT in ctx.route.route.hidden_failures and is_context_error(400, err):
+            return context_result(err, started, now)
     if err.code == "malformed_chunk":
         return malformed(err.message, started, now, code="malformed_chunk", ttft=ttft)
     status = err.status if err.status and err.status >= 400 else None

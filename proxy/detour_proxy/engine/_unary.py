@@ -5,7 +5,8 @@ canonical answer of the right shape is a success; a redirect, 1xx/2xx/3xx other 
 a 200 carrying an error object or a body the adapter cannot read (any exception it raises)
 is that target's malformed answer (it counts against the target; the request falls back);
 4xx/5xx are the provider's error, normalised by the adapter with every configured key
-removed from its text.
+removed from its text. Routes with `hiddenFailures` also fail an empty or reasoning-only
+200 over, and mark context-length errors for a larger target (`_hidden`).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from ..transport import TransportError
 from . import _usage as usage
 from ._attempts import Eligible, exception_result, malformed, prepare, redact_error, run_attempts
 from ._context import Reply, RequestContext, Result
+from ._hidden import CONTEXT, answer_failure, context_result, hidden_result, is_context_error
 from ._replies import failure_reply
 
 if TYPE_CHECKING:
@@ -111,6 +113,13 @@ def classify_answer(state: AppState, ctx: RequestContext, tr: TargetRuntime, sta
             out = adapter.parse_response(status, headers, raw)
             doc = orjson.loads(out)
             why = check_answer(ctx.kind, doc)
+            hidden = ctx.route.route.hidden_failures
+            if why is None and hidden and ctx.kind == "chat":
+                what = answer_failure(doc, frozenset(hidden))
+                if what is not None:
+                    observe_usage(tr, doc.get("usage"))
+                    usage.settle(meter, doc.get("usage"))
+                    return hidden_result(tr.label, what, started, now)
             if why is None:
                 u = doc.get("usage")
                 observe_usage(tr, u)
@@ -119,6 +128,8 @@ def classify_answer(state: AppState, ctx: RequestContext, tr: TargetRuntime, sta
             if isinstance(doc, dict) and doc.get("error") is not None:
                 err = redact_error(state, ctx, adapter.parse_error(status, headers, raw,
                                                                    api_key=tr.provider.api_key()))
+                if CONTEXT in hidden and is_context_error(200, err):
+                    return context_result(err, started, now)
                 why = f"{why}: {err.message}"
             return malformed(f"{tr.label} answered 200 with {why}", started, now)
         if status < 400:
@@ -128,6 +139,8 @@ def classify_answer(state: AppState, ctx: RequestContext, tr: TargetRuntime, sta
                              + (" (check its baseURL)" if 300 <= status < 400 else ""), started, now,
                              code="unexpected_status")
         err = redact_error(state, ctx, adapter.parse_error(status, headers, raw, api_key=tr.provider.api_key()))
+        if CONTEXT in ctx.route.route.hidden_failures and is_context_error(status, err):
+            return context_result(err, started, now)
     except Exception as exc:  # noqa: BLE001 - any adapter failure is this target's malformed answer
         return malformed(f"{tr.label} sent an answer Detour cannot read ({type(exc).__name__})", started, now)
     return Result(Outcome(OutcomeKind.HTTP_ERROR, status=status, retry_after=err.retry_after, duration=now - started,

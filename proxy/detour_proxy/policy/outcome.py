@@ -11,11 +11,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import Enum
 
-__all__ = ["OutcomeKind", "Outcome", "REQUEST_ERROR_STATUSES", "error_class_for"]
+__all__ = ["OutcomeKind", "Outcome", "REQUEST_ERROR_STATUSES", "CONTEXT_WINDOW", "error_class_for"]
 
 #: Statuses caused by the request itself (bad JSON, too large, invalid parameters): they say
 #: nothing about the target's health, so they never count against it.
 REQUEST_ERROR_STATUSES = frozenset({400, 413, 422})
+#: `error_class` of a prompt longer than the target's context window (an HTTP_ERROR with
+#: status 400: the request's fault, never the target's). The planner moves such a request
+#: to a target with a larger context (route `hiddenFailures: [context-window]`).
+CONTEXT_WINDOW = "context_window"
 
 
 class OutcomeKind(str, Enum):

@@ -44,11 +44,12 @@ from dataclasses import dataclass
 
 from detour_proxy import config
 
+from .affinity import affinity_order
 from .backoff import retry_delay
 from .balancer import order_targets
 from .breaker import Admission
 from .budget import RetryBudget
-from .outcome import Outcome, OutcomeKind
+from .outcome import CONTEXT_WINDOW, Outcome, OutcomeKind
 from .registry import HealthRegistry
 from .target import TargetKey
 
@@ -116,13 +117,17 @@ class RoutePlanner:
         self.rng = rng if rng is not None else random.Random()
 
     def begin(self, now: float, deadline: float | None = None,
-              eligible: Eligible | None = None) -> RequestPlan:
-        """Start a request: records it in the retry budget and fixes the visiting order."""
+              eligible: Eligible | None = None, affinity: str | None = None) -> RequestPlan:
+        """Start a request: records it in the retry budget and fixes the visiting order.
+        `affinity` (a prompt-cache affinity key, routes with `affinity`): the best tier's
+        admitting targets are ranked for it by rendezvous hashing (`policy.affinity`)."""
         self.budget.record_request(now)
         if deadline is None:
             deadline = now + self.route.timeout
         cands = [i for i in range(len(self.keys)) if eligible is None or eligible(i)]
         order = order_targets(self.route, self.states, now, self.rng, cands)
+        if affinity is not None and self.route.affinity is not None:
+            order = affinity_order(self.route, self.keys, self.states, now, affinity, order)
         return RequestPlan(self, order, deadline)
 
 
@@ -254,6 +259,25 @@ class RequestPlan:
         return self._give_up("unavailable", None, wait, all(states[i].rate_limited(now) for i in cands),
                              all(states[i].held_by_breaker(now) for i in cands))
 
+    def _larger_context(self, now: float, ok: Eligible, last: Outcome) -> Try | GiveUp:
+        """The prompt is too long for the current target: the next untried, eligible,
+        admitting target in the order whose `contextWindow` is larger (any, when the failed
+        target's size is not configured); none left -> the 400 is the answer. Never a retry
+        of the same target: it would refuse the same prompt again."""
+        p = self._p
+        cur = self._current
+        have = p.route.targets[cur].context_window if cur is not None else None
+        if now >= self.deadline:
+            return self._give_up("deadline", last)
+        for i in self.order:
+            size = p.route.targets[i].context_window
+            if i in self._tried or not ok(i) or (have is not None and (size is None or size <= have)):
+                continue
+            ticket = p.states[i].acquire(now)
+            if ticket is not None:
+                return self._try(i, ticket, 0.0, "fallback")
+        return self._give_up("not_retryable", last)
+
     def next(self, now: float, eligible: Eligible | None = None) -> Try | GiveUp:
         """The next step. `eligible` narrows the targets for this step only (e.g. targets
         able to continue a partly streamed answer)."""
@@ -283,6 +307,8 @@ class RequestPlan:
         if last is not None:
             if last.ok:
                 return self._give_up("success", last)
+            if last.error_class == CONTEXT_WINDOW:
+                return self._larger_context(now, ok, last)
             if last.kind is OutcomeKind.HTTP_ERROR and not (
                     last.status in route.retry.on_status_codes
                     or last.status in route.fallback_on_status_codes or last.retryable):

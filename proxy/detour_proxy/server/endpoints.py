@@ -23,7 +23,7 @@ from ..engine import OPENAI, InboundCodec, RequestContext, run_stream, run_unary
 from ..inbound import INBOUND_KINDS, MessagesCodec
 from ..inbound._common import load_object
 from .count_tokens import count_tokens
-from ..policy import REQUEST_ERROR_STATUSES
+from ..policy import REQUEST_ERROR_STATUSES, affinity_key
 
 if TYPE_CHECKING:
     from ..state import AppState
@@ -129,6 +129,8 @@ class OpenAIEndpoints:
             # reused as a translated body: `prepare` serialises the canonical body for those)
             ctx = RequestContext(request_id=request_id, route=route, body=body, raw=raw,
                                  kind="chat", stream=stream, started=started, codec=codec)
+        if route.route.affinity is not None:
+            ctx.affinity_key = affinity_key(route.route.affinity, scope["headers"], body)
         rm = route.metrics
         rm.in_flight.inc()
         tracing.start_request(ctx)
