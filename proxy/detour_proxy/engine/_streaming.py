@@ -188,12 +188,22 @@ async def stream_attempt(state: AppState, ctx: RequestContext, tr: TargetRuntime
             if resp.status != 200:
                 raw = await resp.read(ctx.route.max_response_bytes)
                 return classify_answer(state, ctx, tr, resp.status, resp.headers, raw, started, clock.now())
+            if not req.native and CONTEXT in ctx.route.route.hidden_failures and "json" in resp.headers.get("content-type", ""):
+                # A JSON document where a stream belongs: an error object in a 200 (a context-length
+                # error is the request's, a larger target may take it); anything else is malformed.
+                raw = await resp.read(ctx.route.max_response_bytes)
+                err = redact_error(state, ctx, prov.adapter.parse_error(200, resp.headers, raw, api_key=prov.api_key()))
+                if is_context_error(200, err):
+                    return context_result(err, started, clock.now())
+                return malformed(f"{tr.label} answered a stream request with a JSON document: {err.message}",
+                                 started, clock.now())
             codec: Any = ctx.codec
             decoder = codec.native_decoder(tr.target.provider) if req.native else \
                 prov.adapter.stream_decoder(include_usage=include_usage)
             pending: list[StreamEvent] = []
             done = False
-            hidden = frozenset(ctx.route.route.hidden_failures) - {CONTEXT}
+            # judged on canonical chunks only (a native stream's events are the client's own format)
+            hidden = frozenset() if req.native else frozenset(ctx.route.route.hidden_failures) - {CONTEXT}
             while True:
                 data = await resp.readany()
                 for ev in _decode(decoder, data, tr):

@@ -11,6 +11,7 @@ import detour_proxy.policy as policy
 
 PKG = Path(policy.__file__).parent
 ALLOWED = {"__future__", "collections", "dataclasses", "enum", "math", "random", "typing", "time",
+           "hashlib", "json",   # pure: affinity hashes keys (policy.affinity)
            "detour_proxy"}
 
 
