@@ -6,10 +6,12 @@ For each endpoint, non-streamed and streamed: CPU instructions per request (call
 bench/instructions.py: drift-proof) and requests/s (bench/loadgen.py, 16 connections, the server
 pinned to core 0), for the raw-ASGI pass-through (bench/passthrough.py, forwarding the request
 to a same-format upstream: /v1/responses to a Responses upstream, /v1/messages to a Messages
-upstream) and for Detour. Detour translates: a Responses request reaches its OpenAI target as
-chat completions (native Responses forwarding is not implemented), a Messages request reaches
-its Anthropic target as Messages rebuilt from the canonical form, so the Detour column includes
-two translations each way. Chat is measured the same way for reference. The upstream sends a
+upstream) and for Detour. Detour forwards natively (issue 15): a Responses request reaches its
+OpenAI target as the Responses API, a Messages request its Anthropic target as Messages, the
+answer and stream events relayed as sent. The `translated` rows send the same request to a
+target of the other format (Responses -> an openai-compatible target as chat completions,
+Messages -> an OpenAI target as chat completions: two translations each way), against the
+same pass-through. Chat is measured the same way for reference. The upstream sends a
 Responses or Messages stream in one write (chat streams: one write per event), so the
 pass-through streams of those two endpoints are cheaper than its chat stream.
 Writes bench/results/inbound.md and .json.
@@ -45,7 +47,16 @@ CONFIG = """
 providers:
   - {{name: bench, type: openai, baseURL: "{upstream}/v1", apiKey: {{value: sk-bench}}}}
   - {{name: claude, type: anthropic, baseURL: "{upstream}", apiKey: {{value: sk-ant-bench}}}}
+  - {{name: compat, type: openai-compatible, baseURL: "{upstream}/v1", apiKey: {{value: sk-bench}}}}
 routes:
+  - name: translated-responses
+    match: {{models: ["responses-translated"]}}
+    targets: [{{provider: compat, model: {model}}}]
+    retry: {{attempts: 2}}
+  - name: translated-messages
+    match: {{models: ["messages-translated"]}}
+    targets: [{{provider: bench, model: {model}}}]
+    retry: {{attempts: 2}}
   - name: chat
     match: {{models: ["{model}"]}}
     targets: [{{provider: bench, model: {model}}}]
@@ -74,10 +85,15 @@ def drive(port: int, path: str, body: dict, n: int) -> None:
 def cells(server: str) -> list[tuple[str, str, dict]]:
     out = []
     for ep, (path, body) in ENDPOINTS.items():
+        variants = [(ep, body)]
         if server == "detour" and ep == "messages":
-            body = {**body, "model": "claude-bench"}
-        for stream in (False, True):
-            out.append((f"{ep} {'stream' if stream else 'non-stream'}", path, {**body, "stream": True} if stream else body))
+            variants = [(ep, {**body, "model": "claude-bench"})]
+        if ep != "chat":
+            variants.append((f"{ep} translated", {**body, "model": f"{ep}-translated"} if server == "detour" else body))
+        for name, b in variants:
+            for stream in (False, True):
+                out.append((f"{name} {'stream' if stream else 'non-stream'}", path,
+                            {**b, "stream": True} if stream else b))
     return out
 
 
@@ -141,8 +157,8 @@ def render(res: dict) -> str:
              f"Instructions: callgrind, {m['requests']} sequential keep-alive requests per cell after {m['warmup']} "
              f"warm-up requests. req/s: bench/loadgen.py (Python, 16 connections, {m['duration']} s; it shares "
              "core 1 with the upstream, so absolute req/s are capped by the client: compare the ratios). "
-             "Pass-through forwards each endpoint to a same-format upstream; Detour translates (see "
-             "bench/inbound.py).", "",
+             "Pass-through forwards each endpoint to a same-format upstream; Detour forwards natively, "
+             "and translates in the `translated` rows (see bench/inbound.py).", "",
              "| endpoint | pass-through k instr/req | Detour k instr/req | instr Detour / pass-through | "
              "pass-through req/s | Detour req/s | req/s Detour / pass-through |", "|---|---:|---:|---:|---:|---:|---:|"]
     for name in i["passthrough"]:

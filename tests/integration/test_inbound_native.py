@@ -250,4 +250,40 @@ def test_native_rows_are_tested():
     from pathlib import Path
     doc = (Path(__file__).parents[2] / "docs" / "inbound.md").read_text()
     named = re.findall(r"^\| nat-[a-z-]+ \| .* \| (test_[a-z0-9_]+) \|$", doc, re.M)
-    assert len(named) == 13 and all(callable(globals().get(n)) for n in named)
+    assert len(named) == 15 and all(callable(globals().get(n)) for n in named)
+
+
+def test_native_messages_stream_cut_is_continued_by_openai_as_one_message(primary, secondary, azure,
+                                                                         anthropic_sim):
+    cfg = _config(primary, secondary, azure, anthropic_sim, streamFailover="continue")
+    cfg["providers"][0]["continuation"] = "prefill"   # the OpenAI-format sim continues a trailing assistant turn
+    with ProxyServer(cfg) as proxy:
+        anthropic_sim.faults(cutAfterChunks=3)
+        with ant(proxy).messages.stream(model="claude-sonnet-4", max_tokens=100,
+                                        messages=[{"role": "user", "content": "hi"}]) as stream:
+            events = list(stream)
+            msg = stream.get_final_message()
+    assert [b.type for b in msg.content] == ["text"] and msg.content[0].text == CANONICAL
+    assert msg.id.startswith("msg_anthropic_") and msg.stop_reason == "end_turn"
+    types = [e.type for e in events]
+    assert types.count("message_start") == 1 and types[-1] == "message_stop"
+    assert {e.index for e in events if e.type in ("content_block_start", "content_block_delta")} == {0}
+    sent = primary.stats()["lastRequest"]["body"]["messages"]
+    assert sent[-1]["role"] == "assistant" and CANONICAL.startswith(sent[-1]["content"])
+
+
+def test_responses_api_setting(primary, anthropic_sim):
+    """`responsesAPI` opts an openai-compatible server in (or an OpenAI provider out); it
+    applies only to OpenAI-format providers."""
+    from detour_proxy.config import Provider
+    assert Provider(name="a", type="openai", baseURL="http://x").serves_responses
+    assert Provider(name="a", type="azure-openai", baseURL="http://x").serves_responses
+    assert not Provider(name="a", type="openai-compatible", baseURL="http://x").serves_responses
+    assert not Provider(name="a", type="openai", baseURL="http://x", responsesAPI=False).serves_responses
+    with pytest.raises(ValueError, match="responsesAPI applies"):
+        Provider(name="a", type="anthropic", baseURL="http://x", responsesAPI=True)
+    cfg = {"providers": [{"name": "vllm", "type": "openai-compatible", "baseURL": primary.v1, "responsesAPI": True}],
+           "routes": [{"name": "r", "match": {"models": ["m"]}, "targets": [{"provider": "vllm", "model": "m"}]}]}
+    with ProxyServer(cfg) as proxy:
+        resp = oai(proxy).responses.create(model="m", input="hi", store=True)
+    assert resp.id.startswith("resp_primary_") and primary.stats()["lastRequest"]["path"] == "/v1/responses"

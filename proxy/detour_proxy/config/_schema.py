@@ -97,6 +97,9 @@ class VertexPublisher(str, Enum):
     google = "google"         # Gemini: generateContent / streamGenerateContent
 
 
+_RESPONSES_TYPES = (ProviderType.openai, ProviderType.azure_openai, ProviderType.openai_compatible)
+
+
 class Provider(_Model):
     """One upstream LLM provider endpoint."""
 
@@ -131,12 +134,17 @@ class Provider(_Model):
                 raise ValueError(f"{', '.join(extra)} apply only to type vertex")
         return self
 
+    @model_validator(mode="after")
+    def _responses_api_type(self) -> Provider:
+        if self.responses_api and self.type not in _RESPONSES_TYPES:
+            raise ValueError("responsesAPI applies to types openai, azure-openai and openai-compatible")
+        return self
+
     @property
     def serves_responses(self) -> bool:
         """POST /v1/responses is forwarded natively (see `responses_api`)."""
         if self.responses_api is not None:
-            return self.responses_api and self.type in (ProviderType.openai, ProviderType.azure_openai,
-                                                        ProviderType.openai_compatible)
+            return self.responses_api
         return self.type in (ProviderType.openai, ProviderType.azure_openai)
 
     @property
