@@ -287,3 +287,16 @@ def test_responses_api_setting(primary, anthropic_sim):
     with ProxyServer(cfg) as proxy:
         resp = oai(proxy).responses.create(model="m", input="hi", store=True)
     assert resp.id.startswith("resp_primary_") and primary.stats()["lastRequest"]["path"] == "/v1/responses"
+
+
+def test_native_inband_failure_before_the_first_token_falls_back(gw):
+    proxy, primary, _, claude = gw
+    primary.faults(inbandError={"afterChunks": 0, "type": "server_error", "message": "boom"})
+    with oai(proxy).responses.stream(model="gpt-x", input="hi") as stream:
+        events = list(stream)
+        final = stream.get_final_response()
+    assert final.output_text == CANONICAL and claude.requests("/v1/messages") == 1
+    assert "response.failed" not in [e.type for e in events]
+    with ant(proxy).messages.stream(model="claude-sonnet-4", max_tokens=50,
+                                    messages=[{"role": "user", "content": "hi"}]) as s:
+        assert s.get_final_message().content[0].text == CANONICAL   # Anthropic native, healthy
