@@ -142,3 +142,24 @@ def test_anthropic_prompt_too_long_and_thinking_only(anthropic_sim, secondary):
                     text = c.chat.completions.create(model="gpt-4o-mini", messages=MSGS).choices[0].message.content
                 assert text and text.strip(), fault
     assert secondary.requests() == 4
+
+
+def test_gemini_context_length_error(google_sim, secondary):
+    """Gemini's own error text ("input token count ... exceeds") moves the request to the larger target."""
+    cfg = {
+        "providers": [
+            {"name": "gemini", "type": "gemini", "baseURL": google_sim.url + "/v1beta",
+             "apiKey": {"value": "AIzaSy-gemini-key"}},
+            {"name": "secondary", "type": "openai-compatible", "baseURL": secondary.v1, "apiKey": {"value": "sk-2"}},
+        ],
+        "routes": [{"name": "chat", "match": {"models": ["gpt-4o-mini"]},
+                    "targets": [{"provider": "gemini", "model": "gemini-2.5-flash", "contextWindow": 1048576},
+                                {"provider": "secondary", "model": "llama-3-8b", "priority": 1,
+                                 "contextWindow": 2000000}],
+                    "hiddenFailures": ["empty", "context-window"], "timeout": "10s"}],
+    }
+    google_sim.faults(contextLength=True)
+    with ProxyServer(cfg) as proxy:
+        raw = client(proxy).chat.completions.with_raw_response.create(model="gpt-4o-mini", messages=MSGS)
+    assert raw.headers["x-detour-target"] == "secondary/llama-3-8b"
+    assert raw.parse().choices[0].message.content
