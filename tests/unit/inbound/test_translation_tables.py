@@ -374,6 +374,16 @@ def m_dropped():
     assert set(out) == {"model", "messages", "max_tokens"}
 
 
+def m_cache_control():
+    sys_blocks = [{"type": "text", "text": "S", "cache_control": {"type": "ephemeral"}}]
+    out = messages(system=sys_blocks, messages=[{"role": "user", "content": [
+        {"type": "text", "text": "q", "cache_control": {"type": "ephemeral", "ttl": "1h"}}]}])
+    assert out["messages"] == [{"role": "system", "content": "S"},
+                               {"role": "user", "content": [{"type": "text", "text": "q"}]}]
+    assert b"cache_control" not in orjson.dumps(out)
+    assert _codecs[-1].untranslatable is None   # dropped, not a reason to skip the target
+
+
 def m_server_tools():
     for t in ("web_search_20250305", "bash_20250124", "text_editor_20250124", "computer_20250124",
               "code_execution_20250522"):
