@@ -15,8 +15,9 @@ Translation table (docs/inbound.md; tests/unit/inbound test each row):
   `disable_parallel_tool_use` -> `parallel_tool_calls: false`.
 - Server tools (a versioned `type` such as `web_search_20250305`, `bash_20250124`,
   `text_editor_*`, `computer_*`, `code_execution_*`), `document`/`search_result` blocks,
-  `container` and `mcp_servers` refuse the request (400 `unsupported_by_route`): only
-  Anthropic could run them.
+  `container` and `mcp_servers` cannot be translated (`unsupported_by_route`, turned by the
+  codec into `untranslatable`): only Anthropic targets, which get the request natively
+  (inbound.native), may take it; the others are skipped with the reason.
 """
 
 from __future__ import annotations

@@ -10,11 +10,13 @@ Translation table (docs/inbound.md has it with reasons; tests/unit/inbound test 
   (`json_schema`/`json_object`) -> `response_format`; `max_output_tokens` ->
   `max_completion_tokens`; `temperature`, `top_p`, `parallel_tool_calls`, `user`,
   `service_tier`, `reasoning.effort` -> their chat names; `metadata` kept for routing only.
-- Stateful or server-side features refuse the request with a reason (400
-  `unsupported_by_route`): `previous_response_id`, `conversation`, `store: true`,
-  `background: true`, `prompt` templates, `item_reference` items and non-function tools
-  (web/file search, code interpreter, computer use, MCP, image generation): no translated
-  target can serve them, and serving them without the state would answer wrongly.
+- Stateful or server-side features cannot be translated (`unsupported_by_route`, raised here
+  and turned by the codec into `untranslatable`): `previous_response_id`, `conversation`,
+  `store: true`, `background: true`, `prompt` templates, `item_reference` items and
+  non-function tools (web/file search, code interpreter, computer use, MCP, image
+  generation). Only targets serving the Responses API natively (inbound.native) may take such
+  a request; the others are skipped with the reason, since serving it without the provider's
+  state would answer wrongly. A 400 names it when no target of the route can.
 """
 
 from __future__ import annotations
@@ -47,8 +49,7 @@ def to_chat(body: dict[str, Any]) -> dict[str, Any]:
     """The canonical chat body for a Responses request (raises ClientError 400)."""
     why = _why_stateful(body)
     if why:
-        raise unsupported(f"Detour serves /v1/responses by translation to chat completions; {why}, "
-                          "which no target of this gateway can serve that way.")
+        raise unsupported(f"{why}, which cannot be translated to chat completions")
     messages: list[dict[str, Any]] = []
     instructions = body.get("instructions")
     if instructions is not None:

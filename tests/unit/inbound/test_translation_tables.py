@@ -215,7 +215,7 @@ def r_dropped():
 def r_stateful():
     for extra in ({"previous_response_id": "resp_1"}, {"conversation": "conv_1"}, {"prompt": {"id": "p"}},
                   {"store": True}, {"background": True}):
-        assert "no target" in refused(responses, input="q", **extra)
+        assert "cannot be translated" in refused(responses, input="q", **extra)
     assert responses(input="q", store=False)["messages"]
 
 
