@@ -170,6 +170,7 @@ class Target(_Model):
     weight: int = Field(1, ge=0, le=10000, description="Relative share of traffic (weighted strategy).")
     limits: Limits | None = Field(None, description="Optional requests/tokens per minute for this target.")
     context_window: int | None = Field(None, ge=1, description="The model's context window in tokens. With `context-window` in the route's hiddenFailures, a prompt too long for a target moves only to targets with a larger contextWindow.")
+    overflow_only: bool = Field(False, description="Serve only requests whose prompt was too long for the route's other targets (needs `context-window` in hiddenFailures): a large-context model kept out of normal rotation.")
 
 
 class Match(_Model):
@@ -286,6 +287,15 @@ class Route(_Model):
     @model_validator(mode="after")
     def _latency_tolerance_needs_latency(self) -> Route:
         check_latency_tolerance(self.strategy, self.latency_tolerance)
+        return self
+
+    @model_validator(mode="after")
+    def _overflow_targets(self) -> Route:
+        if any(t.overflow_only for t in self.targets):
+            if HiddenFailure.context_window not in self.hidden_failures:
+                raise ValueError("overflowOnly targets need `context-window` in hiddenFailures")
+            if all(t.overflow_only for t in self.targets):
+                raise ValueError("a route needs at least one target that is not overflowOnly")
         return self
 
 

@@ -124,11 +124,17 @@ class RoutePlanner:
         self.budget.record_request(now)
         if deadline is None:
             deadline = now + self.route.timeout
-        cands = [i for i in range(len(self.keys)) if eligible is None or eligible(i)]
+        targets = self.route.targets
+        cands = [i for i in range(len(self.keys)) if (eligible is None or eligible(i))
+                 and not targets[i].overflow_only]
         order = order_targets(self.route, self.states, now, self.rng, cands)
         if affinity is not None and self.route.affinity is not None:
             order = affinity_order(self.route, self.keys, self.states, now, affinity, order)
-        return RequestPlan(self, order, deadline)
+        plan = RequestPlan(self, order, deadline)
+        if len(cands) < len(targets):   # overflowOnly targets: only after a context-window refusal
+            plan.overflow = [i for i in range(len(targets)) if targets[i].overflow_only
+                             and (eligible is None or eligible(i))]
+        return plan
 
 
 class RequestPlan:
@@ -149,6 +155,7 @@ class RequestPlan:
         self.hedged = 0                          # hedges handed out (bounded by hedge.maxExtra)
         self._forced = False
         self._result: GiveUp | None = None
+        self.overflow: list[int] = []   # overflowOnly targets, visited only by `_larger_context`
 
     # -- executor callbacks --------------------------------------------------------------
     def record(self, outcome: Outcome, now: float, index: int | None = None) -> None:
@@ -261,15 +268,16 @@ class RequestPlan:
 
     def _larger_context(self, now: float, ok: Eligible, last: Outcome) -> Try | GiveUp:
         """The prompt is too long for the current target: the next untried, eligible,
-        admitting target in the order whose `contextWindow` is larger (any, when the failed
-        target's size is not configured); none left -> the 400 is the answer. Never a retry
-        of the same target: it would refuse the same prompt again."""
+        admitting target in the order (then the `overflowOnly` targets) whose `contextWindow`
+        is larger (any, when the failed target's size is not configured); none left -> the
+        400 is the answer. Never a retry of the same target: it would refuse the same prompt
+        again."""
         p = self._p
         cur = self._current
         have = p.route.targets[cur].context_window if cur is not None else None
         if now >= self.deadline:
             return self._give_up("deadline", last)
-        for i in self.order:
+        for i in self.order + self.overflow:
             size = p.route.targets[i].context_window
             if i in self._tried or not ok(i) or (have is not None and (size is None or size <= have)):
                 continue

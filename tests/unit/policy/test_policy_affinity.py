@@ -6,6 +6,8 @@ from __future__ import annotations
 import random
 from collections import Counter
 
+import pytest
+
 from detour_proxy import config
 from detour_proxy.policy import (
     CONTEXT_WINDOW, FakeClock, GiveUp, HealthRegistry, Outcome, OutcomeKind, RetryBudget, RoutePlanner, TargetKey,
@@ -144,3 +146,33 @@ def test_context_window_moves_to_a_larger_target_and_counts_against_nobody():
     plan.record(too_long, clock.now())
     end = plan.next(clock.now())
     assert isinstance(end, GiveUp) and end.reason == "not_retryable"
+
+
+def test_overflow_only_target_serves_only_too_long_prompts():
+    r = config.Route(name="r", hiddenFailures=["context-window"], targets=[
+        config.Target(provider="p0", model="m", contextWindow=8000),
+        config.Target(provider="p1", model="m", priority=1, contextWindow=8000),
+        config.Target(provider="big", model="m", priority=2, contextWindow=1000000, overflowOnly=True)])
+    p, clock = replica(r, 1)
+    # An outage of both regular targets does not reach the overflow target...
+    plan = p.begin(clock.now())
+    seen = []
+    while isinstance(step := plan.next(clock.now()), Try):
+        seen.append(step.index)
+        plan.record(DOWN, clock.now())
+    assert seen == [0, 1] and step.reason == "exhausted"
+    # ...a prompt too long for them does.
+    clock.advance(60.0)
+    plan = p.begin(clock.now())
+    s = plan.next(clock.now())
+    plan.record(Outcome(OutcomeKind.HTTP_ERROR, status=400, error_class=CONTEXT_WINDOW), clock.now())
+    s = plan.next(clock.now())
+    assert isinstance(s, Try) and s.index == 2
+
+
+def test_overflow_only_needs_context_window_and_a_regular_target():
+    big = {"provider": "big", "model": "m", "overflowOnly": True}
+    with pytest.raises(ValueError, match="hiddenFailures"):
+        config.Route(name="r", targets=[{"provider": "p", "model": "m"}, big])
+    with pytest.raises(ValueError, match="not overflowOnly"):
+        config.Route(name="r", hiddenFailures=["context-window"], targets=[big])
