@@ -13,7 +13,8 @@ from dataclasses import dataclass
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120)
-ATTEMPT_RESULTS = ("success", "http_4xx", "http_429", "http_5xx", "connect", "timeout", "stream")
+ATTEMPT_RESULTS = ("success", "http_4xx", "http_429", "http_5xx", "connect", "timeout", "stream",
+                   "empty_answer", "context_window")
 BREAKER_VALUES = {"closed": 0, "half-open": 1, "open": 2}
 
 

@@ -9,6 +9,7 @@ import openai
 import pytest
 
 from support import ProxyServer, two_provider_config
+from test_metrics import scrape, val
 
 MSGS = [{"role": "user", "content": "hi"}]
 
@@ -33,7 +34,10 @@ def test_empty_blank_and_reasoning_only_answers_fail_over(primary, secondary, an
         stream = c.chat.completions.create(model="gpt-4o-mini", messages=MSGS, stream=True)
         text = "".join(ch.choices[0].delta.content or "" for ch in stream if ch.choices)
         assert text.strip(), "the stream failed over before the first token"
+        _, samples = scrape(proxy)
     assert primary.requests() == 2 and secondary.requests() == 2
+    assert val(samples, "detour_upstream_attempts_total", route="chat", provider="primary",
+               model="gpt-4o-mini", result="empty_answer") == 2
 
 
 def test_without_the_setting_an_empty_answer_is_returned(primary, secondary):
@@ -93,6 +97,9 @@ def test_context_length_error_moves_to_a_larger_context(primary, secondary, stat
                 raw = c.chat.completions.with_raw_response.create(model="gpt-4o-mini", messages=MSGS)
                 assert raw.headers["x-detour-target"] == "secondary/llama-3-8b"
         snap = proxy.state.registry.snapshot(proxy.state.clock.now())
+        _, samples = scrape(proxy)
+    assert val(samples, "detour_upstream_attempts_total", route="chat", provider="primary",
+               model="gpt-4o-mini", result="context_window") == 3
     assert primary.requests() == 3, "the primary's breaker must stay closed"
     assert all(s.state.value == "closed" for s in snap)
 

@@ -322,7 +322,7 @@ def test_label_values_are_config_names_and_enums_only(primary, secondary):
     config_names = {"chat", "primary", "secondary", "gpt-4o-mini", "llama-3-8b"}
     enums = {"success", "upstream_error", "client_error", "cancelled", "http_4xx", "http_429", "http_5xx",
              "connect", "timeout", "stream", "prompt", "completion", "closed", "half-open", "open",
-             "error", "stale", "invalid"}
+             "error", "stale", "invalid", "empty_answer", "context_window"}
     for (_, labels) in s:
         for key, value in labels:
             if key == "le":

@@ -179,11 +179,17 @@ def prepare(ctx: RequestContext, tr: TargetRuntime, stream: bool) -> UpstreamReq
     return req
 
 
+_HIDDEN_LABELS = {"empty_answer": "empty_answer", "reasoning_only_answer": "empty_answer",
+                  "context_window": "context_window"}
+
+
 def result_label(outcome: Outcome) -> str:
     """Bounded metric label for an attempt's result."""
     kind = outcome.kind
     if kind is OutcomeKind.SUCCESS:
         return "success"
+    if outcome.error_class in _HIDDEN_LABELS:   # route hiddenFailures (engine._hidden)
+        return _HIDDEN_LABELS[outcome.error_class]
     if kind is OutcomeKind.HTTP_ERROR:
         s = outcome.status or 0
         return "http_429" if s == 429 else "http_5xx" if s >= 500 else "http_4xx"
