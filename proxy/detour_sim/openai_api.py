@@ -81,6 +81,8 @@ class OpenAIAPI:
             ("POST", "/v1/chat/completions", self.chat),
             ("POST", "/v1/embeddings", self.embeddings),
             ("POST", "/v1/responses", self._responses.create),
+            ("GET", "/v1/responses/{rid}", self._responses.retrieve),
+            ("DELETE", "/v1/responses/{rid}", self._responses.delete),
             # Azure's Responses API: the deployment in the body's model, api-version required.
             ("POST", "/openai/responses", self._azure_responses),
             ("GET", "/v1/models", self.list_models),

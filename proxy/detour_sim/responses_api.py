@@ -67,6 +67,25 @@ class ResponsesAPI:
         return web.Response(body=orjson.dumps(body), status=400, headers=ctx.headers,
                             content_type="application/json")
 
+    def _missing(self, rid: str, ctx: Ctx) -> web.Response:
+        body = {"error": {"message": f"Response with id '{rid}' not found.", "type": "invalid_request_error",
+                          "param": None, "code": None}}
+        return web.Response(body=orjson.dumps(body), status=404, headers=ctx.headers, content_type="application/json")
+
+    async def retrieve(self, ctx: Ctx) -> web.StreamResponse:
+        rid = ctx.request.match_info["rid"]
+        doc = self.stored.get(rid)
+        if doc is None:
+            return self._missing(rid, ctx)
+        return web.Response(body=orjson.dumps(doc), headers=ctx.headers, content_type="application/json")
+
+    async def delete(self, ctx: Ctx) -> web.StreamResponse:
+        rid = ctx.request.match_info["rid"]
+        if self.stored.pop(rid, None) is None:
+            return self._missing(rid, ctx)
+        return web.Response(body=orjson.dumps({"id": rid, "object": "response.deleted", "deleted": True}),
+                            headers=ctx.headers, content_type="application/json")
+
     def _store(self, body: dict[str, Any], final: dict[str, Any]) -> None:
         if body.get("store") is not False:
             if len(self.stored) >= _STORED_MAX:

@@ -250,7 +250,7 @@ def test_native_rows_are_tested():
     from pathlib import Path
     doc = (Path(__file__).parents[2] / "docs" / "inbound.md").read_text()
     named = re.findall(r"^\| nat-[a-z-]+ \| .* \| (test_[a-z0-9_]+) \|$", doc, re.M)
-    assert len(named) == 15 and all(callable(globals().get(n)) for n in named)
+    assert len(named) == 16 and all(callable(globals().get(n)) for n in named)
 
 
 def test_native_messages_stream_cut_is_continued_by_openai_as_one_message(primary, secondary, azure,
@@ -300,3 +300,23 @@ def test_native_inband_failure_before_the_first_token_falls_back(gw):
     with ant(proxy).messages.stream(model="claude-sonnet-4", max_tokens=50,
                                     messages=[{"role": "user", "content": "hi"}]) as s:
         assert s.get_final_message().content[0].text == CANONICAL   # Anthropic native, healthy
+
+
+def test_stored_responses_are_retrieved_and_deleted_at_their_provider(gw):
+    """GET/DELETE /v1/responses/{id} go to the provider that stored the response (remembered,
+    or looked for on each Responses provider), with the provider's key, never the client's."""
+    proxy, primary, secondary, _ = gw
+    client = oai(proxy)
+    made = client.responses.create(model="gpt-4o", input="hi", background=True)
+    got = client.responses.with_raw_response.retrieve(made.id)
+    assert got.parse().id == made.id and got.parse().output_text == CANONICAL
+    assert got.headers["x-detour-provider"] == "openai"
+    last = primary.stats()["lastRequest"]
+    assert last["method"] == "GET" and last["path"] == f"/v1/responses/{made.id}" and last["authSent"]
+    elsewhere = openai.OpenAI(base_url=secondary.v1, api_key="k").responses.create(model="m", input="x")
+    assert client.responses.retrieve(elsewhere.id).id == elsewhere.id   # found on the second provider
+    client.responses.delete(made.id)
+    with pytest.raises(openai.NotFoundError):
+        client.responses.retrieve(made.id)
+    with pytest.raises(openai.NotFoundError):
+        client.responses.retrieve("resp_nowhere")

@@ -32,7 +32,7 @@ from ..adapters.openai import serialize_with
 from ..config import Provider, ProviderType
 
 __all__ = ["responses_request", "messages_request", "check_response", "check_message", "ResponsesEvents",
-           "MessagesEvents", "remember_response", "stored_by", "AZURE_RESPONSES_API_VERSION", "UnsupportedRequest"]
+           "MessagesEvents", "remember_response", "stored_by", "stored_url", "AZURE_RESPONSES_API_VERSION", "UnsupportedRequest"]
 
 #: Azure's Responses API needs an api-version of 2025-03-01-preview or later
 AZURE_RESPONSES_API_VERSION = "2025-04-01-preview"
@@ -69,6 +69,14 @@ def _responses_url(p: Provider) -> str:
             url = base + "/responses"
         _urls[key] = url
     return url
+
+
+def stored_url(p: Provider, rest: str, query: str) -> str:
+    """The URL of a stored response's endpoint (`rest` = "/{id}", "/{id}/cancel", ...) on `p`,
+    with the client's query string (Azure's api-version appended)."""
+    url, _, version = _responses_url(p).partition("?")
+    query = "&".join(q for q in (query, version) if q)
+    return url + rest + ("?" + query if query else "")
 
 
 def _messages_url(p: Provider) -> str:

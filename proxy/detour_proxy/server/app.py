@@ -25,6 +25,7 @@ from .. import __version__
 from ..state import AppState
 from ..errors import ClientError, echo, error_body, unauthorized
 from .endpoints import HOT_PATHS, OpenAIEndpoints
+from .stored_responses import STORED_PATH, serve_stored
 
 log = logging.getLogger("detour.app")
 Hook = Callable[[AppState], Awaitable[Any]]
@@ -54,6 +55,11 @@ class HotPath:
                 return
         if scope["type"] == "http":
             path = scope["path"]
+            if path.startswith("/v1/responses/"):
+                m = STORED_PATH.match(path)
+                if m is not None:
+                    await serve_stored(self.endpoints.state, scope, send, m)
+                    return
             if path in HOT_PATHS:   # every hot path is POST-only, whichever API it serves
                 await _send_json(send, 405, _not_allowed(scope["method"], path), [(b"allow", b"POST")])
                 return
