@@ -164,3 +164,17 @@ def test_a_config_over_the_configmap_limit_is_not_published_and_says_why():
     assert r.credentials == {"openai": "c2stb3BlbmFp"}  # still used to prune, never to publish
     programmed = object_conditions([], False, r.error, 1, r.error_reason)[2]
     assert (programmed["status"], programmed["reason"]) == ("False", "ConfigTooLarge")
+
+
+def test_hidden_failures_affinity_and_context_windows_reach_the_proxy_config():
+    """Issue 16: the route settings are RoutingPolicy fields (CRD generated from the schema)."""
+    pol = rpol("chat", "openai", "claude", hiddenFailures=["empty", "context-window"],
+               affinity={"sources": ["header", "prefix"], "header": "x-tenant"})
+    pol["spec"]["targets"][0]["contextWindow"] = 128000
+    pol["spec"]["targets"][1].update(contextWindow=200000, overflowOnly=True)
+    r = render([llmp("openai"), llmp("claude", type="anthropic")], [pol], KEYS, S)
+    assert r.error is None and not r.problems
+    route = parse_config(r.config_yaml).routes[0]
+    assert [h.value for h in route.hidden_failures] == ["empty", "context-window"]
+    assert route.affinity is not None and route.affinity.header == "x-tenant"
+    assert [(t.context_window, t.overflow_only) for t in route.targets] == [(128000, False), (200000, True)]
