@@ -41,11 +41,15 @@ READY = '.status.conditions[?(@.type=="Ready")].status'
 # There is deliberately no rule tying `weight` to `strategy: weighted`: every strategy uses weights
 # (priority ties, the latency band, least-busy's weight-0 last resort).
 PROVIDER_RULES = [
-    {"rule": "(has(self.type) && (self.type == 'openai-compatible' || self.type == 'vertex')) || has(self.apiKeySecretRef)",
-     "message": "apiKeySecretRef is required unless type is openai-compatible or vertex",
+    {"rule": "(has(self.type) && (self.type == 'openai-compatible' || self.type == 'vertex' || self.type == 'bedrock')) || has(self.apiKeySecretRef)",
+     "message": "apiKeySecretRef is required unless type is openai-compatible, vertex or bedrock",
      "fieldPath": ".apiKeySecretRef", "reason": "FieldValueRequired"},
     {"rule": "!has(self.type) || self.type != 'vertex' || (has(self.project) && has(self.location))",
      "message": "type vertex needs project and location", "fieldPath": ".project", "reason": "FieldValueRequired"},
+    {"rule": "!has(self.type) || self.type != 'bedrock' || has(self.region)",
+     "message": "type bedrock needs region", "fieldPath": ".region", "reason": "FieldValueRequired"},
+    {"rule": "(has(self.type) && self.type == 'bedrock') || (has(self.baseURL) && self.baseURL != '')",
+     "message": "baseURL is required unless type is bedrock", "fieldPath": ".baseURL", "reason": "FieldValueRequired"},
 ]
 POLICY_RULES = [
     {"rule": (f"!has(self.latencyTolerance) || self.latencyTolerance == {cfg.LATENCY_TOLERANCE_DEFAULT!r} "

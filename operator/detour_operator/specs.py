@@ -40,13 +40,22 @@ def _derive(name: str, base: type[BaseModel], drop: set[str], doc: str,
     return model
 
 
-#: Types that may run without apiKeySecretRef: an open server, and vertex on workload identity.
-KEYLESS_TYPES = (cfg.ProviderType.openai_compatible, cfg.ProviderType.vertex)
+#: Types that may run without apiKeySecretRef: an open server, vertex on workload identity,
+#: bedrock on the AWS credential chain (IRSA / EKS Pod Identity, env, shared files).
+KEYLESS_TYPES = (cfg.ProviderType.openai_compatible, cfg.ProviderType.vertex, cfg.ProviderType.bedrock)
 
 
 def _key_needed_unless_openai_compatible(spec: Any) -> Any:
     if spec.api_key_secret_ref is None and spec.type not in KEYLESS_TYPES:
-        raise ValueError("apiKeySecretRef is required unless type is openai-compatible or vertex")
+        raise ValueError("apiKeySecretRef is required unless type is openai-compatible, vertex or bedrock")
+    return spec
+
+
+def _bedrock_needs_region(spec: Any) -> Any:
+    if spec.type is cfg.ProviderType.bedrock and spec.region is None:
+        raise ValueError("type bedrock needs region")
+    if spec.type is not cfg.ProviderType.bedrock and not spec.base_url:
+        raise ValueError("baseURL is required unless type is bedrock")
     return spec
 
 
@@ -74,11 +83,13 @@ LLMProviderSpec = _derive(
     "LLMProviderSpec", cfg.Provider, {"name", "api_key", "credentials_file"},
     "One upstream LLM provider endpoint; the provider's name is the object's metadata.name.",
     validators={"_key_rule": model_validator(mode="after")(_key_needed_unless_openai_compatible),
-                "_vertex_rule": model_validator(mode="after")(_vertex_needs_project_and_location)},
+                "_vertex_rule": model_validator(mode="after")(_vertex_needs_project_and_location),
+                "_bedrock_rule": model_validator(mode="after")(_bedrock_needs_region)},
     api_key_secret_ref=(SecretKeyRef | None, Field(None, description=(
         "Secret key holding the provider API key (vertex: a Google service-account key or external_account "
-        "JSON; without it, vertex uses workload identity / Application Default Credentials); required unless "
-        "type is openai-compatible or vertex. "
+        "JSON; without it, vertex uses workload identity / Application Default Credentials; bedrock: an optional "
+        "Bedrock API key, without it the AWS credential chain, e.g. IRSA); required unless "
+        "type is openai-compatible, vertex or bedrock. "
         "The operator copies it into Secret detour-credentials, never into the ConfigMap."))),
 )
 

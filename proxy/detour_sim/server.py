@@ -27,7 +27,7 @@ from .stats import Stats
 from .stream import abort_connection, client_gone
 from .text import DEFAULT_CHUNKS, DEFAULT_EMBEDDING_DIMS, DEFAULT_REPLY, Canon
 
-FLAVORS = ("openai", "anthropic", "google")
+FLAVORS = ("openai", "anthropic", "google", "bedrock")
 GARBAGE_JSON = b'{"id": "broken", "object": <<<not json'
 CLIENT_MAX_SIZE = 64 * 1024 * 1024
 
@@ -74,6 +74,10 @@ class Sim:
             from .openai_api import OpenAIAPI
 
             self.api: Any = OpenAIAPI(self, models)
+        elif flavor == "bedrock":
+            from .bedrock_api import BedrockAPI
+
+            self.api = BedrockAPI(self, models)
         elif flavor == "google":
             from .google_api import GoogleAPI
 

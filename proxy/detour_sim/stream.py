@@ -40,6 +40,8 @@ class StreamPlan(NamedTuple):
     tail: bytes
     #: the API's in-band error event (type, message) -> bytes; None: the flavour's default
     inband: Callable[[str | None, str | None], bytes] | None = None
+    #: the stream's content type (bedrock: the binary AWS event stream)
+    content_type: str = "text/event-stream"
 
 
 def client_gone(request: web.BaseRequest) -> bool:
@@ -88,13 +90,15 @@ async def send_stream(sim: "Sim", ctx: "Ctx", plan: StreamPlan) -> web.StreamRes
         body = plan.head + b"".join(plan.pieces) + plan.tail
         stats.bump("streamsCompleted")
         return web.Response(
-            body=body, headers=ctx.headers, content_type=SSE_CONTENT_TYPE, charset="utf-8"
+            body=body, headers=ctx.headers, content_type=plan.content_type,
+            charset="utf-8" if plan.content_type == SSE_CONTENT_TYPE else None,
         )
 
     request = ctx.request
     resp = web.StreamResponse(headers=ctx.headers)
-    resp.content_type = SSE_CONTENT_TYPE
-    resp.charset = "utf-8"
+    resp.content_type = plan.content_type
+    if plan.content_type == SSE_CONTENT_TYPE:
+        resp.charset = "utf-8"
     resp.headers["Cache-Control"] = "no-cache"
     await resp.prepare(request)
     stats.bump("streamsStarted")

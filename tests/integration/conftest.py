@@ -6,7 +6,8 @@ import pytest
 
 from support import Sim
 
-SIMS = {"primary": "openai", "secondary": "openai", "azure": "openai", "anthropic": "anthropic", "google": "google"}
+SIMS = {"primary": "openai", "secondary": "openai", "azure": "openai", "anthropic": "anthropic", "google": "google",
+        "bedrock": "bedrock"}
 
 
 @pytest.fixture(scope="session")
@@ -30,3 +31,4 @@ secondary = _fresh("secondary")
 azure = _fresh("azure")
 anthropic_sim = _fresh("anthropic")
 google_sim = _fresh("google")
+bedrock_sim = _fresh("bedrock")

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from ..config import Provider, ProviderType
 from .anthropic import AnthropicAdapter
 from .azure import AzureOpenAIAdapter
+from .bedrock import BedrockAdapter
 from .base import (
     Adapter, ContinuationUnsupported, RateLimitInfo, SSEEvent, SSEParser, StreamDecoder,
     StreamEvent, TargetUnavailable, UnsupportedRequest, UpstreamError, UpstreamRequest,
@@ -25,7 +26,7 @@ __all__ = [
     "adapter_for", "Adapter", "OpenAIAdapter", "AzureOpenAIAdapter", "AnthropicAdapter",
     "UpstreamRequest", "UpstreamError", "RateLimitInfo", "StreamEvent", "StreamDecoder",
     "OpenAIStreamDecoder", "SSEParser", "SSEEvent", "UnsupportedRequest", "TargetUnavailable", "ContinuationUnsupported",
-    "check_answer", "GeminiAdapter", "VertexAdapter",
+    "check_answer", "GeminiAdapter", "VertexAdapter", "BedrockAdapter",
 ]
 
 _ADAPTERS: dict[ProviderType, Callable[[Provider], Adapter]] = {
@@ -35,6 +36,7 @@ _ADAPTERS: dict[ProviderType, Callable[[Provider], Adapter]] = {
     ProviderType.anthropic: AnthropicAdapter,
     ProviderType.gemini: GeminiAdapter,
     ProviderType.vertex: VertexAdapter,
+    ProviderType.bedrock: BedrockAdapter,
 }
 
 

@@ -79,6 +79,7 @@ class ProviderType(str, Enum):
     openai_compatible = "openai-compatible"
     gemini = "gemini"      # the Gemini API (generativelanguage.googleapis.com) with an API key
     vertex = "vertex"      # Google Vertex AI: Claude (rawPredict) and Gemini (generateContent), google-auth
+    bedrock = "bedrock"    # AWS Bedrock Converse / ConverseStream, SigV4 with the AWS credential chain
 
 
 class ContinuationMode(str, Enum):
@@ -104,9 +105,9 @@ class Provider(_Model):
     """One upstream LLM provider endpoint."""
 
     name: str = Field(..., pattern=NAME_PATTERN, max_length=63, description="Unique name of the provider, used by route targets.")
-    type: ProviderType = Field(ProviderType.openai, description="API dialect: openai, azure-openai, anthropic, openai-compatible, gemini or vertex.")
-    base_url: str = Field(..., alias="baseURL", pattern=r"^https?://", description="Base URL, e.g. https://api.openai.com/v1, https://RESOURCE.openai.azure.com, https://generativelanguage.googleapis.com (gemini) or https://us-east5-aiplatform.googleapis.com (vertex).")
-    api_key: SecretSource | None = Field(None, description="The provider API key.")
+    type: ProviderType = Field(ProviderType.openai, description="API dialect: openai, azure-openai, anthropic, openai-compatible, gemini, vertex or bedrock.")
+    base_url: str = Field("", alias="baseURL", pattern=r"^(?:https?://|$)", description="Base URL, e.g. https://api.openai.com/v1, https://RESOURCE.openai.azure.com, https://generativelanguage.googleapis.com (gemini) or https://us-east5-aiplatform.googleapis.com (vertex). Required, except for bedrock (default https://bedrock-runtime.REGION.amazonaws.com).")
+    api_key: SecretSource | None = Field(None, description="The provider API key (bedrock: an optional Bedrock API key, sent as a bearer token instead of SigV4 signing).")
     api_version: str | None = Field(None, description="azure-openai: api-version query parameter; anthropic: anthropic-version header; vertex: anthropic_version of Claude requests (default vertex-2023-10-16).")
     headers: dict[str, str] = Field(default_factory=dict, description="Extra headers sent on every request to this provider.")
     timeouts: Timeouts = Field(default_factory=Timeouts, description="Connection, first-token, idle and total timeouts.")
@@ -117,6 +118,30 @@ class Provider(_Model):
     publisher: VertexPublisher | None = Field(None, description="vertex: anthropic or google; default from the model name (claude-* anthropic, otherwise google).")
     responses_api: bool | None = Field(None, alias="responsesAPI", description="Whether this provider serves the OpenAI Responses API (POST {baseURL}/responses; azure-openai: /openai/responses): POST /v1/responses is then forwarded to it as is, stateful features (previous_response_id, store, background, server-side tools) included; otherwise it is translated to chat completions. Default true for openai and azure-openai, false for the others.")
     credentials_file: str | None = Field(None, min_length=1, description="vertex: a Google credentials JSON file (service account key or external_account / workload identity federation config); re-read when it changes. Unset: Application Default Credentials (GKE workload identity, the metadata server, GOOGLE_APPLICATION_CREDENTIALS).")
+    region: str | None = Field(None, min_length=1, max_length=63, pattern=r"^[a-z0-9-]+$", description="bedrock: the AWS region (e.g. us-east-1); signs requests and sets the default baseURL.")
+    profile: str | None = Field(None, min_length=1, max_length=128, description="bedrock: the AWS shared-config profile to take credentials from (default: AWS_PROFILE, else the standard chain: env, shared files, web identity / IRSA, container and instance metadata).")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _bedrock_base_url(cls, data: Any) -> Any:
+        """bedrock's baseURL follows its region unless given (tests point it at the simulator)."""
+        if isinstance(data, dict) and str(data.get("type", "")) in ("bedrock", "ProviderType.bedrock") \
+                and not data.get("baseURL") and not data.get("base_url") and isinstance(data.get("region"), str):
+            data = {**data, "baseURL": f"https://bedrock-runtime.{data['region']}.amazonaws.com"}
+        return data
+
+    @model_validator(mode="after")
+    def _bedrock_fields(self) -> Provider:
+        bedrock = self.type is ProviderType.bedrock
+        if not self.base_url:
+            raise ValueError("type bedrock needs region" if bedrock else "baseURL is required")
+        if bedrock and self.region is None:
+            raise ValueError("type bedrock needs region")
+        if not bedrock:
+            extra = [n for n, v in (("region", self.region), ("profile", self.profile)) if v is not None]
+            if extra:
+                raise ValueError(f"{', '.join(extra)} apply only to type bedrock")
+        return self
 
     @model_validator(mode="after")
     def _google_fields(self) -> Provider:

@@ -139,6 +139,8 @@ def classify_answer(state: AppState, ctx: RequestContext, tr: TargetRuntime, sta
                              + (" (check its baseURL)" if 300 <= status < 400 else ""), started, now,
                              code="unexpected_status")
         err = redact_error(state, ctx, adapter.parse_error(status, headers, raw, api_key=tr.provider.api_key()))
+        if err.status >= 400:
+            status = err.status   # the adapter's reading (bedrock: a quota 400 is a 429)
         if CONTEXT in ctx.route.route.hidden_failures and is_context_error(status, err):
             return context_result(err, started, now)
     except Exception as exc:  # noqa: BLE001 - any adapter failure is this target's malformed answer

@@ -19,13 +19,14 @@ from ..policy import Clock, HealthRegistry, RetryBudget, RoutePlanner, TargetKey
 from .router import Router
 from ..transport import ConnectTimeout, client_timeout
 from ..transport.google_auth import GoogleToken
+from ..transport.aws_auth import AwsCredentials
 
 
 @dataclass(slots=True)
 class ProviderRuntime:
     config: Provider
     adapter: Adapter
-    credential: Credential | GoogleToken | None   # GoogleToken: vertex (an OAuth access token)
+    credential: Credential | GoogleToken | AwsCredentials | None   # GoogleToken: vertex; AwsCredentials: bedrock
     client_timeout: ConnectTimeout          # connect only; built once per config
     can_continue: bool
     supports_embeddings: bool
@@ -70,6 +71,17 @@ class Gateway:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+def _aws_credentials(p: Provider, prev: object, metrics: Metrics) -> AwsCredentials:
+    """A bedrock provider's AWS credentials: the previous generation's when its profile did not
+    change (no re-resolution on reload), else a new chain whose first resolution starts now."""
+    if isinstance(prev, AwsCredentials) and prev.profile == p.profile:
+        return prev
+    name = p.name
+    creds = AwsCredentials(p.profile, name=name, on_result=lambda ok: metrics.credential_fetched(name, ok))
+    creds.start()
+    return creds
+
+
 def _google_token(p: Provider, prev: Credential | GoogleToken | None, metrics: Metrics) -> GoogleToken:
     """The provider's Google token source: the previous generation's when its credentials did
     not change (no refetch on reload), else a new one whose first fetch starts now."""
@@ -98,7 +110,9 @@ def build_gateway(config: RoutingConfig, *, registry: HealthRegistry, budget: Re
             # Keep the cached credential when its source did not change (no extra file reads).
             cred = prev if prev is not None and prev.describe == repr(p.api_key) else Credential(p.api_key)
         elif p.type is ProviderType.vertex:
-            cred = _google_token(p, old_creds.get(p.name), metrics)
+            cred = _google_token(p, old_creds.get(p.name), metrics)  # type: ignore[arg-type]
+        elif p.type is ProviderType.bedrock:
+            cred = _aws_credentials(p, old_creds.get(p.name), metrics)
         providers[p.name] = ProviderRuntime(
             config=p, adapter=adapter, credential=cred,
             client_timeout=client_timeout(p.timeouts.connect),

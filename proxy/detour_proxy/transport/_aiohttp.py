@@ -23,6 +23,7 @@ from __future__ import annotations
 from typing import Mapping
 
 import aiohttp
+from yarl import URL
 
 from ..adapters import UpstreamRequest
 
@@ -188,8 +189,11 @@ class Upstream:
         """Send one request and return once the response headers arrived (redirects are
         not followed: a redirect is the target's answer, and the engine judges it)."""
         try:
+            # An URL that is already percent-encoded (bedrock: `:` in model ids as `%3A`, which
+            # the SigV4 signature covers) is sent as is, not re-quoted by yarl.
+            url = URL(req.url, encoded=True) if "%" in req.url else req.url
             resp = await self.session._request(  # noqa: SLF001 - skips a context-manager wrapper per call
-                req.method, req.url, data=req.body, headers=req.headers, timeout=timeout,
+                req.method, url, data=req.body, headers=req.headers, timeout=timeout,
                 allow_redirects=False,
             )
         except TimeoutError:

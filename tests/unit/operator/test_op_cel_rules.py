@@ -141,9 +141,12 @@ def variant(base: dict[str, Any], drop: tuple[str, ...] = (), **changes: Any) ->
     return {**spec, **changes}
 
 
-KEY_RULE = "apiKeySecretRef is required unless type is openai-compatible or vertex"
+KEY_RULE = "apiKeySecretRef is required unless type is openai-compatible, vertex or bedrock"
 VERTEX_RULE = "type vertex needs project and location"
 VERTEX = {"type": "vertex", "baseURL": "https://us-east5-aiplatform.googleapis.com", "project": "p", "location": "us-east5"}
+BEDROCK_RULE = "type bedrock needs region"
+BASE_URL_RULE = "baseURL is required unless type is bedrock"
+BEDROCK = {"type": "bedrock", "region": "us-east-1"}
 LATENCY_RULE = "latencyTolerance applies only to strategy: latency"
 # id -> (kind, spec, the rule message it breaks or None)
 CASES = {
@@ -157,6 +160,11 @@ CASES = {
     "vertex-service-account-key": ("LLMProvider", variant(VERTEX, apiKeySecretRef={"name": "s", "key": "k"}), None),
     "vertex-without-location": ("LLMProvider", variant(VERTEX, drop=("location",)), VERTEX_RULE),
     "vertex-without-project": ("LLMProvider", variant(VERTEX, drop=("project",)), VERTEX_RULE),
+    "bedrock-irsa-default-base-url": ("LLMProvider", BEDROCK, None),
+    "bedrock-api-key-own-base-url": ("LLMProvider", variant(BEDROCK, baseURL="https://vpce.example.com",
+                                                            apiKeySecretRef={"name": "s", "key": "k"}), None),
+    "bedrock-without-region": ("LLMProvider", variant(BEDROCK, drop=("region",), baseURL="https://b.example.com"), BEDROCK_RULE),
+    "openai-without-base-url": ("LLMProvider", variant(PROVIDER, drop=("baseURL",)), BASE_URL_RULE),
     # weights mean something in every strategy (priority ties share by weight), so they are never refused
     "weights-default-strategy": ("RoutingPolicy", POLICY, None),
     "weights-priority": ("RoutingPolicy", variant(POLICY, strategy="priority"), None),

@@ -135,6 +135,26 @@ def test_vertex_credentials_come_from_a_secret_file_or_workload_identity():
     assert "project and location" in bad.problems[(LLMP, "v")][0].message
 
 
+def test_bedrock_providers_render_with_region_irsa_or_an_api_key():
+    """Issue 16: a bedrock LLMProvider needs a region (baseURL defaults to the region's endpoint);
+    without a Secret it uses the AWS credential chain (IRSA), with one the key is a Bedrock API key."""
+    irsa = llmp("bedrock-irsa", type="bedrock", region="eu-west-1", apiKeySecretRef=None)
+    del irsa["spec"]["baseURL"]
+    keyed = llmp("bedrock-key", type="bedrock", region="us-east-1", baseURL="https://vpce-1.bedrock-runtime.example",
+                 apiKeySecretRef={"name": "keys", "key": "openai"})
+    r = render([irsa, keyed], [rpol("chat", "bedrock-irsa", "bedrock-key")], {"keys": {"openai": "QUl6YQ=="}}, S)
+    assert r.error is None and not r.problems
+    p = r.config.provider("bedrock-irsa")
+    assert (p.region, p.base_url, p.api_key) == ("eu-west-1", "https://bedrock-runtime.eu-west-1.amazonaws.com", None)
+    assert r.config.provider("bedrock-key").api_key.file == "/etc/detour/credentials/bedrock-key"
+    assert r.config.provider("bedrock-key").base_url == "https://vpce-1.bedrock-runtime.example"
+    assert r.credentials == {"bedrock-key": "QUl6YQ=="}
+    no_region = llmp("b", type="bedrock", apiKeySecretRef=None)
+    del no_region["spec"]["baseURL"]
+    bad = render([no_region], [rpol("chat", "b")], KEYS, S)
+    assert "bedrock needs region" in bad.problems[(LLMP, "b")][0].message
+
+
 def test_global_settings_are_rendered():
     s = OperatorSettings.model_validate({"health": {"window": "2m"}, "sharedHealth": {"enabled": True}})
     r = render([llmp("openai")], [rpol("chat", "openai")], KEYS, s)
