@@ -107,3 +107,18 @@ def test_remembered_ids_are_bounded():
         nat.remember_response(f"resp_b{i}", "p")
     assert len(nat._stored) == nat._STORED_MAX and nat.stored_by("resp_b0") is None
     assert nat.stored_by(f"resp_b{nat._STORED_MAX + 4}") == "p"
+
+
+def test_responses_urls():
+    from detour_proxy.config import Provider
+    oai = Provider(name="o", type="openai", baseURL="https://api.openai.com/v1/")
+    assert nat._responses_url(oai) == "https://api.openai.com/v1/responses"
+    old = Provider(name="a", type="azure-openai", baseURL="https://r.openai.azure.com/openai", apiVersion="2024-10-21")
+    assert nat._responses_url(old) == "https://r.openai.azure.com/openai/responses?api-version=2025-04-01-preview"
+    new = Provider(name="b", type="azure-openai", baseURL="https://r.openai.azure.com", apiVersion="2025-05-01-preview")
+    assert nat._responses_url(new) == "https://r.openai.azure.com/openai/responses?api-version=2025-05-01-preview"
+    assert nat.stored_url(new, "/resp_1/input_items", "limit=5") == \
+        "https://r.openai.azure.com/openai/responses/resp_1/input_items?limit=5&api-version=2025-05-01-preview"
+    assert nat.stored_url(oai, "/resp_1", "") == "https://api.openai.com/v1/responses/resp_1"
+    ant = Provider(name="c", type="anthropic", baseURL="https://api.anthropic.com/v1")
+    assert nat._messages_url(ant) == "https://api.anthropic.com/v1/messages"
