@@ -93,6 +93,9 @@ def test_previous_response_id_is_pinned_to_the_provider_that_stored_it(gw):
                                                        previous_response_id=first.id)
     assert follow.parse().previous_response_id == first.id
     assert follow.headers["x-detour-target"] == "openai/gpt-4o"
+    with client.responses.stream(model="gpt-4o", input="and now?", previous_response_id=follow.parse().id) as s:
+        streamed = s.get_final_response()
+    assert streamed.previous_response_id == follow.parse().id and streamed.output_text == CANONICAL
     # the owner fails: the other OpenAI provider and the Anthropic target cannot serve it
     primary.faults(status=503)
     with pytest.raises(openai.InternalServerError) as info:
