@@ -46,8 +46,8 @@ class Metrics:
         self.shared_api = Gauge("detour_shared_health_api_available", "1 while both shared-health API channels (publishing the annotation, watching peers) work.", [], registry=r)
         self.shared_peers = Gauge("detour_shared_health_peers", "Fresh peer pods currently reporting an open breaker (the only peers watched).", [], registry=r)
         self.shared_ignored = Counter("detour_shared_health_ignored", "Peer health documents ignored, by reason (stale, invalid).", ["reason"], registry=r)
-        self.credentials_ok = Gauge("detour_provider_credentials_ok", "vertex providers: 1 if the last Google access-token fetch succeeded, 0 if it failed (requests skip the provider once no valid token is left).", ["provider"], registry=r)
-        self.credential_fetches = Counter("detour_provider_credential_fetches", "Google access-token fetches of vertex providers, by result (success, error).", ["provider", "result"], registry=r)
+        self.credentials_ok = Gauge("detour_provider_credentials_ok", "vertex and bedrock providers: 1 if the last Google access-token fetch or AWS credential resolution succeeded, 0 if it failed (requests skip the provider once no valid token is left).", ["provider"], registry=r)
+        self.credential_fetches = Counter("detour_provider_credential_fetches", "Google access-token fetches of vertex providers and AWS credential resolutions of bedrock providers, by result (success, error).", ["provider", "result"], registry=r)
         self.rejected = Counter("detour_rejected_requests", "Requests refused before routing, by HTTP status.", ["status"], registry=r)
         self._config_hash: str | None = None
         self._routes: set[str] = set()                   # routes with an in-flight gauge

@@ -78,7 +78,7 @@ def test_chat_completion_is_a_signed_converse_call(gw):
                                              {"role": "user", "content": "hi"}],
         max_tokens=100, temperature=0.5, top_p=0.9, stop=["END"])
     c = raw.parse()
-    assert raw.headers["x-detour-target"] == f"bedrock/{MODEL}"
+    assert raw.headers["x-detour-target"] == f"bedrock/{MODEL}" and c.model == MODEL
     assert c.choices[0].message.content == CANONICAL and c.choices[0].finish_reason == "stop"
     assert c.usage.total_tokens == c.usage.prompt_tokens + c.usage.completion_tokens > 0
     req = last(sim)

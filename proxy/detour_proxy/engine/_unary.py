@@ -112,6 +112,9 @@ def classify_answer(state: AppState, ctx: RequestContext, tr: TargetRuntime, sta
                 return _native_answer(ctx, tr, raw, started, now, meter)
             out = adapter.parse_response(status, headers, raw)
             doc = orjson.loads(out)
+            if isinstance(doc, dict) and doc.get("model") == "":   # bedrock: Converse names no model
+                doc["model"] = tr.target.model
+                out = orjson.dumps(doc)
             why = check_answer(ctx.kind, doc)
             hidden = ctx.route.route.hidden_failures
             if why is None and hidden and ctx.kind == "chat":
