@@ -230,3 +230,54 @@ def test_mid_stream_exception_is_an_error_event_not_a_complete_answer(gw):
             "model": "claude-sonnet-4-5", "stream": True, "messages": [{"role": "user", "content": "hi"}]}) as r:
         body = r.read().decode()
     assert "modelStreamErrorException" in body and "data: [DONE]" not in body
+
+
+def test_the_simulator_speaks_what_botocores_bedrock_runtime_client_reads(bedrock_sim):
+    """botocore's own bedrock-runtime client (its service model, signer and event-stream parser) as
+    the oracle of the wire format the simulator speaks and the adapter decodes."""
+    import botocore.session
+    from botocore.exceptions import ClientError
+
+    session = botocore.session.Session()
+    session.set_credentials(ACCESS_KEY, SECRET_KEY)
+    client = session.create_client("bedrock-runtime", region_name="us-east-1", endpoint_url=bedrock_sim.url)
+    msgs = [{"role": "user", "content": [{"text": "hi"}]}]
+    out = client.converse(modelId=MODEL, messages=msgs, inferenceConfig={"maxTokens": 100})
+    assert out["output"]["message"]["content"][0]["text"] == CANONICAL and out["stopReason"] == "end_turn"
+    events = list(client.converse_stream(modelId=MODEL, messages=msgs, toolConfig={"tools": [{"toolSpec": {
+        "name": "search", "inputSchema": {"json": TOOL["function"]["parameters"]}}}]})["stream"])
+    kinds = [next(iter(e)) for e in events]
+    assert kinds[0] == "messageStart" and kinds[-2:] == ["messageStop", "metadata"]
+    args = "".join(e["contentBlockDelta"]["delta"]["toolUse"]["input"] for e in events if "contentBlockDelta" in e)
+    assert json.loads(args) == {"query": "hi"} and events[-1]["metadata"]["usage"]["outputTokens"] > 0
+    bedrock_sim.faults(status=429, errorType="ThrottlingException")
+    with pytest.raises(ClientError) as exc:
+        client.converse(modelId=MODEL, messages=msgs)
+    assert exc.value.response["Error"]["Code"] == "ThrottlingException"
+    bedrock_sim.clear()
+    session.set_credentials(ACCESS_KEY, "not-the-secret")
+    bad = session.create_client("bedrock-runtime", region_name="us-east-1", endpoint_url=bedrock_sim.url)
+    with pytest.raises(ClientError) as exc:
+        bad.converse(modelId=MODEL, messages=msgs)
+    assert exc.value.response["Error"]["Code"] == "InvalidSignatureException"
+
+
+@pytest.mark.parametrize("cut_first", ["bedrock", "anthropic"])
+def test_a_stream_cut_mid_answer_is_continued_on_the_other_cloud(bedrock_sim, anthropic_sim, aws_env, cut_first):
+    """streamFailover: continue: the delivered text is a prefill (a trailing assistant turn) for
+    the next target, in Converse's shape on Bedrock and in Anthropic's on Anthropic."""
+    cfg = config(bedrock_sim, anthropic_sim)
+    cfg["routes"][0]["streamFailover"] = "continue"
+    if cut_first == "bedrock":
+        cfg["routes"][0]["targets"][0]["priority"], cfg["routes"][0]["targets"][1]["priority"] = 1, 0
+    first, second = (bedrock_sim, anthropic_sim) if cut_first == "bedrock" else (anthropic_sim, bedrock_sim)
+    first.faults(cutAfterChunks=3, chunkDelay=0.01)
+    with ProxyServer(cfg) as proxy:
+        ready(proxy)
+        chunks = list(oai(proxy).chat.completions.create(model="claude-sonnet-4-5", stream=True,
+                                                         messages=[{"role": "user", "content": "hi"}]))
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == CANONICAL
+    body = last(second)["body"]
+    tail = body["messages"][-1]
+    assert tail["role"] == "assistant"
+    assert (tail["content"][0]["text"] if isinstance(tail["content"], list) else tail["content"]).startswith("The quick")
