@@ -281,3 +281,18 @@ def test_a_stream_cut_mid_answer_is_continued_on_the_other_cloud(bedrock_sim, an
     tail = body["messages"][-1]
     assert tail["role"] == "assistant"
     assert (tail["content"][0]["text"] if isinstance(tail["content"], list) else tail["content"]).startswith("The quick")
+
+
+def test_tool_calls_through_messages_and_responses_inbound(gw):
+    proxy, _ = gw
+    ac = anthropic.Anthropic(base_url=proxy.url, api_key="unused", max_retries=0)
+    tool = {"name": "search", "description": "Search the web", "input_schema": TOOL["function"]["parameters"]}
+    with ac.messages.stream(model="claude-sonnet-4-5", max_tokens=200, tools=[tool],
+                            messages=[{"role": "user", "content": "fox facts"}]) as stream:
+        msg = stream.get_final_message()
+    use = next(b for b in msg.content if b.type == "tool_use")
+    assert (use.name, use.input, msg.stop_reason) == ("search", {"query": "fox facts"}, "tool_use")
+    r = oai(proxy).responses.create(model="claude-sonnet-4-5", input="fox facts", tools=[
+        {"type": "function", "name": "search", "parameters": TOOL["function"]["parameters"]}])
+    call = next(o for o in r.output if o.type == "function_call")
+    assert call.name == "search" and json.loads(call.arguments) == {"query": "fox facts"}
