@@ -80,6 +80,8 @@ class BedrockAdapter:
     transient_statuses = BEDROCK_TRANSIENT
 
     def __init__(self, provider: Provider) -> None:
+        import botocore.auth  # noqa: F401  (loaded with the config, not on the first request's path)
+
         self.provider = provider
         self._base = provider.base_url.rstrip("/")
         self._region = provider.region or "us-east-1"
