@@ -74,6 +74,7 @@ def test_web_identity_through_sts_signs_with_session_credentials(clean_aws, tmp_
     clean_aws.setenv("AWS_WEB_IDENTITY_TOKEN_FILE", str(token))
     clean_aws.setenv("AWS_ROLE_ARN", "arn:aws:iam::123456789012:role/detour-bedrock")
     clean_aws.setenv("AWS_ENDPOINT_URL_STS", bedrock_sim.url + "/sts")
+    clean_aws.delenv("AWS_REGION")      # the provider's region is the session's
     with ProxyServer(config(bedrock_sim)) as proxy:
         cred = proxy.state.gateway.providers["bedrock"].credential
         assert cred.wait(10), cred.problem

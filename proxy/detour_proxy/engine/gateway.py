@@ -74,10 +74,10 @@ class Gateway:
 def _aws_credentials(p: Provider, prev: object, metrics: Metrics) -> AwsCredentials:
     """A bedrock provider's AWS credentials: the previous generation's when its profile did not
     change (no re-resolution on reload), else a new chain whose first resolution starts now."""
-    if isinstance(prev, AwsCredentials) and prev.profile == p.profile:
+    if isinstance(prev, AwsCredentials) and prev.profile == p.profile and prev.region == p.region:
         return prev
     name = p.name
-    creds = AwsCredentials(p.profile, name=name, on_result=lambda ok: metrics.credential_fetched(name, ok))
+    creds = AwsCredentials(p.profile, region=p.region, name=name, on_result=lambda ok: metrics.credential_fetched(name, ok))
     creds.start()
     return creds
 

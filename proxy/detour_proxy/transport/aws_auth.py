@@ -55,11 +55,15 @@ def _timer(delay: float, fn: Callable[[], None]) -> None:
     timer.start()
 
 
-def _resolve(profile: str | None) -> tuple[AwsKey, float | None]:
-    """One run of botocore's credential chain: (credentials, expiry as epoch seconds or None)."""
+def _resolve(profile: str | None, region: str | None = None) -> tuple[AwsKey, float | None]:
+    """One run of botocore's credential chain: (credentials, expiry as epoch seconds or None).
+    `region` (the provider's) is the session's default, so STS is called in that region when
+    neither AWS_REGION nor the profile names one."""
     import botocore.session
 
     session = botocore.session.Session(profile=profile)
+    if region and not session.get_config_variable("region"):
+        session.set_config_variable("region", region)
     creds = session.get_credentials()
     if creds is None:
         raise LookupError("no AWS credentials found (env, shared files, web identity, container or "
@@ -76,15 +80,17 @@ class AwsCredentials:
     """Lazily refreshed AWS credentials (the `Credential` interface: `get`, `file`, `describe`,
     `refresh`)."""
 
-    def __init__(self, profile: str | None = None, *, clock: Callable[[], float] = time.time, name: str = "",
+    def __init__(self, profile: str | None = None, *, region: str | None = None,
+                 clock: Callable[[], float] = time.time, name: str = "",
                  schedule: Callable[[float, Callable[[], None]], None] | None = None,
                  on_result: Callable[[bool], None] | None = None,
-                 resolve: Callable[[str | None], tuple[AwsKey, float | None]] = _resolve) -> None:
+                 resolve: Callable[[str | None], tuple[AwsKey, float | None]] | None = None) -> None:
         self._profile = profile
+        self._region = region
         self._clock = clock
         self._name = name
         self._schedule = schedule or _timer
-        self._resolve = resolve
+        self._resolve = resolve or (lambda prof: _resolve(prof, region))
         self.on_result = on_result
         self._lock = threading.Lock()
         self._key: AwsKey | None = None
@@ -109,6 +115,10 @@ class AwsCredentials:
     @property
     def profile(self) -> str | None:
         return self._profile
+
+    @property
+    def region(self) -> str | None:
+        return self._region
 
     @property
     def file(self) -> str | None:
