@@ -94,6 +94,7 @@ class BedrockAPI:
         return [
             ("POST", "/model/{model}/converse", self.converse),
             ("POST", "/model/{model}/converse-stream", self.converse),
+            ("POST", "/model/{model}/count-tokens", self.count_tokens),
         ]
 
     def extra_routes(self):
@@ -172,6 +173,38 @@ class BedrockAPI:
             return ("InvalidSignatureException", "The request signature we calculated does not match the "
                     "signature you provided. Check your AWS Secret Access Key and signing method.")
         return None
+
+    # -- count tokens -----------------------------------------------------------------
+    async def count_tokens(self, ctx: "Ctx") -> web.StreamResponse:
+        """CountTokens: `{"inputTokens": N}`, N = the words of every text in `system` and
+        `messages` (as the Anthropic flavour counts). `input.invokeModel.body` is Claude's
+        InvokeModel body (base64), which needs `anthropic_version: bedrock-2023-05-31`;
+        `input.converse` is a Converse body."""
+        request = ctx.request
+        problem = self._auth_problem(request, await request.read())
+        if problem is not None:
+            return self.error(403, problem[0], problem[1], ctx.headers, ctx.rid)
+        inp = ctx.body.get("input") if isinstance(ctx.body, dict) else None
+        doc: Any = None
+        if isinstance(inp, dict) and isinstance(inp.get("invokeModel"), dict):
+            import base64
+            try:
+                doc = orjson.loads(base64.b64decode(inp["invokeModel"].get("body", ""), validate=True))
+            except (ValueError, orjson.JSONDecodeError):
+                doc = None
+            if isinstance(doc, dict) and doc.get("anthropic_version") != "bedrock-2023-05-31":
+                return self.error(400, "ValidationException", "anthropic_version: bedrock-2023-05-31 is required",
+                                  ctx.headers, ctx.rid)
+        elif isinstance(inp, dict) and isinstance(inp.get("converse"), dict):
+            doc = inp["converse"]
+        if not isinstance(doc, dict) or not isinstance(doc.get("messages"), list) or not doc["messages"]:
+            return self.error(400, "ValidationException", "input: a body with messages is required", ctx.headers, ctx.rid)
+        system = doc.get("system")
+        texts = [system] if isinstance(system, str) else [b.get("text", "") for b in system or () if isinstance(b, dict)]
+        for m in doc["messages"]:
+            texts.append(content_text(m.get("content") if isinstance(m, dict) else None))
+        n = max(1, sum(len(t.split()) for t in texts))
+        return web.Response(body=orjson.dumps({"inputTokens": n}), headers=ctx.headers, content_type="application/json")
 
     # -- converse -------------------------------------------------------------------
     async def converse(self, ctx: "Ctx") -> web.StreamResponse:

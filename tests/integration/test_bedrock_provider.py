@@ -6,6 +6,7 @@ injects Bedrock's faults."""
 
 from __future__ import annotations
 
+import base64
 import json
 
 import anthropic
@@ -250,6 +251,7 @@ def test_the_simulator_speaks_what_botocores_bedrock_runtime_client_reads(bedroc
     assert kinds[0] == "messageStart" and kinds[-2:] == ["messageStop", "metadata"]
     args = "".join(e["contentBlockDelta"]["delta"]["toolUse"]["input"] for e in events if "contentBlockDelta" in e)
     assert json.loads(args) == {"query": "hi"} and events[-1]["metadata"]["usage"]["outputTokens"] > 0
+    assert client.count_tokens(modelId=MODEL, input={"converse": {"messages": msgs}})["inputTokens"] == 1
     bedrock_sim.faults(status=429, errorType="ThrottlingException")
     with pytest.raises(ClientError) as exc:
         client.converse(modelId=MODEL, messages=msgs)
@@ -296,3 +298,21 @@ def test_tool_calls_through_messages_and_responses_inbound(gw):
         {"type": "function", "name": "search", "parameters": TOOL["function"]["parameters"]}])
     call = next(o for o in r.output if o.type == "function_call")
     assert call.name == "search" and json.loads(call.arguments) == {"query": "fox facts"}
+
+
+def test_count_tokens_is_answered_by_claude_on_bedrock(gw):
+    """/v1/messages/count_tokens (Claude Code asks it constantly) on a Bedrock-only route: Bedrock's
+    CountTokens counts the client's Anthropic body as Claude's InvokeModel body, signed like the rest."""
+    proxy, sim = gw
+    client = anthropic.Anthropic(base_url=proxy.url, api_key="unused", max_retries=0)
+    n = client.messages.count_tokens(model="claude-sonnet-4-5", system="one two",
+                                     messages=[{"role": "user", "content": "three four five"}])
+    assert n.input_tokens == 5
+    req = last(sim)
+    assert req["path"] == f"/model/{MODEL}/count-tokens" and set(req["body"]["input"]) == {"invokeModel"}
+    body = json.loads(base64.b64decode(req["body"]["input"]["invokeModel"]["body"]))
+    assert body["anthropic_version"] == "bedrock-2023-05-31" and "model" not in body and body["system"] == "one two"
+    sim.faults(status=400, errorType="ValidationException", errorMessage="bad block")
+    with pytest.raises(anthropic.BadRequestError) as exc:
+        client.messages.count_tokens(model="claude-sonnet-4-5", messages=[{"role": "user", "content": "x"}])
+    assert "bad block" in str(exc.value)

@@ -16,6 +16,7 @@
 
 from __future__ import annotations
 
+import base64
 from typing import Any
 from urllib.parse import quote
 
@@ -34,6 +35,8 @@ __all__ = ["BedrockAdapter", "AwsKey", "BEDROCK_TRANSIENT", "sign"]
 
 BEDROCK_TRANSIENT = OPENAI_TRANSIENT | frozenset({424})
 SERVICE = "bedrock"
+#: The `anthropic_version` of Claude's InvokeModel body on Bedrock (what CountTokens counts).
+BEDROCK_ANTHROPIC_VERSION = "bedrock-2023-05-31"
 
 
 class AwsKey(str):
@@ -97,13 +100,13 @@ class BedrockAdapter:
         return f"{self._base}/model/{quote(model, safe='')}/{'converse-stream' if stream else 'converse'}"
 
     def _request(self, model: str, stream: bool, key: str | None, doc: dict[str, Any],
-                 trimmed: str = "") -> UpstreamRequest:
+                 trimmed: str = "", url: str | None = None) -> UpstreamRequest:
         if not key:
             raise TargetUnavailable(f"bedrock provider {self.provider.name!r} has no AWS credentials yet")
         headers = self._headers.copy()
         if stream:
             headers["Accept"] = "application/vnd.amazon.eventstream"
-        req = UpstreamRequest("POST", self.url(model, stream), headers, orjson.dumps(doc), trimmed)
+        req = UpstreamRequest("POST", url or self.url(model, stream), headers, orjson.dumps(doc), trimmed)
         if isinstance(key, AwsKey):
             sign(req, key, self._region)
         else:
@@ -126,6 +129,31 @@ class BedrockAdapter:
                                           f"of {model!r}")
         doc, trimmed = to_converse(body, model, self._max_tokens, prefill=delivered_text)
         return self._request(model, True, api_key, doc, trimmed)
+
+    def counts_tokens(self, model: str) -> bool:
+        """Claude on Bedrock answers CountTokens (Claude Code's frequent `/v1/messages/count_tokens`)."""
+        return is_claude(model)
+
+    def build_count_tokens(self, body: dict[str, Any], model: str, api_key: str | None,
+                           beta: str | None = None) -> UpstreamRequest:
+        """The client's Anthropic count_tokens body, as the InvokeModel body CountTokens counts
+        (no translation: every block type Claude takes is counted as Claude sees it)."""
+        doc = {k: v for k, v in body.items() if k != "model"}
+        doc["anthropic_version"] = BEDROCK_ANTHROPIC_VERSION
+        doc.setdefault("max_tokens", 1)   # InvokeModel's body requires it; it does not change the count
+        if beta:
+            doc["anthropic_beta"] = [b.strip() for b in beta.split(",") if b.strip()]
+        payload = {"input": {"invokeModel": {"body": base64.b64encode(orjson.dumps(doc)).decode()}}}
+        return self._request(model, False, api_key, payload,
+                             url=f"{self._base}/model/{quote(model, safe='')}/count-tokens")
+
+    def count_tokens_answer(self, status: int, raw: bytes) -> bytes:
+        """CountTokens' answer in Anthropic's count_tokens shape (errors as Anthropic errors)."""
+        if status == 200:
+            doc = orjson.loads(raw)
+            return orjson.dumps({"input_tokens": int(doc["inputTokens"])})
+        err = bedrock_error(status, {}, raw)
+        return orjson.dumps({"type": "error", "error": {"type": err.type, "message": err.message}})
 
     def parse_response(self, status: int, headers: Headers, raw: bytes) -> bytes:
         return from_converse(raw)

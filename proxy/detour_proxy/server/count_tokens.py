@@ -18,6 +18,7 @@ import orjson
 from ..adapters.base import is_retryable_status
 from ..adapters.anthropic import AnthropicAdapter
 from ..adapters.vertex import VertexAdapter
+from ..adapters.bedrock import BedrockAdapter
 from ..adapters import UnsupportedRequest, UpstreamRequest
 from ..errors import bad_request
 from ..inbound.messages import anthropic_status
@@ -42,7 +43,8 @@ async def count_tokens(state: AppState, route: RouteRuntime, body: dict[str, Any
     if not isinstance(body.get("messages"), list) or not body["messages"]:
         raise bad_request("messages: at least one message is required.", param="messages")
     targets = [tr for tr in route.targets if isinstance(tr.provider.adapter, AnthropicAdapter)
-               or (isinstance(tr.provider.adapter, VertexAdapter) and tr.provider.adapter.counts_tokens(tr.target.model))]
+               or (isinstance(tr.provider.adapter, (VertexAdapter, BedrockAdapter))
+                   and tr.provider.adapter.counts_tokens(tr.target.model))]
     if not targets:
         return (*_error(400, f"No target of route '{route.route.name}' can count tokens: only Anthropic targets "
                         "answer /v1/messages/count_tokens (another provider's tokenizer gives other numbers).",
@@ -52,7 +54,7 @@ async def count_tokens(state: AppState, route: RouteRuntime, body: dict[str, Any
         if not tr.state.admits(state.clock.now()):
             continue
         prov = tr.provider
-        if isinstance(prov.adapter, VertexAdapter):
+        if isinstance(prov.adapter, (VertexAdapter, BedrockAdapter)):
             try:
                 req = prov.adapter.build_count_tokens(body, tr.target.model, prov.api_key(), beta)
             except UnsupportedRequest:   # no Google access token yet: the next target counts
@@ -77,6 +79,12 @@ async def count_tokens(state: AppState, route: RouteRuntime, body: dict[str, Any
                           "overloaded_error")
             continue
         if resp.status == 200 or not is_retryable_status(resp.status):
+            if isinstance(prov.adapter, BedrockAdapter):   # CountTokens' shape -> Anthropic's
+                try:
+                    raw = prov.adapter.count_tokens_answer(resp.status, raw)
+                except (ValueError, KeyError, TypeError):
+                    last = _error(529, f"{tr.label} sent a count Detour cannot read.", "overloaded_error")
+                    continue
             return resp.status, list(_JSON), raw, tr.label
         status = anthropic_status(resp.status)
         last = _error(status, f"{tr.label} answered {resp.status} to count_tokens.",
