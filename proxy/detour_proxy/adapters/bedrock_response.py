@@ -94,6 +94,14 @@ def from_converse(raw: bytes, model: str = "", created: int | None = None) -> by
     return from_anthropic(orjson.dumps(anthropic), model, created)
 
 
+def _obj(x: Any) -> dict[str, Any]:
+    return x if isinstance(x, dict) else {}
+
+
+def _str(x: Any) -> str:
+    return x if isinstance(x, str) else ""
+
+
 def _name_of(header: str | None) -> str:
     """`ThrottlingException:http://internal.amazon.com/...` -> `ThrottlingException`."""
     return (header or "").split(":", 1)[0].strip()
@@ -200,24 +208,27 @@ class ConverseStreamDecoder:
 
     def _event(self, kind: str, doc: dict[str, Any]) -> list[StreamEvent]:
         idx = doc.get("contentBlockIndex", 0)
+        if not isinstance(idx, int):
+            idx = 0
         if kind == "contentBlockDelta":
-            d = doc.get("delta") or {}
+            d = _obj(doc.get("delta"))
             if isinstance(d.get("text"), str):
                 return self._emit({"type": "content_block_delta", "index": idx,
                                    "delta": {"type": "text_delta", "text": d["text"]}})
-            if isinstance(d.get("toolUse"), dict):
+            piece = _obj(d.get("toolUse")).get("input")
+            if isinstance(piece, str):
                 return self._emit({"type": "content_block_delta", "index": idx,
-                                   "delta": {"type": "input_json_delta", "partial_json": d["toolUse"].get("input") or ""}})
+                                   "delta": {"type": "input_json_delta", "partial_json": piece}})
             rc = d.get("reasoningContent")
             if isinstance(rc, dict) and isinstance(rc.get("text"), str):
                 return self._emit({"type": "content_block_delta", "index": idx,
                                    "delta": {"type": "thinking_delta", "thinking": rc["text"]}})
             return []
         if kind == "contentBlockStart":
-            tu = (doc.get("start") or {}).get("toolUse")
-            if isinstance(tu, dict):
+            tu = _obj(_obj(doc.get("start")).get("toolUse"))
+            if tu:
                 return self._emit({"type": "content_block_start", "index": idx, "content_block": {
-                    "type": "tool_use", "id": tu.get("toolUseId", ""), "name": tu.get("name", "")}})
+                    "type": "tool_use", "id": _str(tu.get("toolUseId")), "name": _str(tu.get("name"))}})
             return []
         if kind == "messageStart":
             return self._emit({"type": "message_start", "message": {}})
@@ -225,13 +236,13 @@ class ConverseStreamDecoder:
             self._stopped = True
             return self._emit({"type": "message_delta", "delta": {"stop_reason": _stop(doc.get("stopReason"))}})
         if kind == "metadata":
-            self._usage = doc.get("usage") or {}
+            self._usage = _obj(doc.get("usage"))
             return self._finish()
         return []   # contentBlockStop and future events carry nothing for the client
 
     def close(self) -> list[StreamEvent]:
         if self._over:
             return []
-        if self._stopped and self._es.pending == 0:
+        if self._stopped:   # messageStop arrived: the answer is complete, only usage may be missing
             return self._finish()
         return self._fail(UpstreamError(502, "stream_error", "truncated", "bedrock stream ended before messageStop"))
