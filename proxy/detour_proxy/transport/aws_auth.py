@@ -18,7 +18,7 @@ rotated key in a shared file or a re-projected token file is picked up without a
 
 A failed resolution keeps the old credentials while they are valid, retries with backoff
 (1 s doubling to 60 s) and is logged once per distinct problem by exception class and a
-redacted message. The secret key and session token never reach a log, an error, a metric or
+redacted message (the loop is `_refreshed.BackgroundRefreshed`, shared with `GoogleToken`). The secret key and session token never reach a log, an error, a metric or
 status; the secret is what `get()` returns as a string, so the engine's redaction of provider
 keys removes it verbatim from upstream text too.
 """
@@ -27,13 +27,12 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-import threading
 import time
 from collections.abc import Callable
 from typing import Any
 
 from ..adapters.bedrock import AwsKey
-from ..adapters.errors import redact
+from ._refreshed import BackgroundRefreshed
 
 log = logging.getLogger("detour.aws_auth")
 
@@ -43,16 +42,6 @@ __all__ = ["AwsCredentials"]
 MAX_MARGIN = 900.0
 #: Long-lived credentials (env, shared file): looked up again this often (rotation).
 STATIC_RECHECK = 300.0
-#: Credentials this close to expiry are not used any more (clock skew, time in flight).
-EXPIRY_GUARD = 5.0
-MAX_BACKOFF = 60.0
-BACKGROUND_RETRIES = 6
-
-
-def _timer(delay: float, fn: Callable[[], None]) -> None:
-    timer = threading.Timer(max(0.0, delay), fn)
-    timer.daemon = True
-    timer.start()
 
 
 def _resolve(profile: str | None, region: str | None = None) -> tuple[AwsKey, float | None]:
@@ -76,37 +65,24 @@ def _resolve(profile: str | None, region: str | None = None) -> tuple[AwsKey, fl
     return AwsKey.of(frozen.access_key, frozen.secret_key, frozen.token), expires
 
 
-class AwsCredentials:
+class AwsCredentials(BackgroundRefreshed[AwsKey]):
     """Lazily refreshed AWS credentials (the `Credential` interface: `get`, `file`, `describe`,
     `refresh`)."""
+
+    max_margin = MAX_MARGIN
+    static_recheck = STATIC_RECHECK
+    thread_prefix = "aws-credentials"
+    what = "AWS credentials"
 
     def __init__(self, profile: str | None = None, *, region: str | None = None,
                  clock: Callable[[], float] = time.time, name: str = "",
                  schedule: Callable[[float, Callable[[], None]], None] | None = None,
                  on_result: Callable[[bool], None] | None = None,
                  resolve: Callable[[str | None], tuple[AwsKey, float | None]] | None = None) -> None:
+        super().__init__(clock=clock, name=name, schedule=schedule, on_result=on_result, log=log)
         self._profile = profile
         self._region = region
-        self._clock = clock
-        self._name = name
-        self._schedule = schedule or _timer
         self._resolve = resolve or (lambda prof: _resolve(prof, region))
-        self.on_result = on_result
-        self._lock = threading.Lock()
-        self._key: AwsKey | None = None
-        self._expiry = 0.0
-        self._refresh_at = 0.0
-        self._inflight = False
-        self._failures = 0
-        self._next_try = 0.0
-        self._problem: str | None = None
-        self._fetched = threading.Event()
-        self.refreshes = 0
-
-    def __repr__(self) -> str:
-        return f"AwsCredentials({self.describe})"
-
-    __str__ = __repr__
 
     @property
     def describe(self) -> str:
@@ -124,75 +100,9 @@ class AwsCredentials:
     def file(self) -> str | None:
         return None   # the chain re-reads its files on every refresh
 
-    @property
-    def problem(self) -> str | None:
-        return self._problem
+    def _fetch(self, started: float) -> tuple[AwsKey, float | None]:
+        return self._resolve(self._profile)
 
-    def start(self) -> None:
-        self._kick(self._clock(), force=True)
-
-    def wait(self, timeout: float) -> bool:
-        """Block until credentials were resolved once (tests, tools; never on the event loop)."""
-        return self._fetched.wait(timeout)
-
-    def get(self) -> AwsKey | None:
-        now = self._clock()
-        if now >= self._refresh_at:
-            self._kick(now)
-        key = self._key
-        return key if key is not None and now < self._expiry else None
-
-    def refresh(self, complete: bool = False) -> None:
-        self._kick(self._clock(), force=True)
-
-    def _report(self, ok: bool) -> None:
-        if self.on_result is not None:
-            try:
-                self.on_result(ok)
-            except Exception:  # noqa: BLE001
-                log.exception("provider %s: reporting a credential fetch failed", self._name)
-
-    def _kick(self, now: float, force: bool = False) -> None:
-        with self._lock:
-            if self._inflight or (not force and now < self._next_try):
-                return
-            self._inflight = True
-        threading.Thread(target=self._run, name=f"aws-credentials-{self._name}", daemon=True).start()
-
-    def _run(self) -> None:
-        started = self._clock()
-        try:
-            key, expires = self._resolve(self._profile)
-            with self._lock:
-                self._key = key
-                if expires is None:
-                    self._expiry = float("inf")
-                    self._refresh_at = started + STATIC_RECHECK
-                else:
-                    lifetime = max(0.0, expires - started)
-                    self._expiry = expires - min(EXPIRY_GUARD, lifetime / 4)
-                    self._refresh_at = expires - min(MAX_MARGIN, lifetime / 2)
-                self._failures, self._next_try = 0, 0.0
-            if self._problem is not None:
-                log.info("provider %s: the %s works again", self._name, self.describe)
-            self._problem = None
-            self.refreshes += 1
-            self._fetched.set()
-            self._report(True)
-        except Exception as exc:  # noqa: BLE001  (any failure: keep the old credentials, retry later)
-            old = self._key
-            secrets = (old, old.token, old.access_key) if old is not None else ()
-            problem = f"{type(exc).__name__}: {redact(str(exc), secrets)[:300]}"
-            with self._lock:
-                self._failures += 1
-                self._next_try = self._clock() + min(MAX_BACKOFF, 2.0 ** (self._failures - 1))
-            if self._failures <= BACKGROUND_RETRIES:
-                self._schedule(self._next_try - self._clock(), lambda: self._kick(self._clock(), force=True))
-            if problem != self._problem:
-                log.warning("provider %s: cannot get AWS credentials from the %s: %s",
-                            self._name, self.describe, problem)
-            self._problem = problem
-            self._report(False)
-        finally:
-            with self._lock:
-                self._inflight = False
+    def _secrets(self) -> tuple[str | None, ...]:
+        old = self._value
+        return (old, old.token, old.access_key) if old is not None else ()

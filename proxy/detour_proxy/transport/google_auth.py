@@ -27,12 +27,11 @@ import datetime as dt
 import json
 import logging
 import os
-import threading
 import time
 from collections.abc import Callable
 from typing import Any
 
-from ..adapters.errors import redact
+from ._refreshed import BackgroundRefreshed
 
 log = logging.getLogger("detour.google_auth")
 
@@ -73,43 +72,26 @@ def _from_file(path: str, scopes: list[str]) -> Any:
     return creds
 
 
-def _timer(delay: float, fn: Callable[[], None]) -> None:
-    timer = threading.Timer(max(0.0, delay), fn)
-    timer.daemon = True
-    timer.start()
-
-
-class GoogleToken:
+class GoogleToken(BackgroundRefreshed[str]):
     """A lazily refreshed Google OAuth access token (the `Credential` interface: `get`, `file`,
     `describe`, `refresh`)."""
+
+    max_margin = MAX_MARGIN
+    expiry_guard = EXPIRY_GUARD
+    max_backoff = MAX_BACKOFF
+    background_retries = BACKGROUND_RETRIES
+    thread_prefix = "google-token"
+    what = "a Google access token"
 
     def __init__(self, credentials_file: str | None, *, scopes: tuple[str, ...] = (CLOUD_PLATFORM,),
                  clock: Callable[[], float] = time.time, name: str = "",
                  schedule: Callable[[float, Callable[[], None]], None] | None = None,
                  on_result: Callable[[bool], None] | None = None) -> None:
+        super().__init__(clock=clock, name=name, schedule=schedule, on_result=on_result, log=log)
         self._file = credentials_file
         self._scopes = scopes
-        self._clock = clock
-        self._name = name
-        self._schedule = schedule or _timer
-        self.on_result = on_result   # called after each fetch with its success (metrics)
-        self._lock = threading.Lock()
         self._creds: Any = None
         self._stamp: tuple[int, int, int] | None = None
-        self._token: str | None = None
-        self._expiry = 0.0        # not sent from here on (expiry minus a guard for skew and flight time)
-        self._refresh_at = 0.0
-        self._inflight = False
-        self._failures = 0
-        self._next_try = 0.0
-        self._problem: str | None = None
-        self._fetched = threading.Event()
-        self.refreshes = 0   # successful fetches (tests and debugging)
-
-    def __repr__(self) -> str:
-        return f"GoogleToken({self.describe})"
-
-    __str__ = __repr__
 
     @property
     def describe(self) -> str:
@@ -119,46 +101,18 @@ class GoogleToken:
     def file(self) -> str | None:
         return self._file
 
-    @property
-    def problem(self) -> str | None:
-        """The last refresh failure (class and redacted message), None after a success."""
-        return self._problem
-
-    def start(self) -> None:
-        """Fetch the first token now (in the background)."""
-        self._kick(self._clock(), force=True)
-
-    def wait(self, timeout: float) -> bool:
-        """Block until a token was fetched once (tests, tools; never on the event loop)."""
-        return self._fetched.wait(timeout)
-
-    def get(self) -> str | None:
-        now = self._clock()
-        if now >= self._refresh_at:
-            self._kick(now)
-        token = self._token
-        return token if token is not None and now < self._expiry else None
-
     def refresh(self, complete: bool = False) -> None:
         """The credentials file changed: load it again and fetch a token with it."""
         with self._lock:
             self._creds = None
         self._kick(self._clock(), force=True)
 
-    def _report(self, ok: bool) -> None:
-        if self.on_result is not None:
-            try:
-                self.on_result(ok)
-            except Exception:  # noqa: BLE001  (observability must never break the refresh)
-                log.exception("provider %s: reporting a token fetch failed", self._name)
+    def _first_backoff(self) -> float:
+        return FIRST_BACKOFF   # read at call time: tests shorten it
 
-    # -- the refresh thread -------------------------------------------------------------------
-    def _kick(self, now: float, force: bool = False) -> None:
-        with self._lock:
-            if self._inflight or (not force and now < self._next_try):
-                return
-            self._inflight = True
-        threading.Thread(target=self._run, name=f"google-token-{self._name}", daemon=True).start()
+    def _failed(self, exc: BaseException) -> None:
+        if self._file is not None and isinstance(exc, (OSError, ValueError)):
+            self._creds = None   # re-read the file next time
 
     def _load(self) -> Any:
         import google.auth
@@ -174,49 +128,16 @@ class GoogleToken:
         self._stamp = stamp
         return creds
 
-    def _run(self) -> None:
+    def _fetch(self, started: float) -> tuple[str, float | None]:
         from google.auth.transport.requests import Request
 
-        started = self._clock()
-        try:
-            creds = self._load()
-            creds.refresh(Request())
-            token = creds.token
-            if not isinstance(token, str) or not token:
-                raise ValueError("the credentials gave no access token")
-            expiry = creds.expiry
-            if isinstance(expiry, dt.datetime):   # google-auth: naive UTC
-                expires = expiry.replace(tzinfo=dt.timezone.utc).timestamp()
-            else:
-                expires = started + 3600.0
-            lifetime = max(0.0, expires - started)
-            with self._lock:
-                self._creds = creds
-                self._token, self._expiry = token, expires - min(EXPIRY_GUARD, lifetime / 4)
-                self._refresh_at = expires - min(MAX_MARGIN, lifetime / 2)
-                self._failures, self._next_try = 0, 0.0
-            if self._problem is not None:
-                log.info("provider %s: %s work again", self._name, self.describe)
-            self._problem = None
-            self.refreshes += 1
-            self._fetched.set()
-            self._report(True)
-        except Exception as exc:  # noqa: BLE001  (any failure: keep the old token, retry later)
-            problem = f"{type(exc).__name__}: {redact(str(exc), (self._token,))[:300]}"
-            with self._lock:
-                self._failures += 1
-                self._next_try = self._clock() + min(MAX_BACKOFF, FIRST_BACKOFF * 2.0 ** (self._failures - 1))
-                if self._file is not None and isinstance(exc, (OSError, ValueError)):
-                    self._creds = None   # re-read the file next time
-            if self._failures <= BACKGROUND_RETRIES:
-                # Keep trying on our own for a while, so a recovered endpoint has a token ready
-                # before traffic asks; after that, requests (`get`) trigger the retries.
-                self._schedule(self._next_try - self._clock(), lambda: self._kick(self._clock(), force=True))
-            if problem != self._problem:
-                log.warning("provider %s: cannot get a Google access token from %s: %s",
-                            self._name, self.describe, problem)
-            self._problem = problem
-            self._report(False)
-        finally:
-            with self._lock:
-                self._inflight = False
+        creds = self._load()
+        creds.refresh(Request())
+        token = creds.token
+        if not isinstance(token, str) or not token:
+            raise ValueError("the credentials gave no access token")
+        self._creds = creds
+        expiry = creds.expiry
+        if isinstance(expiry, dt.datetime):   # google-auth: naive UTC
+            return token, expiry.replace(tzinfo=dt.timezone.utc).timestamp()
+        return token, started + 3600.0
