@@ -232,8 +232,10 @@ def test_a_full_outage_is_shed_not_hammered(primary, secondary):
     primary.faults(status=503)
     secondary.faults(status=503)
     with ProxyServer(cfg) as proxy, httpx.Client(timeout=10) as client:
-        for _ in range(3):   # opens both breakers, then one forced probe each fails
-            client.post(proxy.v1 + "/chat/completions", json=chat_body())
+        for i in range(3):   # opens both breakers, then one forced probe each fails
+            r = client.post(proxy.v1 + "/chat/completions", json=chat_body())
+            if i > 0:   # the provider's bare 503 after a failed probe still says when the next may go
+                assert r.status_code == 503 and 1 <= int(r.headers["retry-after"]) <= 60, r.headers
         sent = primary.requests() + secondary.requests()
         for _ in range(10):
             r = client.post(proxy.v1 + "/chat/completions", json=chat_body())

@@ -73,8 +73,9 @@ def failure_reply(ctx: RequestContext, give_up: GiveUp, last_err: UpstreamError 
     msg = f"All attempts failed ({ctx.attempts} attempts, {give_up.reason}): {summarize(ctx)}"
     if last_err is not None and last_err.message:
         msg += f". Last error: {last_err.message}"
-    if last_err is not None and last_err.retry_after is not None and status in (429, 503):
-        headers.append((b"retry-after", str(retry_after_header(last_err.retry_after)).encode()))
+    hint = last_err.retry_after if last_err is not None and last_err.retry_after is not None else give_up.retry_after
+    if hint is not None and status in (429, 503):
+        headers.append((b"retry-after", str(retry_after_header(hint)).encode()))
     return Reply(status, headers, codec.error(msg, "upstream_error", "all_targets_failed"))
 
 

@@ -348,4 +348,10 @@ class RequestPlan:
                 ticket = states[i].acquire(now)
                 if ticket is not None:
                     return self._try(i, ticket, 0.0, "fallback")
-        return self._give_up("deadline" if blocked_by_deadline else "exhausted", last)
+        # Every attempt failed: when each target is now held by its breaker (a failed probe),
+        # say when the soonest one admits again, so the client's Retry-After is true.
+        wait = None
+        if last is not None and self.order and all(states[i].held_by_breaker(now) for i in self.order):
+            soonest = min(states[i].available_at(now) for i in self.order)
+            wait = soonest - now if soonest != math.inf else PROBES_OUT_RETRY_AFTER
+        return self._give_up("deadline" if blocked_by_deadline else "exhausted", last, wait)

@@ -80,3 +80,15 @@ def test_two_open_targets_each_get_their_probes_and_no_more():
     tries = [s for s in steps if isinstance(s, Try)]
     assert len(tries) == 2 and [st.in_flight for st in sts] == [1, 1]   # one probe each, then refusals
     assert all(isinstance(s, GiveUp) and s.breaker_open for s in steps[2:])
+
+
+def test_a_failed_forced_probe_gives_up_with_when_the_next_probe_may_go():
+    planner, clock = make(n=1, breaker={"cooldown": 30.0, "max_cooldown": 600.0, "half_open_probes": 1})
+    (st,) = _open_all(planner, clock)
+    p = planner.begin(clock.now())
+    assert p.next(clock.now()).reason == "forced"
+    clock.advance(0.5)
+    p.record(Outcome.http(503, duration=0.5), clock.now())
+    step = p.next(clock.now())
+    assert isinstance(step, GiveUp) and step.reason == "exhausted"
+    assert step.retry_after is not None and abs(step.retry_after - (st.cooldown_until - clock.now())) < 1e-9

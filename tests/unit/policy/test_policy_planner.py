@@ -130,7 +130,10 @@ def test_all_open_forces_the_soonest_once():
     assert (step.index, step.reason, step.delay, step.attempt) == (1, "forced", 0.0, 1)
     assert sts[1].in_flight == 1
     plan.record(Outcome.http(503), now + 0.5)
-    assert plan.next(now + 0.5) == GiveUp("exhausted", Outcome.http(503))
+    give_up = plan.next(now + 0.5)
+    assert (give_up.reason, give_up.last) == ("exhausted", Outcome.http(503))
+    # every target is held by its breaker: the hint is when the soonest one admits again
+    assert give_up.retry_after == min(st.available_at(now + 0.5) for st in sts) - (now + 0.5) == 39.5
     assert sts[1].in_flight == 0
 
 
