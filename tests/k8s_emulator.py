@@ -418,6 +418,7 @@ class ApiCall(NamedTuple):
     namespace: str     # "" for cluster-wide requests
     name: str          # "" for collection requests
     subresource: str   # "status", or ""
+    field_selector: str = ""  # the request's fieldSelector, e.g. "metadata.name=llm-keys"
 
 
 def api_calls(k8s: K8sEmulator) -> list[ApiCall]:
@@ -430,7 +431,8 @@ def api_calls(k8s: K8sEmulator) -> list[ApiCall]:
         return [ApiCall(str(getattr(req.method, "value", req.method) or ""),
                         str(getattr(req.action, "value", req.action) or ""),
                         req.resource.plural if req.resource is not None else "",
-                        req.namespace or "", req.name or "", req.subresource or "")
+                        req.namespace or "", req.name or "", req.subresource or "",
+                        str(req.params.get("fieldSelector") or ""))
                 for req in list(k8s.emulator)]
     return k8s.call(collect())
 

@@ -1,9 +1,13 @@
 """kopf handlers: thin adapters from Kubernetes events to `reconcile.Reconciler`.
 
-Why this shape: every LLMProvider/RoutingPolicy/Secret event only means "namespace N may need
+Why this shape: every LLMProvider/RoutingPolicy event only means "namespace N may need
 re-rendering", so handlers unpack the event and ask the reconciler to re-render that namespace
 (serialized and coalesced per namespace). All state comes from kopf indexes, filled from the watch
 streams kopf already runs, so no handler lists objects from the API per event.
+
+Secrets are not watched by kopf: it can only watch a whole resource, and the operator must not
+list or watch Secrets no LLMProvider references. The reconciler watches each referenced Secret
+by name (secret_refs.py) and re-renders on its changes.
 
 Why `on.event` and not on.create/update/delete: those make kopf persist its own state in each
 object (a `last-handled-configuration` annotation with the whole spec, progress annotations), one
@@ -27,13 +31,12 @@ from typing import Any
 import kopf
 
 from . import health, specs
-from .reconcile import SECRET_EVENTS, Indexes, Reconciler, start_metrics
+from .reconcile import Indexes, Reconciler, start_metrics
 from .settings import load_settings
 
 SETTINGS = load_settings()
 G, V = specs.GROUP, specs.VERSION
 LLMP, RPOL = "llmproviders", "routingpolicies"
-OWN_LABEL = {"app.kubernetes.io/managed-by": "detour-operator"}
 
 
 def _slim(body: Any, kind: str) -> dict[str, Any]:
@@ -63,7 +66,7 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: logg
 @kopf.on.cleanup()
 async def cleanup(memo: kopf.Memo, **_: Any) -> None:
     if getattr(memo, "detour", None) is not None:
-        memo.detour.close()
+        await memo.detour.close()
 
 
 # ---- indexes: the operator's view of the cluster ---------------------------------------------
@@ -76,19 +79,6 @@ def providers_idx(namespace: str, body: kopf.Body, **_: Any) -> dict[str, Any]:
 @kopf.index(G, V, RPOL)
 def policies_idx(namespace: str, body: kopf.Body, **_: Any) -> dict[str, Any]:
     return {namespace: _slim(body, "RoutingPolicy")}
-
-
-@kopf.index(G, V, LLMP)
-def secret_dependents_idx(namespace: str, name: str, spec: kopf.Spec, **_: Any) -> dict[Any, str] | None:
-    ref = spec.get("apiKeySecretRef") or {}
-    return {(namespace, ref["name"]): name} if ref.get("name") else None
-
-
-@kopf.index("v1", "secrets", labels={k: kopf.ABSENT for k in OWN_LABEL})
-def secrets_idx(namespace: str, name: str, body: kopf.Body, **_: Any) -> dict[Any, dict[str, str]] | None:
-    if body.get("type", "Opaque") != "Opaque":  # service-account tokens, TLS, helm releases: never API keys
-        return None
-    return {(namespace, name): dict(body.get("data") or {})}
 
 
 @kopf.index("v1", "pods", labels=SETTINGS.pod_labels(), annotations={health.ANNOTATION: kopf.PRESENT})
@@ -110,17 +100,6 @@ async def policy_changed(type: str | None, body: kopf.Body, namespace: str, memo
                          logger: logging.Logger, **kwargs: Any) -> None:
     if memo.detour.spec_changed(type, body):
         await memo.detour.request(namespace, "RoutingPolicy", Indexes.from_kwargs(kwargs), logger)
-
-
-@kopf.on.event("v1", "secrets", labels={k: kopf.ABSENT for k in OWN_LABEL})
-async def secret_changed(namespace: str, name: str, memo: kopf.Memo, logger: logging.Logger,
-                         secret_dependents_idx: kopf.Index, **kwargs: Any) -> None:
-    if (namespace, name) not in secret_dependents_idx:  # only Secrets an LLMProvider references matter
-        SECRET_EVENTS.labels("ignored").inc()
-        return
-    SECRET_EVENTS.labels("rerender").inc()
-    indexes = Indexes.from_kwargs({"secret_dependents_idx": secret_dependents_idx, **kwargs})
-    await memo.detour.request(namespace, "Secret", indexes, logger)
 
 
 @kopf.on.event("v1", "pods", labels=SETTINGS.pod_labels(), annotations={health.ANNOTATION: kopf.PRESENT})

@@ -25,14 +25,12 @@ import kubernetes
 from prometheus_client import Counter, start_http_server
 
 from . import conditions, health, manifests, render, specs
+from .secret_refs import SecretRefs
 from .settings import OperatorSettings
 
 RECONCILES = Counter("detour_operator_reconcile_total", "Namespace reconciles by trigger kind and result.",
                      ["kind", "result"])
 ERRORS = Counter("detour_operator_reconcile_errors_total", "Reconciles that failed (and will be retried).")
-SECRET_EVENTS = Counter("detour_operator_secret_events_total",
-                        "Secret watch events, by whether an LLMProvider references the Secret (rerender) or not (ignored).",
-                        ["result"])
 OBJECT_EVENTS = Counter("detour_operator_object_events_total",
                         "LLMProvider/RoutingPolicy watch events, by whether they can change the config (rerender) "
                         "or only touched status/metadata (ignored).", ["result"])
@@ -43,6 +41,9 @@ MERGE = "application/merge-patch+json"
 #: Status PATCHes in flight at once during one reconcile (hundreds of objects on the first render).
 STATUS_CONCURRENCY = 8
 RETRY_BASE, RETRY_MAX = 1.0, 60.0
+#: How long a render waits for the first read of a newly referenced Secret before it gives up
+#: (and is retried): it never renders a Secret not yet read as a missing one.
+SECRET_LOAD_TIMEOUT = 15.0
 PLURAL = {"LLMProvider": "llmproviders", "RoutingPolicy": "routingpolicies"}
 _metrics_started = False
 
@@ -61,19 +62,14 @@ class Indexes:
 
     providers: Any
     policies: Any
-    secrets: Any
     pods: Any
 
     @classmethod
     def from_kwargs(cls, kwargs: dict[str, Any]) -> Indexes:
-        return cls(kwargs["providers_idx"], kwargs["policies_idx"], kwargs["secrets_idx"], kwargs["proxy_pods_idx"])
+        return cls(kwargs["providers_idx"], kwargs["policies_idx"], kwargs["proxy_pods_idx"])
 
     def objects(self, index: Any, namespace: str) -> list[dict[str, Any]]:
         return [dict(v) for v in index.get(namespace, [])]
-
-    def secret(self, namespace: str, name: str) -> dict[str, str] | None:
-        store = self.secrets.get((namespace, name))
-        return dict(next(iter(store))) if store else None
 
 
 async def _bounded(coros: list[Any], limit: int) -> None:
@@ -107,7 +103,8 @@ def _ref(obj: dict[str, Any]) -> dict[str, Any]:
 
 
 class Reconciler:
-    def __init__(self, settings: OperatorSettings, api: kubernetes.client.ApiClient | None = None) -> None:
+    def __init__(self, settings: OperatorSettings, api: kubernetes.client.ApiClient | None = None,
+                 secret_refs: SecretRefs | None = None) -> None:
         self.settings = settings
         self.api = api or _api_client()
         self.core = kubernetes.client.CoreV1Api(self.api)
@@ -123,13 +120,26 @@ class Reconciler:
         self.health_dirty: set[str] = set()
         self.failures: dict[str, int] = {}          # namespace -> failed reconciles in a row
         self.retries: set[asyncio.Task[None]] = set()
+        # The Secrets LLMProviders reference, watched one by one (never the namespace's others).
+        self.secret_refs = secret_refs or SecretRefs(self._secret_changed)
+        self.last: dict[str, tuple[Indexes, logging.Logger]] = {}  # namespace -> what its last request passed
 
-    def close(self) -> None:
+    async def close(self) -> None:
         for task in self.health_tasks.values():
             task.cancel()
         for timer in self.health_timers.values():
             timer.cancel()
+        await self.secret_refs.close()
         self.api.close()
+
+    def _secret_changed(self, ns: str) -> None:
+        """A referenced Secret's data changed (or it appeared/went): re-render its namespace."""
+        if ns not in self.last:
+            return
+        idx, logger = self.last[ns]
+        task = asyncio.get_running_loop().create_task(self._retry(ns, idx, logger, "Secret"))
+        self.retries.add(task)
+        task.add_done_callback(self.retries.discard)
 
     def spec_changed(self, event_type: str | None, body: Any) -> bool:
         """Whether a watch event of an LLMProvider/RoutingPolicy can change the rendered config:
@@ -152,6 +162,7 @@ class Reconciler:
     async def request(self, namespace: str, kind: str, indexes: Indexes, logger: logging.Logger) -> None:
         """Re-render `namespace` once after this call; coalesces with renders queued behind a running one."""
         self.dirty.add(namespace)
+        self.last[namespace] = (indexes, logger)
         async with self.locks[namespace]:
             if namespace not in self.dirty:
                 return  # a render that started after our request already covered it
@@ -176,23 +187,23 @@ class Reconciler:
         loop.call_later(delay, lambda: self.retries.add(
             loop.create_task(self._retry(ns, idx, logger))))
 
-    async def _retry(self, ns: str, idx: Indexes, logger: logging.Logger) -> None:
+    async def _retry(self, ns: str, idx: Indexes, logger: logging.Logger, kind: str = "Retry") -> None:
         try:
-            await self.request(ns, "Retry", idx, logger)
+            await self.request(ns, kind, idx, logger)
         except Exception:
             pass  # counted, logged and rescheduled by request()
 
     async def _reconcile(self, ns: str, idx: Indexes, logger: logging.Logger) -> str:
         providers = idx.objects(idx.providers, ns)
         policies = idx.objects(idx.policies, ns)
-        secrets: dict[str, dict[str, str]] = {}
-        for p in providers:
-            ref = (p.get("spec") or {}).get("apiKeySecretRef") or {}
-            if ref.get("name") and (data := idx.secret(ns, ref["name"])) is not None:
-                secrets[ref["name"]] = data
+        refs = set().union(*(render.secret_names(p) for p in providers))
+        self.secret_refs.want(ns, refs)
+        await self.secret_refs.wait_loaded(ns, refs, SECRET_LOAD_TIMEOUT)
+        secrets = {n: d for n in refs if (d := self.secret_refs.data(ns, n)) is not None}
+        unreadable = {n: e for n in refs if (e := self.secret_refs.error(ns, n))}
         # Rendering validates every object (pydantic): in a thread, so a namespace with hundreds
         # of objects does not stall kopf's event loop (watch streams, other namespaces, timers).
-        result = await asyncio.to_thread(render.render, providers, policies, secrets, self.settings, ns)
+        result = await asyncio.to_thread(render.render, providers, policies, secrets, self.settings, ns, unreadable)
         outcome = "invalid"
         if result.config is not None:
             owners = manifests.owner_references(

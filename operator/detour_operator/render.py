@@ -93,8 +93,16 @@ def _validate(model: type[BaseModel], data: Any) -> tuple[BaseModel | None, str 
         return None, _errors(exc)
 
 
+def secret_names(obj: Mapping[str, Any]) -> set[str]:
+    """The Secrets an LLMProvider references (by name, in its namespace): the operator reads and
+    watches these and no other Secret (secret_refs.py)."""
+    ref = (obj.get("spec") or {}).get("apiKeySecretRef") or {}
+    return {ref["name"]} if isinstance(ref, Mapping) and isinstance(ref.get("name"), str) and ref["name"] else set()
+
+
 def _provider(obj: Mapping[str, Any], secrets: Mapping[str, Mapping[str, str]],
-              settings: OperatorSettings, result: RenderResult) -> dict[str, Any] | None:
+              settings: OperatorSettings, result: RenderResult,
+              unreadable: Mapping[str, str] | None = None) -> dict[str, Any] | None:
     name = obj["metadata"]["name"]
     key = (LLMP, name)
     spec, err = _validate(specs.LLMProviderSpec, obj.get("spec"))
@@ -116,6 +124,10 @@ def _provider(obj: Mapping[str, Any], secrets: Mapping[str, Mapping[str, str]],
         return None
     if ref is not None:
         secret = secrets.get(ref.name)
+        if secret is None and (why := (unreadable or {}).get(ref.name)):
+            result.add(key, Problem("ResolvedRefs", "SecretUnreadable",
+                                    f"the operator cannot read Secret {ref.name!r}: {why}"))
+            return None
         if secret is None:
             result.add(key, Problem("ResolvedRefs", "SecretNotFound", f"Secret {ref.name!r} not found"))
             return None
@@ -200,13 +212,14 @@ def canonical_yaml(config: cfg.RoutingConfig, namespace: str) -> bytes:
 
 def render(providers: Iterable[Mapping[str, Any]], policies: Iterable[Mapping[str, Any]],
            secrets: Mapping[str, Mapping[str, str]], settings: OperatorSettings,
-           namespace: str = "default") -> RenderResult:
-    """Render one namespace. `secrets` maps Secret name -> its `data` (base64 values)."""
+           namespace: str = "default", unreadable: Mapping[str, str] | None = None) -> RenderResult:
+    """Render one namespace. `secrets` maps Secret name -> its `data` (base64 values);
+    `unreadable` maps the name of a referenced Secret the operator may not read -> why."""
     result = RenderResult()
     live_providers = _live(providers)
     rendered: list[dict[str, Any]] = []
     for obj in live_providers:
-        data = _provider(obj, secrets, settings, result)
+        data = _provider(obj, secrets, settings, result, unreadable)
         if data is not None:
             rendered.append(data)
             result.included.add((LLMP, data["name"]))

@@ -44,8 +44,10 @@ OPERATOR_NEEDS: list[tuple[str, str, str, str]] = [
     ("", "secrets#detour-credentials", "get", "reconcile.Reconciler._publish: read detour-credentials"),
     ("", "secrets", "create", "reconcile.Reconciler._publish: first publish"),
     ("", "secrets#detour-credentials", "patch", "reconcile.Reconciler._publish: later publishes"),
-    ("", "secrets", "list", "kopf: secrets_idx / secret_changed (referenced API keys)"),
-    ("", "secrets", "watch", "kopf: secrets_idx / secret_changed"),
+    # secret_refs.SecretRefs: per referenced Secret one LIST + WATCH with fieldSelector
+    # metadata.name=NAME (never namespace-wide, never GET); narrowed by operator.secretNames.
+    ("", "secrets", "list", "secret_refs.SecretRefs._run: the referenced Secret, by name"),
+    ("", "secrets", "watch", "secret_refs.SecretRefs._follow: the referenced Secret, by name"),
     # kopf.event -> kopf/_cogs/clients/events.py post_event: POST to v1 events, nothing else.
     ("", "events", "create", "kopf.event (Accepted/Rejected/Degraded)"),
     ("", "pods", "list", "kopf: proxy_pods_idx (health roll-up)"),
@@ -148,6 +150,13 @@ def test_rbac_namespaced_peering_and_no_shared_health() -> None:
     }
     proxy = find(docs, "Deployment", "detour-proxy")["spec"]["template"]["spec"]
     assert proxy["automountServiceAccountToken"] is False  # no API access needed without shared health
+
+
+def test_secret_names_narrow_the_referenced_secrets_grant_to_those_names() -> None:
+    docs = render_docs({"operator": {"secretNames": ["llm-keys", "team-keys"]}})
+    broad = {("", "secrets", "list"), ("", "secrets", "watch")}
+    narrow = {("", f"secrets#{name}", verb) for name in ("llm-keys", "team-keys") for verb in ("list", "watch")}
+    assert _grants(docs)[("Role", "detour-operator")] == (OPERATOR_RULES - broad) | narrow
 
 
 def test_rbac_can_be_turned_off() -> None:

@@ -1,4 +1,7 @@
-"""A minimal Kubernetes API client for shared health: patch an annotation, list and watch Pods.
+"""A minimal Kubernetes API client: patch a Pod annotation, list and watch one resource.
+
+Used by shared health (Pods) and by the operator's per-name Secret watches
+(`detour_operator.secret_refs`), so the raw watch loop exists once.
 
 Why raw aiohttp and not the official client's sync API in a thread: the watch is a stream that
 lives for minutes; in a thread it would pin an executor worker and could not be cancelled on
@@ -46,18 +49,20 @@ def _accept(metadata_only: bool, kind: str) -> dict[str, str] | None:
 
 
 class KubeAPI:
-    """The three Pod calls shared health needs, over one aiohttp session."""
+    """The calls shared health (and the operator's Secret watches) need, over one aiohttp session."""
 
     def __init__(self, host: str, *, token: Callable[[], str | None] = lambda: None,
-                 ssl_context: ssl.SSLContext | bool | None = None, timeout: float = 5.0) -> None:
+                 ssl_context: ssl.SSLContext | bool | None = None, timeout: float = 5.0,
+                 user_agent: str = "detour-proxy/shared-health") -> None:
         self.host = host.rstrip("/")
+        self.user_agent = user_agent
         self._token = token
         self._ssl = ssl_context
         self._timeout = timeout
         self._session: aiohttp.ClientSession | None = None
 
     @classmethod
-    def from_environment(cls) -> KubeAPI:
+    def from_environment(cls, user_agent: str = "detour-proxy/shared-health") -> KubeAPI:
         """In-cluster service account when running in a Pod, else $KUBECONFIG / ~/.kube/config.
         Blocking (file reads, maybe an exec plugin): call it in a thread."""
         from kubernetes import client, config  # imported lazily: only when shared health is on
@@ -90,7 +95,7 @@ class KubeAPI:
             bearer = cfg.auth_settings().get("BearerToken")
             return bearer.get("value") if bearer else None
 
-        return cls(cfg.host, token=token, ssl_context=ctx)
+        return cls(cfg.host, token=token, ssl_context=ctx, user_agent=user_agent)
 
     def _sess(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
@@ -100,7 +105,7 @@ class KubeAPI:
         return self._session
 
     def _headers(self, extra: dict[str, str] | None = None) -> dict[str, str]:
-        h = {"Accept": "application/json", "User-Agent": "detour-proxy/shared-health"}
+        h = {"Accept": "application/json", "User-Agent": self.user_agent}
         tok = self._token()
         if tok:
             h["Authorization"] = tok
@@ -113,10 +118,11 @@ class KubeAPI:
             await self._session.close()
 
     @staticmethod
-    async def _check(resp: aiohttp.ClientResponse) -> None:
+    async def _check(resp: aiohttp.ClientResponse, plural: str = "pods") -> None:
         if resp.status >= 400:
-            reason = {401: "unauthorized", 403: "forbidden (RBAC: the proxy needs get/list/watch/patch on pods)",
-                      404: "not found"}.get(resp.status, f"HTTP {resp.status}")
+            forbidden = ("forbidden (RBAC: the proxy needs get/list/watch/patch on pods)" if plural == "pods"
+                         else f"forbidden (RBAC: needs list/watch on {plural})")
+            reason = {401: "unauthorized", 403: forbidden, 404: "not found"}.get(resp.status, f"HTTP {resp.status}")
             raise ApiError(reason, resp.status)
 
     async def patch_annotation(self, namespace: str, pod: str, key: str, value: str,
@@ -138,24 +144,34 @@ class KubeAPI:
 
     async def list_pods(self, namespace: str, params: dict[str, str], metadata_only: bool = False,
                         ) -> tuple[list[dict[str, Any]], str]:
-        url = f"{self.host}/api/v1/namespaces/{quote(namespace)}/pods"
+        return await self.list_objects(namespace, "pods", params, metadata_only)
+
+    def watch_pods(self, namespace: str, params: dict[str, str], resource_version: str,
+                   idle_timeout: float, on_open: Callable[[], None] | None = None,
+                   metadata_only: bool = False) -> AsyncGenerator[dict[str, Any], None]:
+        return self.watch_objects(namespace, "pods", params, resource_version, idle_timeout, on_open, metadata_only)
+
+    async def list_objects(self, namespace: str, plural: str, params: dict[str, str], metadata_only: bool = False,
+                           ) -> tuple[list[dict[str, Any]], str]:
+        """LIST a core (v1) resource in `namespace`: (items, the list's resourceVersion)."""
+        url = f"{self.host}/api/v1/namespaces/{quote(namespace)}/{plural}"
         try:
             async with self._sess().get(url, params=params, headers=self._headers(_accept(metadata_only, METADATA_ONLY_LIST)),
                                         timeout=aiohttp.ClientTimeout(total=self._timeout * 2)) as resp:
-                await self._check(resp)
+                await self._check(resp, plural)
                 doc = orjson.loads(await resp.read())
         except (aiohttp.ClientError, asyncio.TimeoutError, OSError, orjson.JSONDecodeError) as exc:
             raise ApiError(f"unreachable ({type(exc).__name__})") from None
         rv = str((doc.get("metadata") or {}).get("resourceVersion") or "")
         return list(doc.get("items") or []), rv
 
-    async def watch_pods(self, namespace: str, params: dict[str, str], resource_version: str,
-                         idle_timeout: float, on_open: Callable[[], None] | None = None,
-                         metadata_only: bool = False) -> AsyncGenerator[dict[str, Any], None]:
-        """Watch events (`{"type", "object"}`) until the server ends the stream or it is idle
+    async def watch_objects(self, namespace: str, plural: str, params: dict[str, str], resource_version: str,
+                            idle_timeout: float, on_open: Callable[[], None] | None = None,
+                            metadata_only: bool = False) -> AsyncGenerator[dict[str, Any], None]:
+        """WATCH a core (v1) resource in `namespace`: events (`{"type", "object"}`) until the server ends the stream or it is idle
         for `idle_timeout` seconds (then the caller re-watches). `on_open` is called once the
         server has accepted the watch (a quiet watch yields nothing for minutes)."""
-        url = f"{self.host}/api/v1/namespaces/{quote(namespace)}/pods"
+        url = f"{self.host}/api/v1/namespaces/{quote(namespace)}/{plural}"
         q = dict(params, watch="true", timeoutSeconds="300", allowWatchBookmarks="true")
         if resource_version:
             q["resourceVersion"] = resource_version
@@ -163,7 +179,7 @@ class KubeAPI:
         try:
             async with self._sess().get(url, params=q, headers=self._headers(_accept(metadata_only, METADATA_ONLY_WATCH)),
                                         timeout=timeout) as resp:
-                await self._check(resp)
+                await self._check(resp, plural)
                 if on_open is not None:
                     on_open()
                 buf = b""

@@ -86,15 +86,37 @@ def policy(*refs: str) -> dict[str, Any]:
 
 
 def indexes(*names: str) -> Indexes:
-    keys = {n: base64.b64encode(f"sk-{n}".encode()).decode() for n in ("a", "b")}
-    return Indexes(providers={NS: [provider(n) for n in names]}, policies={NS: [policy(*names)]},
-                   secrets={(NS, "keys"): [keys]}, pods={})
+    return Indexes(providers={NS: [provider(n) for n in names]}, policies={NS: [policy(*names)]}, pods={})
+
+
+class FakeSecretRefs:
+    """Stands in for `SecretRefs`: Secret `keys` holds keys a and b; records what is watched."""
+
+    def __init__(self) -> None:
+        self.secrets = {(NS, "keys"): {n: base64.b64encode(f"sk-{n}".encode()).decode() for n in ("a", "b")}}
+        self.wanted: dict[str, set[str]] = {}
+
+    def want(self, ns: str, names: Any) -> None:
+        self.wanted[ns] = set(names)
+
+    async def wait_loaded(self, ns: str, names: Any, timeout: float) -> None:
+        pass
+
+    def data(self, ns: str, name: str) -> dict[str, str] | None:
+        return self.secrets.get((ns, name))
+
+    def error(self, ns: str, name: str) -> str | None:
+        return None
+
+    async def close(self) -> None:
+        pass
 
 
 @pytest.fixture()
 def reconciler(monkeypatch: pytest.MonkeyPatch) -> Reconciler:
     monkeypatch.setattr(reconcile.kopf, "event", lambda *a, **k: None)  # Events need a running kopf
-    r = Reconciler(OperatorSettings(), api=kubernetes.client.ApiClient(kubernetes.client.Configuration()))
+    r = Reconciler(OperatorSettings(), api=kubernetes.client.ApiClient(kubernetes.client.Configuration()),
+                   secret_refs=FakeSecretRefs())  # type: ignore[arg-type]
     r.core, r.custom = FakeCore(), FakeCustom()  # type: ignore[assignment]
     return r
 
@@ -141,8 +163,10 @@ async def test_a_failing_reconcile_counts_an_error_and_raises(reconciler):
 async def test_when_nothing_is_valid_the_config_stays_but_a_deleted_providers_key_goes(reconciler):
     await reconciler.request(NS, "LLMProvider", indexes("a", "b"), LOG)
     cm = reconciler.core.objects[("ConfigMap", "detour-routing")]
-    gone = Indexes(providers={NS: []}, policies={NS: [policy("a", "b")]}, secrets=indexes().secrets, pods={})
+    assert reconciler.secret_refs.wanted == {NS: {"keys"}}
+    gone = Indexes(providers={NS: []}, policies={NS: [policy("a", "b")]}, pods={})
     await reconciler.request(NS, "LLMProvider", gone, LOG)  # every provider deleted: nothing valid
+    assert reconciler.secret_refs.wanted == {NS: set()}  # no reference left: no Secret watched
     assert reconciler.core.objects[("ConfigMap", "detour-routing")] == cm  # the last good config stays
     assert reconciler.core.objects[("Secret", "detour-credentials")]["data"] == {}
 

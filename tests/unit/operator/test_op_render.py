@@ -198,3 +198,18 @@ def test_hidden_failures_affinity_and_context_windows_reach_the_proxy_config():
     assert [h.value for h in route.hidden_failures] == ["empty", "context-window"]
     assert route.affinity is not None and route.affinity.header == "x-tenant"
     assert [(t.context_window, t.overflow_only) for t in route.targets] == [(128000, False), (200000, True)]
+
+
+def test_a_secret_the_operator_may_not_read_says_so_not_not_found():
+    r = render([llmp("openai"), llmp("claude", type="anthropic", apiKeySecretRef={"name": "other", "key": "k"})],
+               [rpol("chat", "openai", "claude")], KEYS, S, unreadable={"other": "forbidden (RBAC)"})
+    (problem,) = r.problems[(LLMP, "claude")]
+    assert (problem.condition, problem.reason) == ("ResolvedRefs", "SecretUnreadable")
+    assert "'other'" in problem.message and "forbidden" in problem.message
+    assert r.included == {(LLMP, "openai"), (RPOL, "chat")}  # the policy serves with what resolves
+
+
+def test_secret_names_are_the_references_of_a_provider():
+    from detour_operator.render import secret_names
+    assert secret_names(llmp("openai")) == {"keys"}
+    assert secret_names(llmp("vllm", type="openai-compatible", apiKeySecretRef=None)) == set()
