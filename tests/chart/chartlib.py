@@ -56,7 +56,8 @@ FULL_VALUES: dict[str, Any] = {
     },
     "operator": {"replicas": 2, "verbose": True,
                  "extraEnv": [{"name": "EXTRA", "value": "1"}]},
-    "serviceMonitor": {"enabled": True, "labels": {"release": "kube-prometheus-stack"}},
+    "serviceMonitor": {"enabled": True, "labels": {"release": "kube-prometheus-stack"},
+                       "authorization": {"secretName": "client-keys", "secretKey": "prometheus"}},
     "grafanaDashboard": {"enabled": True, "namespace": "monitoring", "annotations": {"grafana_folder": "Detour"}},
     "networkPolicy": {
         "enabled": True,

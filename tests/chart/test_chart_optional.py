@@ -31,6 +31,36 @@ def test_service_monitors_scrape_both_components(full_docs: list[dict[str, Any]]
         assert sm["spec"]["endpoints"][0]["path"] == "/metrics"
 
 
+METRICS_AUTH = {"settings": {"clientAuth": {"keys": [{"file": "/etc/detour/client-auth/app1"}]},
+                             "server": {"metricsAuth": True}},
+                "proxy": {"clientAuthSecret": {"name": "client-keys"}}}
+
+
+def _endpoints(docs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    return {sm["metadata"]["labels"]["app.kubernetes.io/component"]: sm["spec"]["endpoints"][0]
+            for sm in kinds(docs, "ServiceMonitor")}
+
+
+def test_service_monitor_sends_a_client_key_when_metrics_need_one() -> None:
+    docs = render_docs({**METRICS_AUTH, "serviceMonitor": {
+        "enabled": True, "authorization": {"secretName": "client-keys", "secretKey": "prometheus"}}})
+    endpoints = _endpoints(docs)
+    assert endpoints["proxy"]["authorization"] == {"type": "Bearer",
+                                                   "credentials": {"name": "client-keys", "key": "prometheus"}}
+    assert "authorization" not in endpoints["operator"]  # the operator's /metrics is not behind client keys
+    # the Secret the scraper reads is in the ServiceMonitor's namespace (Prometheus resolves it there)
+    assert {sm["metadata"]["namespace"] for sm in kinds(docs, "ServiceMonitor")} == {NAMESPACE}
+
+
+def test_metrics_auth_without_a_scrape_key_fails_the_render() -> None:
+    with pytest.raises(Exception, match="serviceMonitor.authorization.secretName"):
+        render_docs({**METRICS_AUTH, "serviceMonitor": {"enabled": True}})
+    with pytest.raises(Exception, match="needs both secretName and secretKey"):
+        render_docs({"serviceMonitor": {"enabled": True, "authorization": {"secretName": "client-keys"}}})
+    # open /metrics (the default): no credentials are sent
+    assert all("authorization" not in e for e in _endpoints(render_docs({"serviceMonitor": {"enabled": True}})).values())
+
+
 def test_dashboard_configmap_ships_the_dashboard(full_docs: list[dict[str, Any]]) -> None:
     cm = find(full_docs, "ConfigMap", "detour-dashboard")
     assert cm["metadata"]["namespace"] == "monitoring"

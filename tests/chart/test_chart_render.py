@@ -93,7 +93,15 @@ CRD_KIND_SCHEMAS: dict[tuple[str, str], dict[str, Any]] = {
                              "type": "object", "required": ["port"], "additionalProperties": False,
                              "properties": {"port": {"type": "string"}, "path": {"type": "string"},
                                             "interval": {"type": "string", "pattern": r"^[0-9]+(ms|s|m|h)$"},
-                                            "scrapeTimeout": {"type": "string", "pattern": r"^[0-9]+(ms|s|m|h)$"}}}}}}}},
+                                            "scrapeTimeout": {"type": "string", "pattern": r"^[0-9]+(ms|s|m|h)$"},
+                                            # SafeAuthorization: type + credentials (a SecretKeySelector)
+                                            "authorization": {
+                                                "type": "object", "required": ["credentials"], "additionalProperties": False,
+                                                "properties": {"type": {"type": "string"}, "credentials": {
+                                                    "type": "object", "required": ["name", "key"], "additionalProperties": False,
+                                                    "properties": {"name": {"type": "string", "minLength": 1},
+                                                                   "key": {"type": "string", "minLength": 1},
+                                                                   "optional": {"type": "boolean"}}}}}}}}}}}},
     ("gateway.networking.k8s.io/v1", "HTTPRoute"): {
         "type": "object", "required": ["apiVersion", "kind", "metadata", "spec"], "additionalProperties": False,
         "properties": {
