@@ -18,6 +18,11 @@ Decision rules, in order, after an attempt:
 4. Otherwise fall back: the next target in the order, not yet tried, eligible and admitting.
    Each target gets one pass per request (no ping-pong between two failing targets).
 5. Nothing left -> GiveUp('exhausted') (or 'deadline' if the deadline is what stopped a retry).
+Targets whose provider has several API keys (`policy.keygroups`): a key refusal (401, 402,
+403, 429) goes first to the same target's next untried key that admits (reason `rotate`,
+no retry budget spent, the refused key held back by `TargetState.key_refused`); with every
+key out the request falls back, never retrying a refused key. Rule 4 skips the other keys
+of a target already tried: a 503 or a timeout is the model's, and another key would not help.
 The first attempt of a request, when no target admits at all, is `forced` onto the *open
 breaker* whose cooldown ends soonest, as one of its `halfOpenProbes` probes, and only until
 a probe of that open period failed (then the target waits out its cooldown): a cooldown is Detour's own guess about a failing
@@ -49,9 +54,10 @@ from .backoff import retry_delay
 from .balancer import order_targets
 from .breaker import Admission
 from .budget import RetryBudget
+from .keygroups import KeyGroups
 from .outcome import CONTEXT_WINDOW, Outcome, OutcomeKind
 from .registry import HealthRegistry
-from .target import TargetKey
+from .target import KEY_STATUSES, TargetKey
 
 __all__ = ["RoutePlanner", "RequestPlan", "Try", "GiveUp"]
 
@@ -65,7 +71,8 @@ _FALLBACK_KINDS = (OutcomeKind.CONNECT_ERROR, OutcomeKind.TIMEOUT, OutcomeKind.S
 @dataclass(frozen=True, slots=True)
 class Try:
     """Send attempt number `attempt` (per target, 1-based) to target `index` after `delay`
-    seconds. reason: first | retry | fallback | forced | hedge. The target is already acquired."""
+    seconds. reason: first | retry | fallback | forced | hedge | rotate (the same route target
+    with its next API key after a key refusal). The target is already acquired."""
 
     index: int
     key: TargetKey
@@ -103,10 +110,15 @@ class RoutePlanner:
     The target states are resolved from the registry once, here, and held: a reload that
     drops a target (`HealthRegistry.retain`) must not see it re-created by a request that was
     still in flight on the old config (a ghost the shared-health publisher would announce).
-    It also spares the hot path a dict lookup per state access."""
+    It also spares the hot path a dict lookup per state access.
+
+    `groups` (targets expanded per API key, see `policy.keygroups`): `groups[i]` is the route
+    target that planner target `i` is a key of; `route.targets[i]` then repeats that target
+    once per key. None (the usual case): every target is its own group."""
 
     def __init__(self, route: config.Route, keys: Sequence[TargetKey], registry: HealthRegistry,
-                 budget: RetryBudget, rng: random.Random | None = None) -> None:
+                 budget: RetryBudget, rng: random.Random | None = None,
+                 groups: Sequence[int] | None = None) -> None:
         if len(keys) != len(route.targets):
             raise ValueError(f"route {route.name!r}: {len(route.targets)} targets but {len(keys)} keys")
         self.route = route
@@ -115,6 +127,8 @@ class RoutePlanner:
         self.states = [registry.state(k) for k in self.keys]
         self.budget = budget
         self.rng = rng if rng is not None else random.Random()
+        self.key_groups = KeyGroups(route, self.keys, groups, self.states) \
+            if groups is not None and KeyGroups.needed(groups) else None
 
     def begin(self, now: float, deadline: float | None = None,
               eligible: Eligible | None = None, affinity: str | None = None) -> RequestPlan:
@@ -125,11 +139,21 @@ class RoutePlanner:
         if deadline is None:
             deadline = now + self.route.timeout
         targets = self.route.targets
-        cands = [i for i in range(len(self.keys)) if (eligible is None or eligible(i))
-                 and not targets[i].overflow_only]
-        order = order_targets(self.route, self.states, now, self.rng, cands)
-        if affinity is not None and self.route.affinity is not None:
-            order = affinity_order(self.route, self.keys, self.states, now, affinity, order)
+        kg = self.key_groups
+        if kg is None:
+            cands = [i for i in range(len(self.keys)) if (eligible is None or eligible(i))
+                     and not targets[i].overflow_only]
+            order = order_targets(self.route, self.states, now, self.rng, cands)
+            if affinity is not None and self.route.affinity is not None:
+                order = affinity_order(self.route, self.keys, self.states, now, affinity, order)
+        else:   # order the route's targets (groups), then each one's keys in key order
+            gcands = [g for g, m in enumerate(kg.members) if (eligible is None or eligible(m[0]))
+                      and not targets[m[0]].overflow_only]
+            gorder = order_targets(kg.route, kg.views, now, self.rng, gcands)
+            if affinity is not None and self.route.affinity is not None:
+                gorder = affinity_order(kg.route, kg.keys, kg.views, now, affinity, gorder)
+            order = kg.expand(gorder)
+            cands = [i for i in order if eligible is None or eligible(i)]
         plan = RequestPlan(self, order, deadline)
         if len(cands) < len(targets):   # overflowOnly targets: only after a context-window refusal
             plan.overflow = [i for i in range(len(targets)) if targets[i].overflow_only
@@ -156,6 +180,8 @@ class RequestPlan:
         self._forced = False
         self._result: GiveUp | None = None
         self.overflow: list[int] = []   # overflowOnly targets, visited only by `_larger_context`
+        self._kg = planner.key_groups
+        self._groups_tried: set[int] = set()   # with key groups: route targets tried (any key)
 
     # -- executor callbacks --------------------------------------------------------------
     def record(self, outcome: Outcome, now: float, index: int | None = None) -> None:
@@ -163,7 +189,12 @@ class RequestPlan:
         on that target: the main Try or a hedge). The last recorded attempt is the one the
         next decision (retry it / fall back) is about."""
         pend = self._take_pending(index)
-        self._p.states[pend.index].record(outcome, now, pend.ticket)
+        state = self._p.states[pend.index]
+        state.record(outcome, now, pend.ticket)
+        kg = self._kg
+        if kg is not None and outcome.status in KEY_STATUSES and outcome.kind is OutcomeKind.HTTP_ERROR \
+                and kg.size(pend.index) > 1:
+            state.key_refused(outcome, now)
         self.attempts.append((self._p.keys[pend.index], outcome))
         self._last = outcome
         self._current = pend.index
@@ -206,8 +237,12 @@ class RequestPlan:
             return None
         ok = (lambda i: True) if eligible is None else eligible
         busy = set(self.in_flight)
+        kg = self._kg
+        busy_groups = {kg.group_of[b] for b in busy} if kg is not None else set()
         for i in self.order:
             if i in self._tried or i in busy or not ok(i):
+                continue
+            if kg is not None and (kg.group_of[i] in self._groups_tried or kg.group_of[i] in busy_groups):
                 continue
             state = p.states[i]
             if not state.admits(now):
@@ -218,6 +253,8 @@ class RequestPlan:
             ticket = state.acquire(now)
             assert ticket is not None  # admits() just said so
             self._tried[i] = self._tried.get(i, 0) + 1
+            if kg is not None:
+                self._groups_tried.add(kg.group_of[i])
             self._hedges[i] = _Pending(i, ticket)
             self.tries += 1
             self.hedged += 1
@@ -238,6 +275,8 @@ class RequestPlan:
     def _try(self, index: int, ticket: Admission, delay: float, reason: str) -> Try:
         n = self._tried.get(index, 0) + 1
         self._tried[index] = n
+        if self._kg is not None:
+            self._groups_tried.add(self._kg.group_of[index])
         self._current = index
         self._pending = _Pending(index, ticket)
         self.tries += 1
@@ -279,12 +318,31 @@ class RequestPlan:
             return self._give_up("deadline", last)
         for i in self.order + self.overflow:
             size = p.route.targets[i].context_window
-            if i in self._tried or not ok(i) or (have is not None and (size is None or size <= have)):
+            if i in self._tried or not ok(i) or (have is not None and (size is None or size <= have)) \
+                    or self._group_tried(i):
                 continue
             ticket = p.states[i].acquire(now)
             if ticket is not None:
                 return self._try(i, ticket, 0.0, "fallback")
         return self._give_up("not_retryable", last)
+
+    def _group_tried(self, index: int) -> bool:
+        """With key groups: was another key of `index`'s route target tried already?"""
+        kg = self._kg
+        return kg is not None and kg.group_of[index] in self._groups_tried
+
+    def _rotate(self, now: float, ok: Eligible, cur: int) -> Try | None:
+        """After a key refusal: the next untried key of the same route target that admits
+        (keys after `cur` first, then the ones before it), acquired; None when none is left."""
+        assert self._kg is not None
+        sib = self._kg.siblings(cur)
+        at = sib.index(cur)
+        for i in sib[at + 1:] + sib[:at]:
+            if i not in self._tried and ok(i):
+                ticket = self._p.states[i].acquire(now)
+                if ticket is not None:
+                    return self._try(i, ticket, 0.0, "rotate")
+        return None
 
     def next(self, now: float, eligible: Eligible | None = None) -> Try | GiveUp:
         """The next step. `eligible` narrows the targets for this step only (e.g. targets
@@ -312,12 +370,23 @@ class RequestPlan:
 
         last = self._last
         route = p.route
+        cur = self._current
+        keys_out = False   # a key refusal with no other key left: fall back, do not retry it
         if last is not None:
             if last.ok:
                 return self._give_up("success", last)
             if last.error_class == CONTEXT_WINDOW:
                 return self._larger_context(now, ok, last)
-            if last.kind is OutcomeKind.HTTP_ERROR and not (
+            kg = self._kg
+            if kg is not None and cur is not None and last.kind is OutcomeKind.HTTP_ERROR \
+                    and last.status in KEY_STATUSES and kg.size(cur) > 1:
+                if now >= self.deadline:
+                    return self._give_up("deadline", last)
+                rotated = self._rotate(now, ok, cur)
+                if rotated is not None:
+                    return rotated
+                keys_out = True
+            elif last.kind is OutcomeKind.HTTP_ERROR and not (
                     last.status in route.retry.on_status_codes
                     or last.status in route.fallback_on_status_codes or last.retryable):
                 return self._give_up("not_retryable", last)
@@ -325,8 +394,7 @@ class RequestPlan:
             return self._give_up("deadline", last)
 
         blocked_by_deadline = False
-        cur = self._current
-        if (last is not None and cur is not None and ok(cur)
+        if (not keys_out and last is not None and cur is not None and ok(cur)
                 and (last.kind in _RETRY_KINDS
                      or (last.kind is OutcomeKind.HTTP_ERROR and last.status in route.retry.on_status_codes))
                 and self._tried.get(cur, 0) < route.retry.attempts):
@@ -344,7 +412,7 @@ class RequestPlan:
                     self.budget_denied += 1
 
         for i in self.order:
-            if i not in self._tried and ok(i):
+            if i not in self._tried and ok(i) and not self._group_tried(i):
                 ticket = states[i].acquire(now)
                 if ticket is not None:
                     return self._try(i, ticket, 0.0, "fallback")

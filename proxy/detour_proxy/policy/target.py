@@ -22,7 +22,7 @@ from .ratelimit import RateLimiter, Reservation
 from .window import SlidingWindow
 
 __all__ = ["TargetKey", "TargetSnapshot", "TargetState", "EWMA_ALPHA", "SIDELINE_STATUSES",
-           "TransitionCallback", "DEFAULT_QUOTA_RESET"]
+           "TransitionCallback", "DEFAULT_QUOTA_RESET", "KEY_STATUSES", "KEY_AUTH_STATUSES"]
 
 #: Weight of the newest sample in the latency EWMA: reacts within a few calls, smooths noise.
 EWMA_ALPHA = 0.3
@@ -35,16 +35,28 @@ LATENCY_STALE_FRACTION = 1 / 6
 DEFAULT_QUOTA_RESET = 1.0
 #: Statuses whose Retry-After means "leave me alone until then" even if the breaker stays closed.
 SIDELINE_STATUSES = frozenset({429, 503})
+#: Statuses that judge a provider *key*, not the model behind it: a target with several keys
+#: moves the request to its next key on these (`RequestPlan`), and holds the refused key back
+#: (`TargetState.key_refused`): unauthorized, payment required, forbidden, rate limited.
+KEY_STATUSES = frozenset({401, 402, 403, 429})
+#: Of those, the ones a wait does not fix (a revoked key, an unpaid account): the key is out
+#: for `maxCooldown`; a 429 only until its Retry-After.
+KEY_AUTH_STATUSES = frozenset({401, 402, 403})
 
 TransitionCallback = Callable[["TargetKey", BreakerState, BreakerState], None]
 
 
 class TargetKey(NamedTuple):
-    """Identity of a target across reloads: the same provider/model/endpoint keeps its health."""
+    """Identity of a target across reloads: the same provider/model/endpoint keeps its health.
+
+    `key_index` is the position of the API key in the provider's `apiKeys` (0 for a provider
+    with one key or none): with several keys, each (provider, model, key) has its own health,
+    so one refused key does not take the model down. The index, never the key, is published."""
 
     provider: str
     model: str
     base_url: str
+    key_index: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -331,6 +343,25 @@ class TargetState:
             self._sideline_until = until
             self._sideline_rate = rate_limit
 
+    def key_refused(self, outcome: Outcome, now: float) -> None:
+        """The provider refused this target's *key* (`KEY_STATUSES`; called by the planner for
+        targets whose provider has several keys, after `record`): hold the key back so the
+        next requests start on another key. 401/402/403 open its breaker for `maxCooldown` (a
+        revoked key or an unpaid account does not heal in seconds; open, not sidelined, so
+        peers import it and the roll-up counts it); a 429 sidelines it until its Retry-After
+        (`DEFAULT_QUOTA_RESET` when none is given), at most `maxCooldown`."""
+        max_cd = self.health.breaker.max_cooldown
+        if outcome.status in KEY_AUTH_STATUSES:
+            until = now + max_cd
+            if self._breaker.state(now) is BreakerState.OPEN:
+                self._breaker.extend(until)
+            else:
+                self._breaker.trip(now, until)
+        elif outcome.status == 429:
+            wait = outcome.retry_after if outcome.retry_after is not None and outcome.retry_after > 0 \
+                else DEFAULT_QUOTA_RESET
+            self.sideline(now + min(wait, max_cd))
+
     def quota_exhausted(self, resets: list[float | None], now: float) -> float:
         """The provider's rate-limit headers say a budget (requests or tokens) is used up;
         `resets` are the seconds until each exhausted budget resets (None: not given). The
@@ -370,5 +401,5 @@ class TargetState:
         )
 
     def __repr__(self) -> str:
-        return (f"TargetState({self.key.provider}/{self.key.model}, {self._breaker!r}, "
+        return (f"TargetState({self.key.provider}/{self.key.model}#{self.key.key_index}, {self._breaker!r}, "
                 f"in_flight={self.in_flight}, ewma={self.ewma_latency})")
