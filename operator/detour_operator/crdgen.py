@@ -41,9 +41,11 @@ READY = '.status.conditions[?(@.type=="Ready")].status'
 # There is deliberately no rule tying `weight` to `strategy: weighted`: every strategy uses weights
 # (priority ties, the latency band, least-busy's weight-0 last resort).
 PROVIDER_RULES = [
-    {"rule": "(has(self.type) && (self.type == 'openai-compatible' || self.type == 'vertex' || self.type == 'bedrock')) || has(self.apiKeySecretRef)",
+    {"rule": "(has(self.type) && (self.type == 'openai-compatible' || self.type == 'vertex' || self.type == 'bedrock')) || has(self.apiKeySecretRef) || has(self.apiKeySecretRefs)",
      "message": "apiKeySecretRef is required unless type is openai-compatible, vertex or bedrock",
      "fieldPath": ".apiKeySecretRef", "reason": "FieldValueRequired"},
+    {"rule": "!has(self.apiKeySecretRef) || !has(self.apiKeySecretRefs)",
+     "message": "set apiKeySecretRef or apiKeySecretRefs, not both", "fieldPath": ".apiKeySecretRefs"},
     {"rule": "!has(self.type) || self.type != 'vertex' || (has(self.project) && has(self.location))",
      "message": "type vertex needs project and location", "fieldPath": ".project", "reason": "FieldValueRequired"},
     {"rule": "!has(self.type) || self.type != 'bedrock' || has(self.region)",

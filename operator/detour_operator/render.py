@@ -96,8 +96,7 @@ def _validate(model: type[BaseModel], data: Any) -> tuple[BaseModel | None, str 
 def secret_names(obj: Mapping[str, Any]) -> set[str]:
     """The Secrets an LLMProvider references (by name, in its namespace): the operator reads and
     watches these and no other Secret (secret_refs.py)."""
-    ref = (obj.get("spec") or {}).get("apiKeySecretRef") or {}
-    return {ref["name"]} if isinstance(ref, Mapping) and isinstance(ref.get("name"), str) and ref["name"] else set()
+    return {name for name, _ in specs.secret_refs(dict(obj.get("spec") or {}))}   # apiKeySecretRef(s)
 
 
 def _provider(obj: Mapping[str, Any], secrets: Mapping[str, Mapping[str, str]],
@@ -109,33 +108,40 @@ def _provider(obj: Mapping[str, Any], secrets: Mapping[str, Mapping[str, str]],
     if spec is None:
         result.add(key, Problem("Accepted", "InvalidSpec", err or "invalid spec"))
         return None
-    data = spec.model_dump(mode="json", by_alias=True, exclude_defaults=True, exclude={"api_key_secret_ref"})
+    data = spec.model_dump(mode="json", by_alias=True, exclude_defaults=True,
+                           exclude={"api_key_secret_ref", "api_key_secret_refs"})
     data["name"] = name
     ref = spec.api_key_secret_ref  # type: ignore[attr-defined]  # required unless openai-compatible/vertex (spec rule)
+    refs = spec.api_key_secret_refs  # type: ignore[attr-defined]  # several keys (apiKeys)
+    mount = settings.credentials_mount_path.rstrip('/')
     if ref is not None:
-        path = f"{settings.credentials_mount_path.rstrip('/')}/{name}"
+        path = f"{mount}/{name}"
         if spec.type is cfg.ProviderType.vertex:  # type: ignore[attr-defined]
             data["credentialsFile"] = path   # the service-account / external_account JSON, read by google-auth
         else:
             data["apiKey"] = {"file": path}
+    elif refs is not None:   # each key its own file in the credentials Secret, never in the ConfigMap
+        data["apiKeys"] = [{"file": f"{mount}/{specs.credential_key(name, j)}"} for j in range(len(refs))]
     provider, err = _validate(cfg.Provider, data)
     if provider is None:
         result.add(key, Problem("Accepted", "InvalidSpec", err or "invalid provider"))
         return None
-    if ref is not None:
-        secret = secrets.get(ref.name)
-        if secret is None and (why := (unreadable or {}).get(ref.name)):
+    copied: dict[str, str] = {}
+    for j, r in enumerate([ref] if ref is not None else refs or []):
+        secret = secrets.get(r.name)
+        if secret is None and (why := (unreadable or {}).get(r.name)):
             result.add(key, Problem("ResolvedRefs", "SecretUnreadable",
-                                    f"the operator cannot read Secret {ref.name!r}: {why}"))
+                                    f"the operator cannot read Secret {r.name!r}: {why}"))
             return None
         if secret is None:
-            result.add(key, Problem("ResolvedRefs", "SecretNotFound", f"Secret {ref.name!r} not found"))
+            result.add(key, Problem("ResolvedRefs", "SecretNotFound", f"Secret {r.name!r} not found"))
             return None
-        if ref.key not in secret or not secret[ref.key]:
+        if r.key not in secret or not secret[r.key]:
             result.add(key, Problem("ResolvedRefs", "SecretKeyNotFound",
-                                    f"Secret {ref.name!r} has no key {ref.key!r}"))
+                                    f"Secret {r.name!r} has no key {r.key!r}"))
             return None
-        result.credentials[name] = secret[ref.key]
+        copied[specs.credential_key(name, j)] = secret[r.key]
+    result.credentials.update(copied)
     return data
 
 

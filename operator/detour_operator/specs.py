@@ -46,9 +46,34 @@ KEYLESS_TYPES = (cfg.ProviderType.openai_compatible, cfg.ProviderType.vertex, cf
 
 
 def _key_needed_unless_openai_compatible(spec: Any) -> Any:
-    if spec.api_key_secret_ref is None and spec.type not in KEYLESS_TYPES:
+    if spec.api_key_secret_ref is None and spec.api_key_secret_refs is None and spec.type not in KEYLESS_TYPES:
         raise ValueError("apiKeySecretRef is required unless type is openai-compatible, vertex or bedrock")
     return spec
+
+
+def _one_key_field(spec: Any) -> Any:
+    if spec.api_key_secret_ref is not None and spec.api_key_secret_refs is not None:
+        raise ValueError("set apiKeySecretRef or apiKeySecretRefs, not both")
+    return spec
+
+
+def secret_refs(spec: Any) -> list[tuple[str, str]]:
+    """(Secret name, key) of every API key an LLMProvider spec (a plain dict) references, in key
+    order: `apiKeySecretRef`, else each of `apiKeySecretRefs`. Malformed entries are skipped
+    (the spec is refused elsewhere)."""
+    if not isinstance(spec, dict):
+        return []
+    refs = spec.get("apiKeySecretRefs")
+    items = refs if isinstance(refs, list) else [spec.get("apiKeySecretRef")]
+    return [(r["name"], r.get("key", "")) for r in items
+            if isinstance(r, dict) and isinstance(r.get("name"), str) and r["name"]]
+
+
+def credential_key(provider: str, index: int) -> str:
+    """Key of the provider's `index`-th API key in Secret detour-credentials (and its file name
+    under the mount path): the provider's name for the first, `<name>.<index>` for the others
+    (provider names have no dots, so they never collide)."""
+    return provider if index == 0 else f"{provider}.{index}"
 
 
 def _bedrock_needs_region(spec: Any) -> Any:
@@ -80,17 +105,24 @@ class SecretKeyRef(BaseModel):
 
 
 LLMProviderSpec = _derive(
-    "LLMProviderSpec", cfg.Provider, {"name", "api_key", "credentials_file"},
+    "LLMProviderSpec", cfg.Provider, {"name", "api_key", "api_keys", "credentials_file"},
     "One upstream LLM provider endpoint; the provider's name is the object's metadata.name.",
     validators={"_key_rule": model_validator(mode="after")(_key_needed_unless_openai_compatible),
                 "_vertex_rule": model_validator(mode="after")(_vertex_needs_project_and_location),
-                "_bedrock_rule": model_validator(mode="after")(_bedrock_needs_region)},
+                "_bedrock_rule": model_validator(mode="after")(_bedrock_needs_region),
+                "_one_key_rule": model_validator(mode="after")(_one_key_field)},
     api_key_secret_ref=(SecretKeyRef | None, Field(None, description=(
         "Secret key holding the provider API key (vertex: a Google service-account key or external_account "
         "JSON; without it, vertex uses workload identity / Application Default Credentials; bedrock: an optional "
         "Bedrock API key, without it the AWS credential chain, e.g. IRSA); required unless "
         "type is openai-compatible, vertex or bedrock. "
         "The operator copies it into Secret detour-credentials, never into the ConfigMap."))),
+    api_key_secret_refs=(list[SecretKeyRef] | None, Field(None, min_length=1, max_length=16, description=(
+        "Several API keys of this provider, instead of apiKeySecretRef (not with type vertex): each "
+        "(model, key) has its own health, breaker and limits, and a request refused with 401, 402, 403 "
+        "or 429 goes to the next key before the route falls back to another provider. The operator "
+        "copies each into Secret detour-credentials, never into the ConfigMap; status, metrics and "
+        "logs name a key by its index in this list."))),
 )
 
 PolicyTarget = _derive(
@@ -113,7 +145,7 @@ RoutingPolicySpec = _derive(
 )
 
 # Fields of the config models the specs leave out on purpose (tests check nothing else is lost).
-PROVIDER_DROPPED = {"name", "api_key", "credentials_file"}   # credentials_file: vertex's apiKeySecretRef
+PROVIDER_DROPPED = {"name", "api_key", "api_keys", "credentials_file"}   # credentials_file: vertex's apiKeySecretRef
 ROUTE_DROPPED = {"name"}
 TARGET_RENAMED = {"provider": "provider_ref"}
 

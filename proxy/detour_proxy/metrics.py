@@ -31,6 +31,7 @@ class Metrics:
         self.attempt_duration = Histogram("detour_upstream_attempt_duration_seconds", "Upstream attempt duration.", ["provider"], buckets=LATENCY_BUCKETS, registry=r)
         self.retries = Counter("detour_retries", "Same-target retries by the failed attempt's result (http_429, http_5xx, connect, ...).", ["route", "provider", "reason"], registry=r)
         self.fallbacks = Counter("detour_fallbacks", "Moves from one target to the next.", ["route", "from_provider", "to_provider"], registry=r)
+        self.key_rotations = Counter("detour_key_rotations", "Moves to the same target's next API key after a key refusal (providers with several apiKeys), by the refusal's result (http_4xx, http_429).", ["route", "provider", "model", "reason"], registry=r)
         self.forced = Counter("detour_forced_attempts", "Attempts sent while every target was open (soonest cooldown).", ["route", "provider"], registry=r)
         self.hedges = Counter("detour_hedges", "Hedged (duplicate) attempts sent because the first was slow.", ["route"], registry=r)
         self.budget_rejections = Counter("detour_retry_budget_rejections", "Retries refused by the retry budget.", ["route"], registry=r)
@@ -82,8 +83,10 @@ class Metrics:
         self.credentials_ok.labels(provider).set(1 if ok else 0)
         self.credential_fetches.labels(provider, "success" if ok else "error").inc()
 
-    def breaker_changed(self, provider: str, model: str, new_state: str) -> None:
-        self.breaker_state.labels(provider, model).set(BREAKER_VALUES.get(new_state, 0))
+    def breaker_changed(self, provider: str, model: str, new_state: str, gauge: str | None = None) -> None:
+        """A breaker moved to `new_state`; `gauge`: the state the (provider, model) gauge shows
+        (with several API keys, the best key's), default `new_state`."""
+        self.breaker_state.labels(provider, model).set(BREAKER_VALUES.get(gauge or new_state, 0))
         self.breaker_transitions.labels(provider, model, new_state).inc()
 
 
@@ -94,6 +97,7 @@ class TargetMetrics:
     attempts: dict[str, Counter]
     retries: dict[str, Counter]
     forced: Counter
+    key_rotations: dict[str, Counter]
     ttft: Histogram
     attempt_duration: Histogram
     prompt_tokens: Counter
@@ -106,6 +110,7 @@ class TargetMetrics:
             attempts={r: m.attempts.labels(route, provider, model, r) for r in ATTEMPT_RESULTS},
             retries={r: m.retries.labels(route, provider, r) for r in ATTEMPT_RESULTS[1:]},
             forced=m.forced.labels(route, provider),
+            key_rotations={r: m.key_rotations.labels(route, provider, model, r) for r in ("http_4xx", "http_429")},
             ttft=m.ttft.labels(route, provider),
             attempt_duration=m.attempt_duration.labels(provider),
             prompt_tokens=m.tokens.labels(route, provider, "prompt"),

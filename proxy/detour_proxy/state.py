@@ -45,11 +45,21 @@ class AppState:
             # gateway: its metrics are gone, and a (provider, model) now served from another
             # baseURL must not take this stale state.
             return
-        self.metrics.breaker_changed(key.provider, key.model, state)
-        log.warning("breaker %s/%s: %s -> %s", key.provider, key.model,
-                    getattr(old, "value", old), state)
+        gauge = state
+        if self.registry is not None and self._several_keys(key):
+            # The gauge is per (provider, model): with several keys it shows the best key's state
+            # (the model serves while any key does); the log names the key by its index.
+            gauge = _best(self.registry, key, self.clock.now())
+        self.metrics.breaker_changed(key.provider, key.model, state, gauge)
+        log.warning("breaker %s/%s%s: %s -> %s", key.provider, key.model,
+                    f" key {key.key_index}" if self._several_keys(key) else "", getattr(old, "value", old), state)
         for hook in self.transition_hooks:
             hook(key, old, new)
+
+    def _several_keys(self, key: TargetKey) -> bool:
+        gw = self.gateway
+        prov = gw.providers.get(key.provider) if gw is not None else None
+        return prov is not None and len(prov.key_credentials) > 1
 
     def install(self, config: RoutingConfig) -> Gateway:
         """Build a gateway for `config` and make it current (health state carries over)."""
@@ -63,7 +73,7 @@ class AppState:
         self.metrics.set_config(gw.hash)
         now = self.clock.now()
         self.metrics.retain({r.route.name for r in gw.routes},
-                            {(t.key.provider, t.key.model): t.state.breaker_state(now).value
+                            {(t.key.provider, t.key.model): _best(self.registry, t.key, now)
                              for r in gw.routes for t in r.targets})
         return gw
 
@@ -77,3 +87,13 @@ class AppState:
     @property
     def ready(self) -> bool:
         return self.gateway is not None and not self.draining
+
+
+_RANK = {"closed": 0, "half-open": 1, "open": 2}
+
+
+def _best(registry: HealthRegistry, key: TargetKey, now: float) -> str:
+    """The best breaker state among the keys of `key`'s (provider, model, baseURL)."""
+    states = [st.breaker_state(now).value for k, st in registry.items()
+              if k.provider == key.provider and k.model == key.model and k.base_url == key.base_url]
+    return min(states, key=_RANK.__getitem__) if states else "closed"

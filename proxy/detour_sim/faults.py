@@ -84,6 +84,7 @@ class Fault:
     location: str | None = None
     count: int | None = None
     paths: tuple[str, ...] | None = None
+    keys: frozenset[str] | None = None  # only requests sent with one of these API keys
     answer: str | None = None          # "empty" | "blank" | "reasoningOnly": a 200 with no real answer
     context_length: bool = False       # the flavour's context-length error (status: 400 unless given)
     remaining: int | None = None
@@ -102,7 +103,9 @@ class Fault:
             or self.inband is not None
         )
 
-    def matches(self, path: str) -> bool:
+    def matches(self, path: str, key: str | None = None) -> bool:
+        if self.keys is not None and key not in self.keys:
+            return False
         if self.paths is None:
             return True
         for p in self.paths:
@@ -199,6 +202,10 @@ def parse_fault(spec: Any) -> Fault:
             if not isinstance(v, list) or not all(isinstance(p, str) for p in v):
                 raise FaultError("paths: expected a list of strings")
             f.paths = tuple(v)
+        elif key == "keys":
+            if not isinstance(v, list) or not v or not all(isinstance(k, str) and k for k in v):
+                raise FaultError("keys: expected a non-empty list of API keys")
+            f.keys = frozenset(v)
         else:
             raise FaultError(f"unknown fault field {key!r}")
     f.rng = random.Random(f.seed) if f.seed is not None else random.Random()
@@ -231,12 +238,13 @@ class FaultBook:
     def to_json(self) -> dict[str, Any]:
         return {"active": bool(self.rules), "rules": [r.to_json() for r in self.rules]}
 
-    def pick(self, path: str, header: str | None) -> Fault | None:
+    def pick(self, path: str, header: str | None, key: str | None = None) -> Fault | None:
         """The fault to apply to this request, or None.
 
         A ``x-sim-fault`` header overrides the installed rules for this request only (its
         ``count`` is ignored, ``rate``/``paths`` are honoured). Installed rules are tried in
-        order; a rule's ``count`` is consumed only when it is actually applied.
+        order; a rule's ``count`` is consumed only when it is actually applied. `key` is the API
+        key the request was sent with (a rule with ``keys`` applies only to those).
         """
         if header is not None:
             try:
@@ -244,13 +252,13 @@ class FaultBook:
             except orjson.JSONDecodeError as exc:
                 raise FaultError(f"{FAULT_HEADER}: invalid JSON: {exc}") from None
             f = parse_fault(spec)
-            if not f.matches(path) or (f.rate < 1.0 and f.rng.random() >= f.rate):
+            if not f.matches(path, key) or (f.rate < 1.0 and f.rng.random() >= f.rate):
                 return None
             return f
         if not self.rules:
             return None
         for f in self.rules:
-            if not f.matches(path):
+            if not f.matches(path, key):
                 continue
             if f.rate < 1.0 and f.rng.random() >= f.rate:
                 continue

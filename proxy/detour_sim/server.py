@@ -125,7 +125,8 @@ class Sim:
                 stats.record_body(body)
                 fault_header = headers.get(FAULT_HEADER)
                 try:
-                    fault = faults.pick(path, fault_header) if (faults.rules or fault_header) else None
+                    fault = faults.pick(path, fault_header, request_key(headers)) \
+                        if (faults.rules or fault_header) else None
                 except FaultError as exc:
                     return api.error(400, "invalid_request_error", str(exc), out, rid)
                 if fault is not None:
@@ -243,3 +244,12 @@ def json_response(data: Any, status: int = 200, headers: dict[str, str] | None =
     return web.Response(
         body=orjson.dumps(data), status=status, headers=headers, content_type="application/json"
     )
+
+
+def request_key(headers: Any) -> str | None:
+    """The API key a request carries (Bearer token, x-api-key, x-goog-api-key or Azure's api-key),
+    for faults restricted to some keys (`keys`)."""
+    auth = headers.get("authorization")
+    if auth is not None:
+        return auth[7:] if auth[:7].lower() == "bearer " else auth
+    return headers.get("x-api-key") or headers.get("x-goog-api-key") or headers.get("api-key")

@@ -14,7 +14,9 @@ Format (one compact JSON document per pod, see docs/architecture.md)::
                   "requests": 40, "lastError": "http_503", "lastErrorAt": "2026-11-25T14:59:58Z"}]}
 
 `endpoint` is the first 8 hex digits of sha256(baseURL), so (provider, model, endpoint) names the
-same `TargetKey` on every replica without publishing URLs. Times are RFC 3339 UTC with
+same `TargetKey` on every replica without publishing URLs. A provider with several API keys has
+one entry per (model, key) with `"key": <index in apiKeys>` (absent for index 0): the index,
+never the key or any part of it. Times are RFC 3339 UTC with
 milliseconds (cooldowns in tests are shorter than a second matters). An open period learned only
 from peers carries `"imported": true` and is never imported again by anyone (no echo: a
 target would otherwise stay open by pods re-importing each other's copies).
@@ -46,7 +48,7 @@ import orjson
 
 __all__ = ["ANNOTATION", "VERSION", "STALE_HEARTBEATS", "CodecError", "PeerEntry", "PeerDoc",
            "endpoint_id", "format_time", "parse_time", "encode", "decode", "plan_imports",
-           "is_stale", "PeerTable", "PeerClaims", "identity", "local_identities", "merge_into"]
+           "is_stale", "PeerTable", "PeerClaims", "identity", "entry_identity", "local_identities", "merge_into"]
 
 ANNOTATION = "detour.dev/health"
 VERSION = 1
@@ -65,9 +67,17 @@ def endpoint_id(base_url: str) -> str:
     return hashlib.sha256(base_url.encode()).hexdigest()[:8]
 
 
-def identity(provider: str, model: str, base_url: str) -> tuple[str, str, str]:
-    """The published identity of a target: (provider, model, endpoint id)."""
-    return (provider, model, endpoint_id(base_url))
+def identity(provider: str, model: str, base_url: str, key_index: int = 0) -> tuple[Any, ...]:
+    """The published identity of a target: (provider, model, endpoint id), plus the key's index
+    for a provider's second and later API keys."""
+    ident: tuple[Any, ...] = (provider, model, endpoint_id(base_url))
+    return ident + (key_index,) if key_index else ident
+
+
+def entry_identity(e: PeerEntry) -> tuple[Any, ...]:
+    """`identity` of a decoded entry."""
+    ident: tuple[Any, ...] = (e.provider, e.model, e.endpoint)
+    return ident + (e.key,) if e.key else ident
 
 
 def format_time(wall: float) -> str:
@@ -103,6 +113,7 @@ class PeerEntry:
     last_error: str | None
     last_error_at: float | None      # wall clock
     imported: bool
+    key: int = 0                     # index of the provider's API key (apiKeys), 0 for the first/only
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,11 +139,13 @@ def encode(pod: str, snapshots: Iterable[Any], *, wall_now: float, mono_now: flo
         return format_time(wall_now + (t - mono_now))
 
     targets = []
-    for s in sorted(snapshots, key=lambda s: (s.key.provider, s.key.model, s.key.base_url)):
+    for s in sorted(snapshots, key=lambda s: s.key):
         entry: dict[str, Any] = {
             "provider": s.key.provider, "model": s.key.model, "endpoint": endpoint_id(s.key.base_url),
             "state": _state_value(s.state),
         }
+        if getattr(s.key, "key_index", 0):
+            entry["key"] = s.key.key_index
         if s.open_until is not None and _state_value(s.state) == "open":
             entry["openUntil"] = wall(s.open_until)
         if s.imported:
@@ -180,6 +193,9 @@ def decode(text: str | bytes) -> PeerDoc:
             continue
         ratio = t.get("failureRatio", 0.0)
         reqs = t.get("requests", 0)
+        key = t.get("key", 0)
+        if not isinstance(key, int) or isinstance(key, bool) or key < 0:
+            continue
         entries.append(PeerEntry(
             provider=cast(str, provider), model=cast(str, model), endpoint=cast(str, endpoint),
             state=cast(str, state),
@@ -188,7 +204,7 @@ def decode(text: str | bytes) -> PeerDoc:
             requests=int(reqs) if isinstance(reqs, (int, float)) else 0,
             last_error=t.get("lastError") if isinstance(t.get("lastError"), str) else None,
             last_error_at=parse_time(t.get("lastErrorAt")),
-            imported=t.get("imported") is True,
+            imported=t.get("imported") is True, key=key,
         ))
     pod = doc.get("pod")
     pod = pod if isinstance(pod, str) else ""
@@ -201,7 +217,7 @@ def is_stale(doc: PeerDoc, wall_now: float) -> bool:
 
 
 def plan_imports(doc: PeerDoc, *, own_pod: str, wall_now: float,
-                 local: Mapping[tuple[str, str, str], K], max_cooldown: float,
+                 local: Mapping[tuple[Any, ...], K], max_cooldown: float,
                  pod_name: str | None = None) -> tuple[list[tuple[K, float]], str | None]:
     """What to import from one peer document: `([(key, seconds_from_now), ...], reason)`.
 
@@ -219,7 +235,7 @@ def plan_imports(doc: PeerDoc, *, own_pod: str, wall_now: float,
     for e in doc.targets:
         if e.state != "open" or e.imported or e.open_until is None:
             continue
-        key = local.get((e.provider, e.model, e.endpoint))
+        key = local.get(entry_identity(e))
         if key is None:
             continue
         remaining = min(e.open_until - wall_now, e.open_until - doc.updated, max_cooldown)
@@ -297,9 +313,9 @@ class PeerClaims:
         return orphaned
 
 
-def local_identities(keys: Iterable[Any]) -> dict[tuple[str, str, str], Any]:
+def local_identities(keys: Iterable[Any]) -> dict[tuple[Any, ...], Any]:
     """`identity -> TargetKey` for the local targets (keys are `TargetKey`s)."""
-    return {identity(k.provider, k.model, k.base_url): k for k in keys}
+    return {identity(k.provider, k.model, k.base_url, getattr(k, "key_index", 0)): k for k in keys}
 
 
 def merge_into(registry: Any, doc: PeerDoc, *, own_pod: str, wall_now: float, mono_now: float,

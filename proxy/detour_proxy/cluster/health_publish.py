@@ -36,7 +36,7 @@ from typing import Any
 
 import orjson
 
-from .health_codec import PeerDoc, PeerEntry
+from .health_codec import PeerDoc, PeerEntry, entry_identity
 
 __all__ = ["OPEN_LABEL", "MAX_REPORT_BYTES", "significant", "reports_open", "fit"]
 
@@ -49,11 +49,11 @@ RATIO_STEP = 0.05
 _OPEN = ("open", "half-open")
 
 
-Identity = tuple[str, str, str]  # (provider, model, endpoint)
+Identity = tuple[Any, ...]  # (provider, model, endpoint[, key index]): health_codec.identity
 
 
 def _ident(e: PeerEntry) -> Identity:
-    return (e.provider, e.model, e.endpoint)
+    return entry_identity(e)
 
 
 def _local_state(e: PeerEntry, announced: frozenset[Identity] = frozenset()) -> str:
@@ -78,8 +78,8 @@ def significant(previous: PeerDoc | None, doc: PeerDoc, *, figures: bool = True,
     targets are no news."""
     if previous is None:
         return True
-    before = {(e.provider, e.model, e.endpoint): e for e in previous.targets}
-    now = {(e.provider, e.model, e.endpoint): e for e in doc.targets}
+    before = {_ident(e): e for e in previous.targets}
+    now = {_ident(e): e for e in doc.targets}
     if before.keys() != now.keys():
         return True
     for key, e in now.items():

@@ -103,7 +103,7 @@ def one_line(message: str, limit: int = 600) -> str:
 def credential_files(config: RoutingConfig | None) -> list[str]:
     if config is None:
         return []
-    files = [p.api_key.file for p in config.providers if p.api_key is not None and p.api_key.file]
+    files = [k.file for p in config.providers for k in p.key_sources if k.file]
     files += [p.credentials_file for p in config.providers if p.credentials_file]   # vertex (Google credentials)
     if config.client_auth is not None:
         files += [k.file for k in config.client_auth.keys if k.file]
@@ -235,6 +235,7 @@ class ConfigReloader:
             return 0
         wanted = set(files)
         creds = [p.credential for p in gw.providers.values() if p.credential is not None]
+        creds += [c for p in gw.providers.values() for c in p.key_credentials[1:]]   # apiKeys
         if gw.client_keys is not None:
             creds += gw.client_keys.credentials
         refreshed = 0

@@ -253,13 +253,13 @@ class SharedHealthService:
             self._set_available("publish", True)
             self._update_peer_gauge()
 
-    def _announced(self) -> frozenset[tuple[str, str, str]]:
+    def _announced(self) -> frozenset[tuple[Any, ...]]:
         """Identities of the local targets a live peer currently claims open."""
         reg = self.state.registry
         if reg is None:
             return frozenset()
         now = self.state.clock.now()
-        return frozenset(identity(k.provider, k.model, k.base_url) for k, _ in reg.items()
+        return frozenset(identity(k.provider, k.model, k.base_url, k.key_index) for k, _ in reg.items()
                          if self.claims.claimants(k, now))
 
     def _update_peer_gauge(self) -> None:

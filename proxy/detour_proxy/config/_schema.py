@@ -108,6 +108,7 @@ class Provider(_Model):
     type: ProviderType = Field(ProviderType.openai, description="API dialect: openai, azure-openai, anthropic, openai-compatible, gemini, vertex or bedrock.")
     base_url: str = Field("", alias="baseURL", pattern=r"^(?:https?://|$)", description="Base URL, e.g. https://api.openai.com/v1, https://RESOURCE.openai.azure.com, https://generativelanguage.googleapis.com (gemini) or https://us-east5-aiplatform.googleapis.com (vertex). Required, except for bedrock (default https://bedrock-runtime.REGION.amazonaws.com).")
     api_key: SecretSource | None = Field(None, description="The provider API key (bedrock: an optional Bedrock API key, sent as a bearer token instead of SigV4 signing).")
+    api_keys: list[SecretSource] | None = Field(None, min_length=1, max_length=16, description="Several API keys of this provider, instead of apiKey: each (model, key) has its own health, breaker and limits; a request refused with 401, 402, 403 or 429 goes to the next key (the refused key is held back: maxCooldown for 401/402/403, its Retry-After for 429) before the route falls back to another target. Keys are tried in list order.")
     api_version: str | None = Field(None, description="azure-openai: api-version query parameter; anthropic: anthropic-version header; vertex: anthropic_version of Claude requests (default vertex-2023-10-16).")
     headers: dict[str, str] = Field(default_factory=dict, description="Extra headers sent on every request to this provider.")
     timeouts: Timeouts = Field(default_factory=Timeouts, description="Connection, first-token, idle and total timeouts.")
@@ -144,11 +145,24 @@ class Provider(_Model):
         return self
 
     @model_validator(mode="after")
+    def _one_key_field(self) -> Provider:
+        if self.api_key is not None and self.api_keys is not None:
+            raise ValueError("set apiKey or apiKeys, not both (apiKeys: [one] is the same as apiKey)")
+        return self
+
+    @property
+    def key_sources(self) -> list[SecretSource]:
+        """The provider's API keys in order: `apiKeys`, else `apiKey` alone, else none."""
+        if self.api_keys is not None:
+            return list(self.api_keys)
+        return [self.api_key] if self.api_key is not None else []
+
+    @model_validator(mode="after")
     def _google_fields(self) -> Provider:
         vertex = self.type is ProviderType.vertex
         if vertex and (self.project is None or self.location is None):
             raise ValueError("type vertex needs project and location")
-        if vertex and self.api_key is not None:
+        if vertex and (self.api_key is not None or self.api_keys is not None):
             raise ValueError("type vertex authenticates with Google credentials (credentialsFile or "
                              "Application Default Credentials), not apiKey")
         if not vertex:

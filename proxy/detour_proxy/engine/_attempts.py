@@ -216,6 +216,8 @@ def note_decision(state: AppState, ctx: RequestContext, d: Try | GiveUp, plan: R
         state.metrics.fallbacks.labels(ctx.route.route.name, ctx.target.target.provider, tr.target.provider).inc()
     elif d.reason == "forced":
         tr.metrics.forced.inc()
+    elif d.reason == "rotate" and ctx.errors:
+        tr.metrics.key_rotations[result_label(ctx.errors[-1][1])].inc()
 
 
 def record(state: AppState, ctx: RequestContext, plan: RequestPlan, tr: TargetRuntime, res: Result) -> None:
@@ -281,7 +283,7 @@ def redact_for(state: AppState, ctx: RequestContext, text: str) -> str:
     keys = {t.provider.api_key() for t in ctx.route.targets}
     gw = state.gateway
     if gw is not None:
-        keys.update(p.api_key() for p in gw.providers.values())
+        keys.update(k for p in gw.providers.values() for k in p.all_api_keys())
     return redact(text, keys)
 
 

@@ -45,7 +45,7 @@ def skipped_headers(ctx: RequestContext) -> list[tuple[bytes, bytes]]:
     """`x-detour-skipped`: the targets that could not express this request and were not tried
     (why: `ctx.unsupported`, quoted in an error summary). Nothing a client asked for is dropped
     silently: it went elsewhere, and the header says so even when the request succeeded."""
-    skipped = [ctx.route.targets[i].label for i, req in ctx.requests.items() if req is None]
+    skipped = list(dict.fromkeys(ctx.route.targets[i].label for i, req in ctx.requests.items() if req is None))
     return [(b"x-detour-skipped", ", ".join(skipped).encode())] if skipped else []
 
 

@@ -106,6 +106,8 @@ class Relay:
         headers = [*self.codec.stream_headers, (b"x-detour-target", tr.label.encode()),
                    (b"x-detour-attempts", str(self.ctx.attempts).encode()),
                    (b"x-request-id", self.ctx.request_id.encode()), *skipped_headers(self.ctx)]
+        if tr.key_label is not None:   # several API keys: which one served (its index, never the key)
+            headers.append((b"x-detour-key", tr.key_label))
         self.ctx.status = 200   # the response has started (handlers read it if something fails later)
         await self.send({"type": "http.response.start", "status": 200, "headers": headers})
         self.started = True

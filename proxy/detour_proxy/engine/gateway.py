@@ -7,7 +7,7 @@ long-lived `HealthRegistry`, keyed by target identity, so it survives reloads.
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable
 
 
@@ -30,9 +30,20 @@ class ProviderRuntime:
     client_timeout: ConnectTimeout          # connect only; built once per config
     can_continue: bool
     supports_embeddings: bool
+    #: every API key of the provider (`apiKeys`), for redaction and key-file refresh
+    key_credentials: tuple[Credential, ...] = ()
+    #: which of them `credential` is (0 with one key); a provider with several keys has one
+    #: runtime per key, shared by its targets
+    key_index: int = 0
 
     def api_key(self) -> str | None:
         return self.credential.get() if self.credential is not None else None
+
+    def all_api_keys(self) -> list[str | None]:
+        """Every configured key of this provider (redaction must remove each of them)."""
+        if len(self.key_credentials) > 1:
+            return [c.get() for c in self.key_credentials]
+        return [self.api_key()]
 
 
 @dataclass(slots=True)
@@ -44,6 +55,8 @@ class TargetRuntime:
     state: TargetState
     metrics: TargetMetrics
     label: str          # "provider/model": the x-detour-target header value
+    #: with several API keys: the key's index (the x-detour-key header value), never the key
+    key_label: bytes | None = None
 
 
 @dataclass(slots=True)
@@ -98,44 +111,59 @@ def build_gateway(config: RoutingConfig, *, registry: HealthRegistry, budget: Re
                   previous: Gateway | None = None) -> Gateway:
     """Build all per-config structures. Raises only for programming errors: config is validated."""
     del clock  # planners take `now` from the executor; kept in the signature for symmetry
-    old_creds = {}
+    old_creds: dict[str, Any] = {}
+    old_keys: dict[str, Credential] = {}
     if previous is not None:
         old_creds = {name: p.credential for name, p in previous.providers.items()}
+        old_keys = {c.describe: c for p in previous.providers.values() for c in p.key_credentials}
     providers: dict[str, ProviderRuntime] = {}
+    key_runtimes: dict[str, list[ProviderRuntime]] = {}   # providers with several keys: one per key
     for p in config.providers:
         adapter = adapter_for(p)
-        cred = None
-        if p.api_key is not None:
-            prev = old_creds.get(p.name)
-            # Keep the cached credential when its source did not change (no extra file reads).
-            cred = prev if prev is not None and prev.describe == repr(p.api_key) else Credential(p.api_key)
+        cred: Credential | GoogleToken | AwsCredentials | None = None
+        keys: tuple[Credential, ...] = ()
+        if p.key_sources:
+            # Keep cached credentials whose source did not change (no extra file reads).
+            keys = tuple(old_keys.get(repr(src)) or Credential(src) for src in p.key_sources)
+            cred = keys[0]
         elif p.type is ProviderType.vertex:
-            cred = _google_token(p, old_creds.get(p.name), metrics)  # type: ignore[arg-type]
+            cred = _google_token(p, old_creds.get(p.name), metrics)
         elif p.type is ProviderType.bedrock:
             cred = _aws_credentials(p, old_creds.get(p.name), metrics)
         providers[p.name] = ProviderRuntime(
             config=p, adapter=adapter, credential=cred,
             client_timeout=client_timeout(p.timeouts.connect),
             can_continue=adapter.can_continue, supports_embeddings=adapter.supports("embeddings"),
+            key_credentials=keys,
         )
+        if len(keys) > 1:
+            key_runtimes[p.name] = [replace(providers[p.name], credential=c, key_index=j) for j, c in enumerate(keys)]
     registry.update_settings(config.health)
     routes: list[RouteRuntime] = []
     all_keys: list[TargetKey] = []
     limits: dict[TargetKey, Any] = {}
     for route in config.routes:
         targets: list[TargetRuntime] = []
-        for i, t in enumerate(route.targets):
-            prov = providers[t.provider]
-            key = TargetKey(t.provider, t.model, prov.config.base_url)
-            all_keys.append(key)
-            if t.limits is not None:
-                limits[key] = merge_limits(limits.get(key), t.limits)
-            targets.append(TargetRuntime(
-                index=i, target=t, key=key, provider=prov, state=registry.state(key),
-                metrics=TargetMetrics.bind(metrics, route.name, t.provider, t.model),
-                label=f"{t.provider}/{t.model}",
-            ))
-        planner = RoutePlanner(route, [t.key for t in targets], registry, budget, rng)
+        groups: list[int] = []
+        for g, t in enumerate(route.targets):
+            tm = TargetMetrics.bind(metrics, route.name, t.provider, t.model)
+            # A provider with several keys: one planner target per key (policy.keygroups).
+            for prov in key_runtimes.get(t.provider) or [providers[t.provider]]:
+                key = TargetKey(t.provider, t.model, prov.config.base_url, prov.key_index)
+                all_keys.append(key)
+                if t.limits is not None:   # limits are per key: each key has the provider's quota
+                    limits[key] = merge_limits(limits.get(key), t.limits)
+                targets.append(TargetRuntime(
+                    index=len(targets), target=t, key=key, provider=prov, state=registry.state(key),
+                    metrics=tm, label=f"{t.provider}/{t.model}",
+                    key_label=str(prov.key_index).encode() if t.provider in key_runtimes else None,
+                ))
+                groups.append(g)
+        expanded = len(targets) > len(route.targets)
+        if expanded:   # the planner indexes targets per key: the route lists each target once per key
+            route = route.model_copy(update={"targets": [t.target for t in targets]})
+        planner = RoutePlanner(route, [t.key for t in targets], registry, budget, rng,
+                               groups=groups if expanded else None)
         emb = tuple(t.provider.supports_embeddings for t in targets)
         cont = tuple(t.provider.can_continue for t in targets)
         routes.append(RouteRuntime(

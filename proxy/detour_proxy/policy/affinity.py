@@ -29,7 +29,8 @@ from typing import Any
 
 from detour_proxy import config
 
-from .target import TargetKey, TargetState
+from .balancer import Rankable
+from .target import TargetKey
 
 __all__ = ["SESSION_HEADER", "affinity_key", "affinity_order", "rank"]
 
@@ -92,7 +93,7 @@ def rank(key: str, indices: Sequence[int], keys: Sequence[TargetKey], weights: S
     return sorted(indices, key=lambda i: (-_score(key, keys[i], max(weights[i], 0)), i))
 
 
-def affinity_order(route: config.Route, keys: Sequence[TargetKey], states: Sequence[TargetState],
+def affinity_order(route: config.Route, keys: Sequence[TargetKey], states: Sequence[Rankable],
                    now: float, key: str, base: Sequence[int]) -> list[int]:
     """`base` (the strategy's order of the candidates) with the best tier's admitting
     targets moved to the front, ranked for `key`."""

@@ -17,13 +17,21 @@ from __future__ import annotations
 
 import random
 from collections.abc import Sequence
-from typing import cast
+from typing import Protocol, cast
 
 from detour_proxy import config
 
-from .target import TargetState
+__all__ = ["weighted_order", "order_targets", "Rankable"]
 
-__all__ = ["weighted_order", "order_targets"]
+
+class Rankable(Protocol):
+    """What ordering needs of a target: a `TargetState`, or a `keygroups.KeyGroup` (a target
+    with several API keys, ranked by its best key)."""
+
+    @property
+    def in_flight(self) -> int: ...
+    def admits(self, now: float) -> bool: ...
+    def latency_estimate(self, now: float) -> float | None: ...
 
 
 def weighted_order(indices: Sequence[int], weights: Sequence[int], rng: random.Random) -> list[int]:
@@ -60,7 +68,7 @@ def _priority(route: config.Route, cands: list[int], rng: random.Random) -> list
     return out
 
 
-def _latency(route: config.Route, states: Sequence[TargetState], cands: list[int],
+def _latency(route: config.Route, states: Sequence[Rankable], cands: list[int],
              now: float, rng: random.Random) -> list[int]:
     weights = [t.weight for t in route.targets]
     # Unmeasured or stale estimates count as best, so they are explored (see LATENCY_STALE_FRACTION).
@@ -91,7 +99,7 @@ def _latency(route: config.Route, states: Sequence[TargetState], cands: list[int
     return weighted_order(band, weights, rng) + by_ewma(slower) + probing + by_ewma(rest)
 
 
-def _least_busy(route: config.Route, states: Sequence[TargetState], cands: list[int],
+def _least_busy(route: config.Route, states: Sequence[Rankable], cands: list[int],
                 now: float, rng: random.Random) -> list[int]:
     admissible = [i for i in cands if states[i].admits(now)]
     if not admissible:
@@ -109,7 +117,7 @@ def _least_busy(route: config.Route, states: Sequence[TargetState], cands: list[
     return first + others + closed
 
 
-def order_targets(route: config.Route, states: Sequence[TargetState], now: float,
+def order_targets(route: config.Route, states: Sequence[Rankable], now: float,
                   rng: random.Random, candidates: Sequence[int] | None = None) -> list[int]:
     """The visiting order of `candidates` (default: all targets) under `route.strategy`.
     `states[i]` is the state of `route.targets[i]`."""

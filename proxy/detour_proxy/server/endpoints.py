@@ -156,6 +156,8 @@ class OpenAIEndpoints:
                 reply.headers.extend(skipped_headers(ctx))
                 if ctx.target is not None:
                     reply.headers.append((b"x-detour-target", ctx.target.label.encode()))
+                    if ctx.target.key_label is not None:   # several API keys: which one (its index)
+                        reply.headers.append((b"x-detour-key", ctx.target.key_label))
                 reply.headers.append((b"content-length", str(len(reply.body)).encode()))
                 ctx.status = status
                 await send({"type": "http.response.start", "status": status, "headers": reply.headers})

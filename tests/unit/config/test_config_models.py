@@ -95,3 +95,19 @@ def test_duration_format_round_trips(ms):
 @pytest.mark.parametrize("text, seconds", [("200ms", 0.2), ("2s", 2), ("5m", 300), ("1h", 3600), ("1m30s", 90)])
 def test_duration_forms(text, seconds):
     assert parse_duration(text) == seconds
+
+
+def test_a_provider_lists_several_api_keys_or_one_never_both():
+    base = {"routes": [{"name": "r", "targets": [{"provider": "p", "model": "m"}]}]}
+    one = {"name": "p", "baseURL": "https://x.example/v1", "apiKey": {"env": "K"}}
+    several = {"name": "p", "baseURL": "https://x.example/v1", "apiKeys": [{"env": "K1"}, {"file": "/k2"}]}
+    assert [repr(s) for s in parse_config({**base, "providers": [several]}).providers[0].key_sources] == [
+        "SecretSource(env='K1')", "SecretSource(file='/k2')"]
+    assert len(parse_config({**base, "providers": [one]}).providers[0].key_sources) == 1
+    with pytest.raises(ConfigError, match="set apiKey or apiKeys, not both"):
+        parse_config({**base, "providers": [{**several, "apiKey": {"env": "K"}}]})
+    with pytest.raises(ConfigError, match=r"providers\[0\]\.apiKeys"):
+        parse_config({**base, "providers": [{**several, "apiKeys": []}]})
+    with pytest.raises(ConfigError, match="not apiKey"):
+        parse_config({**base, "providers": [{"name": "p", "type": "vertex", "baseURL": "https://v.example",
+                                             "project": "x", "location": "us-east5", "apiKeys": [{"env": "K"}]}]})

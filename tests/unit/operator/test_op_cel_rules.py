@@ -146,6 +146,7 @@ VERTEX_RULE = "type vertex needs project and location"
 VERTEX = {"type": "vertex", "baseURL": "https://us-east5-aiplatform.googleapis.com", "project": "p", "location": "us-east5"}
 BEDROCK_RULE = "type bedrock needs region"
 BASE_URL_RULE = "baseURL is required unless type is bedrock"
+ONE_KEY_FIELD_RULE = "set apiKeySecretRef or apiKeySecretRefs, not both"
 BEDROCK = {"type": "bedrock", "region": "us-east-1"}
 LATENCY_RULE = "latencyTolerance applies only to strategy: latency"
 # id -> (kind, spec, the rule message it breaks or None)
@@ -165,6 +166,10 @@ CASES = {
                                                             apiKeySecretRef={"name": "s", "key": "k"}), None),
     "bedrock-without-region": ("LLMProvider", variant(BEDROCK, drop=("region",), baseURL="https://b.example.com"), BEDROCK_RULE),
     "openai-without-base-url": ("LLMProvider", variant(PROVIDER, drop=("baseURL",)), BASE_URL_RULE),
+    "several-keys": ("LLMProvider", variant(PROVIDER, drop=("apiKeySecretRef",), apiKeySecretRefs=[
+        {"name": "s", "key": "k"}, {"name": "s", "key": "k2"}]), None),
+    "one-key-and-several-keys": ("LLMProvider", variant(PROVIDER, apiKeySecretRefs=[{"name": "s", "key": "k2"}]),
+                                 ONE_KEY_FIELD_RULE),
     # weights mean something in every strategy (priority ties share by weight), so they are never refused
     "weights-default-strategy": ("RoutingPolicy", POLICY, None),
     "weights-priority": ("RoutingPolicy", variant(POLICY, strategy="priority"), None),

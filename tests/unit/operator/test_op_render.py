@@ -213,3 +213,31 @@ def test_secret_names_are_the_references_of_a_provider():
     from detour_operator.render import secret_names
     assert secret_names(llmp("openai")) == {"keys"}
     assert secret_names(llmp("vllm", type="openai-compatible", apiKeySecretRef=None)) == set()
+    assert secret_names(llmp("openai", apiKeySecretRef=None, apiKeySecretRefs=[
+        {"name": "keys", "key": "a"}, {"name": "more", "key": "b"}])) == {"keys", "more"}
+
+
+def test_several_api_keys_are_each_copied_into_the_credentials_secret_never_the_configmap():
+    secrets = {"keys": {"openai": "c2stb3BlbmFp"}, "more": {"a": "c2stYWFh", "b": "c2stYmJi"}}
+    p = llmp("openai", apiKeySecretRef=None, apiKeySecretRefs=[
+        {"name": "keys", "key": "openai"}, {"name": "more", "key": "a"}, {"name": "more", "key": "b"}])
+    del p["spec"]["apiKeySecretRef"]
+    r = render([p], [rpol("chat", "openai")], secrets, S)
+    assert r.error is None and not r.problems
+    config = parse_config(r.config_yaml)
+    assert [k.file for k in config.provider("openai").api_keys] == [
+        "/etc/detour/credentials/openai", "/etc/detour/credentials/openai.1", "/etc/detour/credentials/openai.2"]
+    assert r.credentials == {"openai": "c2stb3BlbmFp", "openai.1": "c2stYWFh", "openai.2": "c2stYmJi"}
+    assert b"c2st" not in r.config_yaml
+    # one missing key: the provider is not published, and the message names the Secret key
+    r = render([p], [rpol("chat", "openai")], {"keys": secrets["keys"], "more": {"a": "c2stYWFh"}}, S)
+    [problem] = r.problems[(LLMP, "openai")]
+    assert problem.reason == "SecretKeyNotFound" and "'b'" in problem.message
+    assert r.config is None and "openai.1" not in r.credentials
+
+
+def test_one_key_and_several_keys_at_once_is_refused_with_a_clear_message():
+    p = llmp("openai", apiKeySecretRefs=[{"name": "keys", "key": "openai"}])
+    r = render([p], [rpol("chat", "openai")], KEYS, S)
+    [problem] = r.problems[(LLMP, "openai")]
+    assert problem.reason == "InvalidSpec" and "apiKeySecretRef or apiKeySecretRefs, not both" in problem.message

@@ -11,7 +11,7 @@ from detour_proxy.config.durations import DURATION_PATTERN
 
 
 def test_spec_fields_are_the_config_fields():
-    assert set(specs.LLMProviderSpec.model_fields) == set(cfg.Provider.model_fields) - specs.PROVIDER_DROPPED | {"api_key_secret_ref"}
+    assert set(specs.LLMProviderSpec.model_fields) == set(cfg.Provider.model_fields) - specs.PROVIDER_DROPPED | {"api_key_secret_ref", "api_key_secret_refs"}
     assert set(specs.RoutingPolicySpec.model_fields) == set(cfg.Route.model_fields) - specs.ROUTE_DROPPED | {"order"}
     assert set(specs.PolicyTarget.model_fields) == set(cfg.Target.model_fields) - {"provider"} | {"provider_ref"}
     for name, field in specs.LLMProviderSpec.model_fields.items():

@@ -216,3 +216,26 @@ def test_peer_table_tracks_changes_and_gone_pods():
     assert t.pods() == ["pod-3"]
     t.remove("pod-3")
     assert t.pods() == [] and t.fresh(WALL0) == []
+
+
+def test_health_is_shared_per_api_key_by_index_never_by_key(clock):
+    """A provider with several keys publishes one entry per (model, key) with the key's index; a
+    peer imports the open key only, not the model's other keys (which keep serving)."""
+    k0, k1 = A, A._replace(key_index=1)
+    pub = registry(clock)
+    pub.state(k1).record(Outcome.http(401), clock.now())          # key 1 refused: open
+    text = encode("pod-2", pub.snapshot(clock.now()), wall_now=WALL0, mono_now=clock.now(), heartbeat=1.0)
+    entries = {(t["provider"], t.get("key", 0)): t for t in orjson.loads(text)["targets"]}
+    assert entries[("primary", 1)]["state"] == "open" and entries[("primary", 0)]["state"] == "closed"
+    assert "key" not in entries[("primary", 0)]                    # index 0 is the default (and old readers' view)
+    doc = decode(text)
+    assert {(e.provider, e.key) for e in doc.targets} == {("primary", 0), ("primary", 1), ("secondary", 0)}
+    assert identity(*k1) == ("primary", "gpt-4o-mini", endpoint_id(A.base_url), 1)
+    sub = registry(clock)
+    sub.state(k1)
+    assert merge_into(sub, doc, own_pod="pod-1", wall_now=WALL0, mono_now=clock.now()) == (1, None)
+    assert sub.get(k1).breaker_state(clock.now()) is BreakerState.OPEN
+    assert sub.get(k0).breaker_state(clock.now()) is BreakerState.CLOSED
+    # a malformed key index is skipped, not imported into key 0
+    bad = decode(peer_doc(targets=[{**open_entry(A, WALL0 + 20), "key": "1"}, {**open_entry(A, WALL0 + 20), "key": -1}]))
+    assert bad.targets == ()

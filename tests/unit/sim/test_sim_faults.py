@@ -194,6 +194,21 @@ async def test_paths_filter(oai, helpers):
         assert r.status == 500
 
 
+async def test_keys_filter_answers_per_api_key(oai, ant, helpers):
+    """A rule with `keys` hits only requests sent with those keys (OpenAI bearer, Anthropic x-api-key)."""
+    await oai.faults([{"status": 401, "keys": ["sk-revoked"]}, {"status": 429, "retryAfter": "5", "keys": ["sk-busy"]}])
+    for key, status in (("sk-revoked", 401), ("sk-busy", 429), ("sk-good", 200), (None, 200)):
+        hdrs = {"authorization": f"Bearer {key}"} if key else {}
+        async with await oai.post(CHAT, helpers.chat_body(), headers=hdrs) as r:
+            assert r.status == status, key
+    await ant.faults({"status": 403, "keys": ["sk-ant-x"]})
+    for key, status in (("sk-ant-x", 403), ("sk-ant-y", 200)):
+        body = helpers.messages_body()
+        async with await ant.post("/v1/messages", body, headers={"x-api-key": key, "anthropic-version": "2023-06-01"}) as r:
+            assert r.status == status, key
+    assert (await oai.admin("PUT", "/_sim/faults", {"status": 401, "keys": []}))[0] == 400
+
+
 async def test_rule_list_first_match_wins(oai, helpers):
     await oai.faults([{"status": 502, "paths": ["/v1/models"]}, {"status": 504}])
     async with oai.http.get(oai.url + "/v1/models") as r:

@@ -1,0 +1,93 @@
+"""Several API keys per provider, through the real proxy and the simulator, with the official
+openai SDK as the client: a key refused with 401, another with 429, and the third serves; the
+client sees one success, no provider fallback, and only key *indices* anywhere."""
+
+from __future__ import annotations
+
+import httpx
+import openai
+
+from detour_proxy.policy import BreakerState, TargetKey
+from support import ProxyServer, two_provider_config
+
+KEYS = ["sk-revoked-0123456789abcdef", "sk-busy-0123456789abcdef", "sk-good-0123456789abcdef"]
+
+
+def config(primary, secondary):
+    cfg = two_provider_config(primary, secondary)
+    prov = cfg["providers"][0]
+    del prov["apiKey"]
+    prov["apiKeys"] = [{"value": k} for k in KEYS]
+    return cfg
+
+
+def metric(proxy: ProxyServer, name: str, **labels) -> float:
+    return proxy.state.metrics.registry.get_sample_value(name, labels) or 0.0
+
+
+def test_a_refused_key_rotates_to_the_next_key_of_the_same_provider_not_to_another_provider(primary, secondary):
+    primary.admin.put("/_sim/faults", json=[{"status": 401, "keys": [KEYS[0]]},
+                                            {"status": 429, "retryAfter": "20", "keys": [KEYS[1]]}]).raise_for_status()
+    with ProxyServer(config(primary, secondary)) as proxy:
+        client = openai.OpenAI(base_url=proxy.v1, api_key="client-key", max_retries=0)
+        raw = client.chat.completions.with_raw_response.create(
+            model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}])
+        answer = raw.parse()
+        assert answer.choices[0].message.content == "The quick brown fox jumps over the lazy dog."
+        assert raw.headers["x-detour-target"] == "primary/gpt-4o-mini"   # no provider fallback
+        assert raw.headers["x-detour-key"] == "2"                         # the key's index, not the key
+        assert raw.headers["x-detour-attempts"] == "3"
+        assert secondary.requests() == 0 and primary.requests() == 3
+        labels = {"route": "chat", "provider": "primary", "model": "gpt-4o-mini"}
+        assert metric(proxy, "detour_key_rotations_total", reason="http_4xx", **labels) == 1
+        assert metric(proxy, "detour_key_rotations_total", reason="http_429", **labels) == 1
+        assert metric(proxy, "detour_fallbacks_total", route="chat", from_provider="primary",
+                      to_provider="secondary") == 0
+
+        # The refused keys are held back: the next requests (unary and streamed) go to key 2 first.
+        raw = client.chat.completions.with_raw_response.create(
+            model="gpt-4o-mini", messages=[{"role": "user", "content": "again"}])
+        assert (raw.headers["x-detour-key"], raw.headers["x-detour-attempts"]) == ("2", "1")
+        with client.chat.completions.with_streaming_response.create(
+                model="gpt-4o-mini", messages=[{"role": "user", "content": "s"}], stream=True) as resp:
+            assert (resp.headers["x-detour-key"], resp.headers["x-detour-attempts"]) == ("2", "1")
+            text = "".join(c.choices[0].delta.content or "" for c in resp.parse() if c.choices)
+        assert text == "The quick brown fox jumps over the lazy dog."
+        assert primary.requests() == 5
+
+        # Health per key: key 0 open (401: for maxCooldown), key 1 sidelined (its Retry-After),
+        # key 2 closed; the model's breaker gauge shows its best key, so the model is up.
+        reg = proxy.state.registry
+        now = proxy.state.clock.now()
+        base = primary.v1
+        assert reg.get(TargetKey("primary", "gpt-4o-mini", base, 0)).breaker_state(now) is BreakerState.OPEN
+        k1 = reg.get(TargetKey("primary", "gpt-4o-mini", base, 1))
+        assert k1.breaker_state(now) is BreakerState.CLOSED and k1.rate_limited(now)
+        assert reg.get(TargetKey("primary", "gpt-4o-mini", base, 2)).admits(now)
+        assert metric(proxy, "detour_breaker_state", provider="primary", model="gpt-4o-mini") == 0
+
+        # No key (nor a prefix of one) in the metrics or the headers
+        with httpx.Client(base_url=proxy.url, headers={"authorization": "Bearer client-key"}) as c:
+            exposed = c.get("/metrics").text
+        for key in KEYS:
+            assert key[:10] not in exposed and key[:10] not in str(dict(raw.headers))
+
+
+def test_every_key_refused_falls_back_to_the_next_provider(primary, secondary):
+    primary.admin.put("/_sim/faults", json=[{"status": 403, "keys": KEYS[:2]},
+                                            {"status": 402, "keys": [KEYS[2]]}]).raise_for_status()
+    with ProxyServer(config(primary, secondary)) as proxy:
+        client = openai.OpenAI(base_url=proxy.v1, api_key="client-key", max_retries=0)
+        raw = client.chat.completions.with_raw_response.create(
+            model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}])
+        assert raw.parse().choices[0].message.content
+        assert raw.headers["x-detour-target"] == "secondary/llama-3-8b"
+        assert "x-detour-key" not in raw.headers       # secondary has one key
+        assert primary.requests() == 3 and secondary.requests() == 1
+        assert metric(proxy, "detour_fallbacks_total", route="chat", from_provider="primary",
+                      to_provider="secondary") == 1
+        # every key of primary is now out: the next request goes to secondary at once
+        raw = client.chat.completions.with_raw_response.create(
+            model="gpt-4o-mini", messages=[{"role": "user", "content": "again"}])
+        assert raw.headers["x-detour-target"] == "secondary/llama-3-8b" and raw.headers["x-detour-attempts"] == "1"
+        assert primary.requests() == 3
