@@ -24,6 +24,10 @@ import socket
 from . import peering_mode
 
 DEFAULT_LIVENESS = "http://0.0.0.0:8081/healthz"
+DEFAULT_READINESS = "http://0.0.0.0:8082/readyz"
+#: How the wrapper tells the handlers module (loaded by kopf) what kopf's flags cannot carry.
+ENV_READINESS, ENV_PEERING, ENV_NAMESPACES = (
+    "DETOUR_OPERATOR_READINESS", "DETOUR_OPERATOR_PEERING", "DETOUR_OPERATOR_NAMESPACES")
 
 
 def replica_priority(pod_id: str) -> int:
@@ -32,7 +36,7 @@ def replica_priority(pod_id: str) -> int:
     return int.from_bytes(hashlib.sha256(pod_id.encode()).digest()[:4], "big") & 0x7FFFFFFF
 
 
-def kopf_args(argv: list[str] | None = None, lookup: peering_mode.Lookup = peering_mode.peering_object_exists) -> list[str]:
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="detour-operator", description=__doc__.splitlines()[0])
     scope = parser.add_mutually_exclusive_group()
     scope.add_argument("-n", "--namespace", action="append", default=[], help="watch this namespace (repeatable)")
@@ -45,8 +49,15 @@ def kopf_args(argv: list[str] | None = None, lookup: peering_mode.Lookup = peeri
     parser.add_argument("--priority", type=int, default=None,
                         help="kopf peering priority (default: derived from POD_ID or the hostname)")
     parser.add_argument("--liveness", default=DEFAULT_LIVENESS, help=f"liveness endpoint (default: {DEFAULT_LIVENESS})")
+    parser.add_argument("--readiness", default=DEFAULT_READINESS,
+                        help=f"readiness endpoint: 503 while kopf is paused for want of the peering object "
+                             f"(default: {DEFAULT_READINESS}; 'off' to disable)")
     parser.add_argument("--verbose", action="store_true")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def kopf_args(argv: list[str] | None = None, lookup: peering_mode.Lookup = peering_mode.peering_object_exists) -> list[str]:
+    args = _parser().parse_args(argv)
     out = ["run", "-m", "detour_operator.handlers", f"--liveness={args.liveness}"]
     out += [f"--namespace={ns}" for ns in args.namespace] or ["--all-namespaces"]
     name = peering_mode.choose(args.peering, args.standalone, args.namespace, lookup)
@@ -69,7 +80,12 @@ def main(argv: list[str] | None = None) -> None:
     handler.setFormatter(logging.Formatter("[%(asctime)s] %(name)-20.20s [%(levelname)-8.8s] %(message)s"))
     peering_mode.log.addHandler(handler)
     peering_mode.log.propagate = False
-    kopf_main.main(args=kopf_args(argv), prog_name="detour-operator")
+    args = kopf_args(argv)
+    readiness = _parser().parse_args(argv).readiness
+    os.environ[ENV_READINESS] = "" if readiness == "off" else readiness
+    os.environ[ENV_PEERING] = next((a.split("=", 1)[1] for a in args if a.startswith("--peering=")), "")
+    os.environ[ENV_NAMESPACES] = ",".join(a.split("=", 1)[1] for a in args if a.startswith("--namespace="))
+    kopf_main.main(args=args, prog_name="detour-operator")
 
 
 if __name__ == "__main__":

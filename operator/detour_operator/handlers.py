@@ -31,6 +31,7 @@ from typing import Any
 import kopf
 
 from . import health, specs
+from .readiness import Readiness
 from .reconcile import Indexes, Reconciler, start_metrics
 from .settings import load_settings
 
@@ -61,10 +62,17 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: logg
     settings.scanning.disabled = True
     memo.detour = Reconciler(SETTINGS)
     start_metrics(int(os.environ.get("DETOUR_OPERATOR_METRICS_PORT", "9090")), logger)
+    # /readyz (cli.py sets the endpoint; kopf run without the wrapper serves none).
+    if endpoint := os.environ.get("DETOUR_OPERATOR_READINESS"):
+        namespaces = [n for n in os.environ.get("DETOUR_OPERATOR_NAMESPACES", "").split(",") if n]
+        memo.readiness = Readiness(os.environ.get("DETOUR_OPERATOR_PEERING") or None, namespaces)
+        await memo.readiness.start(endpoint)
 
 
 @kopf.on.cleanup()
 async def cleanup(memo: kopf.Memo, **_: Any) -> None:
+    if getattr(memo, "readiness", None) is not None:
+        await memo.readiness.stop()
     if getattr(memo, "detour", None) is not None:
         await memo.detour.close()
 

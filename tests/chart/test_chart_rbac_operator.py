@@ -276,6 +276,11 @@ def test_operator_default_is_namespaced_standalone(default_docs: list[dict[str, 
     assert c["image"] == "detour-operator:0.1.0"
     live = c["livenessProbe"]["httpGet"]
     assert (live["path"], named_port(c, live["port"])) == ("/healthz", 8081)
+    # detour-operator's --readiness default: 503 while kopf waits for a missing peering object
+    ready = c["readinessProbe"]["httpGet"]
+    assert (ready["path"], named_port(c, ready["port"])) == ("/readyz", 8082)
+    from detour_operator import cli
+    assert cli.DEFAULT_READINESS == "http://0.0.0.0:8082/readyz"
     assert named_port(c, "metrics") == 9090
     assert deploy["spec"]["template"]["metadata"]["labels"]["app.kubernetes.io/component"] == "operator"
 

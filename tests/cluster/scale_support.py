@@ -63,7 +63,7 @@ class OperatorProcess:
         self._log = self.log_path.open("w")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "detour_operator.cli", "--namespace", ns, "--standalone",
-             f"--liveness=http://127.0.0.1:{free_port()}/healthz"],
+             f"--liveness=http://127.0.0.1:{free_port()}/healthz", "--readiness=off"],
             stdout=self._log, stderr=subprocess.STDOUT, env=env, cwd=tmp)
         self.user = f"system:serviceaccount:{ns}:{OPERATOR_SA}"
 

@@ -56,7 +56,8 @@ class Env:
         pod = wait_for(lambda: self.pods("operator"), 30, "the operator Pod")[0]
         self.operator = PodProcess(self.cluster, self.ns, pod, self.tmp,
                                    extra_env={"DETOUR_OPERATOR_METRICS_PORT": str(free_port())},
-                                   args={"--liveness": f"http://127.0.0.1:{free_port()}/healthz"}).start()
+                                   args={"--liveness": f"http://127.0.0.1:{free_port()}/healthz",
+                                         "--readiness": f"http://127.0.0.1:{free_port()}/readyz"}).start()
         return self.operator
 
     def start_proxies(self) -> None:

@@ -160,7 +160,8 @@ def test_unreferenced_secrets_are_never_read_and_referenced_ones_are_followed(re
         c.apply([secret(f"unrelated-{i:03d}", token=f"not-an-llm-key-{i}") for i in range(UNREFERENCED)]
                 + [secret("keys", a="sk-a-first")], ns=ns)
         c.apply([provider("a", upstream.v1, "keys", "a"), policy("chat", "a")], ns=ns)
-        operator = r.start("operator", **{"--liveness": f"http://127.0.0.1:{free_port()}/healthz"})
+        operator = r.start("operator", **{"--liveness": f"http://127.0.0.1:{free_port()}/healthz",
+                                          "--readiness": f"http://127.0.0.1:{free_port()}/readyz"})
         r.ready("llmp/a", "rpol/chat")
         port = free_port()
         proxy = r.start("proxy", **{"--host": "127.0.0.1", "--port": str(port)})
@@ -223,7 +224,8 @@ def test_secret_names_narrow_the_operators_secret_access_and_the_api_server_enfo
     c.apply([secret("keys", a="sk-a-first"), secret("other", x="sk-x"),
              provider("a", "http://127.0.0.1:9/v1", "keys", "a"), provider("x", "http://127.0.0.1:9/v1", "other", "x"),
              policy("chat", "a", "x")], ns=ns)
-    r.start("operator", **{"--liveness": f"http://127.0.0.1:{free_port()}/healthz"})
+    r.start("operator", **{"--liveness": f"http://127.0.0.1:{free_port()}/healthz",
+                           "--readiness": f"http://127.0.0.1:{free_port()}/readyz"})
     r.ready("llmp/a", "rpol/chat")
     c.kubectl("wait", "--for=jsonpath={.status.conditions[?(@.type=='ResolvedRefs')].reason}=SecretUnreadable",
               "llmp/x", "--timeout=60s", ns=ns, timeout=90)

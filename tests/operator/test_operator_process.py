@@ -26,14 +26,16 @@ def http_get(url: str) -> str:
 def test_cli_runs_with_peering_liveness_metrics_and_stops_on_sigterm(k8s, core, custom):
     custom.create_namespaced_custom_object("kopf.dev", "v1", NS, "kopfpeerings", {
         "apiVersion": "kopf.dev/v1", "kind": "KopfPeering", "metadata": {"name": "detour"}})
-    live, metrics = free_port(), free_port()
+    live, metrics, ready = free_port(), free_port(), free_port()
     env = {**os.environ, "KUBECONFIG": str(k8s.kubeconfig), "DETOUR_OPERATOR_METRICS_PORT": str(metrics)}
     proc = subprocess.Popen(
         [sys.executable, "-m", "detour_operator.cli", "-n", NS, "--peering", "detour", "--verbose",
-         f"--liveness=http://127.0.0.1:{live}/healthz"],
+         f"--liveness=http://127.0.0.1:{live}/healthz", f"--readiness=http://127.0.0.1:{ready}/readyz"],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         wait_for(lambda: http_get(f"http://127.0.0.1:{live}/healthz"), 15, what="liveness endpoint")
+        # the peering object exists: ready (a 503 would raise here)
+        wait_for(lambda: '"ready": true' in http_get(f"http://127.0.0.1:{ready}/readyz"), 15, what="ready")
         apply_examples(k8s, custom)
         assert core.read_namespaced_config_map("detour-routing", NS).data["config.yaml"]
         text = wait_for(lambda: (t := http_get(f"http://127.0.0.1:{metrics}/metrics"))
