@@ -92,6 +92,17 @@ def available_condition(health: Mapping[str, Any] | None, generation: int | None
     cut = (health or {}).get("truncatedReports")
     note = (f"; {cut} pod(s) left closed targets out of their report (annotation size limit: "
             "fewer targets per proxy, or fewer models per policy)") if cut else ""
+    models = [m for m in (health or {}).get("models") or [] if isinstance(m, Mapping)]
+    out = [f"{m.get('name')} ({m.get('readyKeys')}/{m.get('keys')} keys ready)" if m.get("keys", 1) > 1
+           else str(m.get("name")) for m in models if m.get("state") == "Unavailable"]
+    keys_out = [f"{m.get('name')} {m.get('readyKeys')}/{m.get('keys')} keys ready" for m in models
+                if m.get("state") == "Degraded" and m.get("readyKeys", 0) < m.get("keys", 1)]
+    if keys_out:
+        note = "; " + ", ".join(keys_out) + note
+    if out and state != "Unavailable":
+        return condition("Available", True, "ModelsUnavailable",
+                         f"models unavailable: {', '.join(out)}; the other models serve; breakers: {breaker}{note}",
+                         generation)
     if state == "Healthy":
         return condition("Available", True, "Healthy", f"breakers: {breaker}{note}", generation)
     if state == "Degraded":

@@ -174,7 +174,8 @@ def build() -> dict[str, dict[str, Any]]:
         "LLMProvider", "llmproviders", "llmp", specs.LLMProviderSpec, specs.LLMProviderStatus, PROVIDER_RULES,
         [{"name": "Type", "type": "string", "jsonPath": ".spec.type"}, ready,
          {"name": "Health", "type": "string", "jsonPath": ".status.health.state"},
-         {"name": "Breaker", "type": "string", "jsonPath": ".status.health.breaker"}, age],
+         {"name": "Breaker", "type": "string", "jsonPath": ".status.health.breaker"},
+         {"name": "Models", "type": "string", "jsonPath": ".status.health.modelsReady"}, age],
         "An upstream LLM provider endpoint that Detour routes to. Its name is the provider name in the routing config.")
     rpol = _crd(
         "RoutingPolicy", "routingpolicies", "rpol", specs.RoutingPolicySpec, specs.RoutingPolicyStatus, POLICY_RULES,

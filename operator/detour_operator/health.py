@@ -61,17 +61,73 @@ def next_stale(reports: Iterable[Mapping[str, Any]], now: datetime.datetime) -> 
     return out
 
 
+#: Longest `modelsReady` string (a printer column): the rest is summarised as `+N more`.
+MODELS_READY_MAX = 120
+
+
+def _models(entries: list[Mapping[str, Any]], keys: int, degraded_ratio: float) -> list[dict[str, Any]]:
+    """Per-model roll-up: which (model, key) targets are open, from every fresh pod's entries.
+
+    A (model, key) is open when a pod opened it on its own evidence (every pod imports that open
+    within the staleness bound, so every pod avoids it). `keys` is how many API keys the provider
+    lists (a model may be reported with fewer: a key never used yet is ready)."""
+    by_model: dict[str, dict[str, Any]] = {}
+    for t in entries:
+        model = t.get("model")
+        if not isinstance(model, str) or not model:
+            continue
+        m = by_model.setdefault(model, {"open": set(), "seen": set(), "requests": 0, "failures": 0.0})
+        key = t.get("key", 0)
+        key = key if isinstance(key, int) and not isinstance(key, bool) and key >= 0 else 0
+        m["seen"].add(key)
+        if t.get("state") in OPEN_STATES and not t.get("imported"):
+            m["open"].add(key)
+        n = int(t.get("requests") or 0)
+        m["requests"] += n
+        m["failures"] += float(t.get("failureRatio") or 0.0) * n
+    out = []
+    for model in sorted(by_model):
+        m = by_model[model]
+        total = max(keys, max(m["seen"]) + 1)
+        opened = len(m["open"])
+        ratio = m["failures"] / m["requests"] if m["requests"] else 0.0
+        state = ("Unavailable" if opened >= total else
+                 "Degraded" if opened or ratio >= degraded_ratio else "Healthy")
+        out.append({"name": model, "state": state, "keys": total, "readyKeys": total - opened})
+    return out
+
+
+def models_ready(models: list[Mapping[str, Any]], limit: int = MODELS_READY_MAX) -> str:
+    """`kubectl get llmp`'s Models column: `model ready/total` (keys, or 1 for a provider with one
+    key) for each model, unavailable ones first so they are never the part cut off."""
+    ordered = sorted(models, key=lambda m: (m["state"] != "Unavailable", m["state"] != "Degraded", m["name"]))
+    parts = [f"{m['name']} {m['readyKeys']}/{m['keys']}" for m in ordered]
+    text = ", ".join(parts)
+    if len(text) <= limit:
+        return text
+    shown: list[str] = []
+    for n, part in enumerate(parts):
+        rest = f", +{len(parts) - n} more"
+        if len(", ".join(shown + [part])) + len(rest) > limit:
+            return ", ".join(shown) + rest if shown else f"{len(parts)} models"
+        shown.append(part)
+    return text
+
+
 def rollup(reports: Iterable[Mapping[str, Any]], provider: str, now: datetime.datetime,
-           degraded_ratio: float = 0.5) -> dict[str, Any]:
+           degraded_ratio: float = 0.5, keys: int = 1) -> dict[str, Any]:
     """`status.health` of one provider from the fresh reports of all proxy pods.
 
     `breaker` counts the pods that saw the provider fail themselves (an open period a pod
     imported from a peer is flagged `imported`; importers do not even publish it). Since every
     pod imports a peer's open breaker within the staleness bound, one such pod means every pod
-    avoids the provider: the state is then `Unavailable`.
+    avoids that target. Health is per (model, key) (`models`): the provider is `Unavailable`
+    only when no model has a ready key, and `Degraded` while some model or key is out (a failing
+    model does not take its provider's other models down). `keys`: API keys the provider lists.
     """
     pods = opened = requests = truncated = 0
     failures = 0.0
+    entries: list[Mapping[str, Any]] = []
     last: tuple[datetime.datetime, str, str] | None = None
     for report in reports:
         if not fresh(report, now):
@@ -82,6 +138,7 @@ def rollup(reports: Iterable[Mapping[str, Any]], provider: str, now: datetime.da
             continue
         pods += 1
         opened += any(t.get("state") in OPEN_STATES and not t.get("imported") for t in targets)
+        entries.extend(targets)
         for t in targets:
             n = int(t.get("requests") or 0)
             requests += n
@@ -90,11 +147,12 @@ def rollup(reports: Iterable[Mapping[str, Any]], provider: str, now: datetime.da
             if t.get("lastError") and at is not None and (last is None or at > last[0]):
                 last = (at, str(t["lastError"]), str(t["lastErrorAt"]))
     ratio = round(failures / requests, 3) if requests else 0.0
+    models = _models(entries, keys, degraded_ratio)
     if pods == 0:
         state = "Unknown"
-    elif opened:
+    elif models and all(m["state"] == "Unavailable" for m in models):
         state = "Unavailable"
-    elif ratio >= degraded_ratio:
+    elif opened or ratio >= degraded_ratio or any(m["state"] != "Healthy" for m in models):
         state = "Degraded"
     else:
         state = "Healthy"
@@ -104,6 +162,9 @@ def rollup(reports: Iterable[Mapping[str, Any]], provider: str, now: datetime.da
                               "failureRatio": ratio, "pods": pods}
     if last is not None:
         health["lastError"], health["lastErrorAt"] = last[1], last[2]
+    if models:
+        health["models"] = models
+        health["modelsReady"] = models_ready(models)
     if truncated:
         health["truncatedReports"] = truncated
     return health
@@ -136,7 +197,7 @@ def settle(previous: Mapping[str, Any] | None, rolled: dict[str, Any]) -> dict[s
     0.05, and `lastErrorAt` when the error class changed or it is a minute newer.
     """
     if not previous or any(previous.get(k) != rolled.get(k)
-                           for k in ("state", "breaker", "pods", "lastError", "truncatedReports")):
+                           for k in ("state", "breaker", "pods", "lastError", "truncatedReports", "models")):
         return rolled
     out = dict(rolled)
     old_n, new_n = int(previous.get("requests") or 0), int(rolled.get("requests") or 0)

@@ -367,8 +367,9 @@ class Reconciler:
                     continue
                 name = obj["metadata"]["name"]
                 known = self.statuses.get(obj["metadata"]["uid"]) or obj.get("status") or {}
+                keys = max(1, len(specs.secret_refs(obj.get("spec"))))   # API keys: health per (model, key)
                 rolled = health.settle(known.get("health"),
-                                       health.rollup(reports, name, now, self.settings.degraded_failure_ratio))
+                                       health.rollup(reports, name, now, self.settings.degraded_failure_ratio, keys))
                 gen = obj["metadata"].get("generation")
                 patched = await self._patch_status(obj, {"health": rolled},
                                                    [conditions.available_condition(rolled, gen)],

@@ -165,10 +165,19 @@ class Condition(_Status):
     observed_generation: int | None = Field(None, ge=0, description="metadata.generation the condition was computed for.")
 
 
+class ModelHealth(_Status):
+    """Health of one model of the provider, over its API keys (one target per (model, key))."""
+
+    name: str = Field(..., description="The model (or Azure deployment) name the policies' targets use.")
+    state: Literal["Healthy", "Degraded", "Unavailable"] = Field(..., description="Unavailable: every key's breaker is open (opened by some pod, shared with every pod); Degraded: some key's is, or the model's failure ratio is at or above the threshold; else Healthy.")
+    keys: int = Field(1, ge=1, description="API keys of the provider (1 without apiKeySecretRefs): one target per (model, key).")
+    ready_keys: int = Field(0, ge=0, description="Keys whose breaker for this model is not open.")
+
+
 class ProviderHealth(_Status):
     """Roll-up of the health that proxy pods publish in their `detour.dev/health` annotation."""
 
-    state: Literal["Healthy", "Degraded", "Unavailable", "Unknown"] = Field(..., description="Healthy, Degraded (failure ratio at or above the threshold), Unavailable (a pod opened the breaker; every pod imports it) or Unknown (no fresh reports).")
+    state: Literal["Healthy", "Degraded", "Unavailable", "Unknown"] = Field(..., description="Healthy, Degraded (failure ratio at or above the threshold, or some model or key unavailable), Unavailable (no model has a key whose breaker is closed: pods opened them, every pod imports them) or Unknown (no fresh reports).")
     breaker: str = Field("", description="Pods that opened the breaker on their own evidence out of the pods reporting it, e.g. `1/3 open`.")
     last_error: str | None = Field(None, description="Most recent error class seen by any pod, e.g. http_503.")
     last_error_at: str | None = Field(None, description="When the most recent error happened (RFC 3339).")
@@ -176,6 +185,8 @@ class ProviderHealth(_Status):
     failure_ratio: float = Field(0.0, ge=0.0, le=1.0, description="Request-weighted failure ratio over the window.")
     pods: int = Field(0, ge=0, description="Proxy pods with a fresh report for this provider.")
     truncated_reports: int | None = Field(None, ge=0, description="Pods whose report left closed targets out to stay under the annotation size limit.")
+    models: list[ModelHealth] | None = Field(None, description="Health per model (over its API keys): a failing model or a refused key does not take the provider's other models down.")
+    models_ready: str | None = Field(None, description="Per model, `name ready/total` keys (1 total without apiKeySecretRefs), unavailable models first: the Models column of `kubectl get llmp`.")
 
 
 class LLMProviderStatus(_Status):

@@ -96,7 +96,7 @@ def test_names_columns_and_descriptions():
     llmp, rpol = crd("llmproviders"), crd("routingpolicies")
     assert llmp["spec"]["names"]["shortNames"] == ["llmp"] and rpol["spec"]["names"]["shortNames"] == ["rpol"]
     cols = lambda d: [c["name"] for c in d["spec"]["versions"][0]["additionalPrinterColumns"]]  # noqa: E731
-    assert cols(llmp) == ["Type", "Ready", "Health", "Breaker", "Age"]
+    assert cols(llmp) == ["Type", "Ready", "Health", "Breaker", "Models", "Age"]
     assert cols(rpol) == ["Strategy", "Targets", "Ready", "Age"]
 
     def undocumented(node: dict[str, Any], path: str) -> list[str]:
@@ -129,7 +129,8 @@ def test_bounds_and_enums_come_from_the_config_models():
     pspec = schema_of(crd("llmproviders"))["properties"]["spec"]["properties"]
     assert "name" not in pspec and "apiKey" not in pspec and "apiKeySecretRef" in pspec
     breaker = schema_of(crd("llmproviders"))["properties"]["status"]["properties"]["health"]["properties"]
-    assert set(breaker) == {"state", "breaker", "lastError", "lastErrorAt", "requests", "failureRatio", "pods", "truncatedReports"}
+    assert set(breaker) == {"state", "breaker", "lastError", "lastErrorAt", "requests", "failureRatio", "pods", "truncatedReports",
+                            "models", "modelsReady"}
 
 
 @pytest.mark.parametrize("doc", [d for d in example_docs() if d["apiVersion"].startswith("detour.dev/")],

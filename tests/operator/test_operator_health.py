@@ -60,7 +60,8 @@ def test_pod_health_shows_in_status_and_printer_columns(k8s, operator, core, cus
                       and o, 3, what=lambda: get(custom, "llmproviders", "openai")["status"])
     assert openai["status"]["health"] == {"state": "Degraded", "breaker": "0/2 open", "requests": 100,
                                           "failureRatio": 0.52, "pods": 2, "lastError": "http_503",
-                                          "lastErrorAt": err_at}
+                                          "lastErrorAt": err_at, "modelsReady": "m 1/1",
+                                          "models": [{"name": "m", "state": "Degraded", "keys": 1, "readyKeys": 1}]}
     available = cond(openai, "Available")
     assert available["status"] == "True" and available["reason"] == "Degraded"
     assert cond(openai, "Ready")["status"] == "True"  # health does not change config readiness
@@ -72,9 +73,9 @@ def test_pod_health_shows_in_status_and_printer_columns(k8s, operator, core, cus
     # kubectl evaluates the CRD's printer-column JSONPaths (custom-columns uses the same JSONPath engine)
     out = kubectl(k8s, "get", "llmp", "-o", f"custom-columns=NAME:.metadata.name,{columns('llmproviders.detour.dev.yaml')}")
     rows = {line.split()[0]: line.split() for line in out.stdout.splitlines()[1:]}
-    assert out.stdout.split()[:5] == ["NAME", "TYPE", "READY", "HEALTH", "BREAKER"]
-    assert rows["openai"][1:] == ["openai", "True", "Degraded", "0/2", "open"]
-    assert rows["anthropic"][1:] == ["anthropic", "True", "Healthy", "0/2", "open"]
+    assert out.stdout.split()[:6] == ["NAME", "TYPE", "READY", "HEALTH", "BREAKER", "MODELS"]
+    assert rows["openai"][1:] == ["openai", "True", "Degraded", "0/2", "open", "m", "1/1"]
+    assert rows["anthropic"][1:] == ["anthropic", "True", "Healthy", "0/2", "open", "m", "1/1"]
     out = kubectl(k8s, "get", "rpol", "-o", f"custom-columns=NAME:.metadata.name,{columns('routingpolicies.detour.dev.yaml')}")
     assert out.stdout.splitlines()[1].split() == ["chat", "priority", "openai,azure,anthropic", "True"]
     # The Targets column reads one scalar the operator writes (a real API server's table converter
@@ -113,7 +114,8 @@ def test_an_error_that_goes_away_leaves_status_and_unchanged_ticks_write_nothing
     wait_for(lambda: "lastError" not in get(custom, "llmproviders", "openai")["status"]["health"], 5,
              what=lambda: get(custom, "llmproviders", "openai")["status"]["health"])
     health = get(custom, "llmproviders", "openai")["status"]["health"]
-    assert health == {"state": "Healthy", "breaker": "0/1 open", "requests": 20, "failureRatio": 0.0, "pods": 1}
+    assert health == {"state": "Healthy", "breaker": "0/1 open", "requests": 20, "failureRatio": 0.0, "pods": 1,
+                      "models": [{"name": "m", "state": "Healthy", "keys": 1, "readyKeys": 1}], "modelsReady": "m 1/1"}
 
     # reports whose figures only drift (requests within 25 %): five roll-ups of the 3 providers,
     # no status write at all
@@ -137,3 +139,51 @@ def test_an_error_that_goes_away_leaves_status_and_unchanged_ticks_write_nothing
     assert openai["status"]["health"] == {"state": "Unknown", "breaker": "0/0 open", "requests": 0,
                                           "failureRatio": 0.0, "pods": 0}
     assert cond(openai, "Available")["reason"] == "NoReports"
+
+
+def test_several_keys_roll_up_per_model_in_status_and_the_models_column(k8s, operator, core, custom):
+    """An LLMProvider with three keys (apiKeySecretRefs): every key reaches detour-credentials (not
+    the ConfigMap); pods report per (model, key); one model with a refused key and another with
+    every key out leave the provider Degraded (Available, naming the model), and `kubectl get llmp`
+    shows per model how many keys are ready."""
+    import base64
+
+    from detour_proxy.config import parse_config
+
+    apply_examples(k8s, custom)
+    core.create_namespaced_secret(NS, {"metadata": {"name": "pool"},
+                                       "stringData": {"a": "sk-pool-a", "b": "sk-pool-b", "c": "sk-pool-c"}})
+    custom.create_namespaced_custom_object("detour.dev", "v1alpha1", NS, "llmproviders", {
+        "apiVersion": "detour.dev/v1alpha1", "kind": "LLMProvider", "metadata": {"name": "pool"},
+        "spec": {"type": "openai", "baseURL": "https://pool.example.com/v1",
+                 "apiKeySecretRefs": [{"name": "pool", "key": k} for k in "abc"]}})
+    custom.create_namespaced_custom_object("detour.dev", "v1alpha1", NS, "routingpolicies", {
+        "apiVersion": "detour.dev/v1alpha1", "kind": "RoutingPolicy", "metadata": {"name": "pooled"},
+        "spec": {"order": 10, "match": {"models": ["gpt-4o", "o1"]},
+                 "targets": [{"providerRef": "pool", "model": "gpt-4o"}, {"providerRef": "pool", "model": "o1"}]}})
+    wait_for(lambda: cond(get(custom, "llmproviders", "pool"), "Ready") and
+             cond(get(custom, "llmproviders", "pool"), "Ready")["status"] == "True", 10,
+             what=lambda: get(custom, "llmproviders", "pool").get("status"))
+    creds = core.read_namespaced_secret("detour-credentials", NS).data
+    assert [base64.b64decode(creds[k]) for k in ("pool", "pool.1", "pool.2")] == [b"sk-pool-a", b"sk-pool-b", b"sk-pool-c"]
+    cm = core.read_namespaced_config_map("detour-routing", NS).data["config.yaml"]
+    assert "sk-pool" not in cm
+    assert [k.file.rsplit("/", 1)[1] for k in parse_config(cm).provider("pool").api_keys] == ["pool", "pool.1", "pool.2"]
+
+    def entry(model: str, key: int, state: str = "closed") -> dict:
+        e = {"provider": "pool", "model": model, "endpoint": "0badc0de", "state": state, "requests": 5, "failureRatio": 0.0}
+        return {**e, "key": key} if key else e
+
+    pod(core, "proxy-k", report("proxy-k", [entry("gpt-4o", 0), entry("gpt-4o", 1, "open"), entry("gpt-4o", 2),
+                                            entry("o1", 0, "open"), entry("o1", 1, "open"), entry("o1", 2, "open")]))
+    pool = wait_for(lambda: (o := get(custom, "llmproviders", "pool"))["status"].get("health", {}).get("pods") == 1
+                    and o, 10, what=lambda: get(custom, "llmproviders", "pool")["status"])
+    h = pool["status"]["health"]
+    assert h["state"] == "Degraded" and h["modelsReady"] == "o1 0/3, gpt-4o 2/3"
+    assert h["models"] == [{"name": "gpt-4o", "state": "Degraded", "keys": 3, "readyKeys": 2},
+                           {"name": "o1", "state": "Unavailable", "keys": 3, "readyKeys": 0}]
+    available = cond(pool, "Available")
+    assert (available["status"], available["reason"]) == ("True", "ModelsUnavailable")
+    assert "o1 (0/3 keys ready)" in available["message"] and "sk-pool" not in json.dumps(pool["status"])
+    out = kubectl(k8s, "get", "llmp", "pool", "-o", f"custom-columns=NAME:.metadata.name,{columns('llmproviders.detour.dev.yaml')}")
+    assert out.stdout.splitlines()[1].split()[3:] == ["Degraded", "1/1", "open", "o1", "0/3,", "gpt-4o", "2/3"]
