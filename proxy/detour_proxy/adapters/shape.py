@@ -15,17 +15,15 @@ from typing import Any
 __all__ = ["check_answer"]
 
 
-def _opt(value: Any, *types: type) -> bool:
-    return value is None or isinstance(value, types)
-
-
 def check_answer(kind: str, doc: Any) -> str | None:
-    """What makes `doc` not a usable `chat.completion` / embeddings list (None: it is)."""
+    """What makes `doc` not a usable `chat.completion` / embeddings list (None: it is).
+    Runs on every answer: plain type tests inlined (no helper calls)."""
     if not isinstance(doc, dict):
         return "a body that is not a JSON object"
     if doc.get("error") is not None:
         return "an error object instead of an answer"
-    if not _opt(doc.get("usage"), dict):
+    usage = doc.get("usage")
+    if usage is not None and not isinstance(usage, dict):
         return "a malformed 'usage'"
     if kind == "embeddings":
         data = doc.get("data")
@@ -42,7 +40,13 @@ def check_answer(kind: str, doc: Any) -> str | None:
         m = c.get("message")
         if not isinstance(m, dict):
             return "a choice without a 'message' object"
-        if not (_opt(m.get("content"), str) and _opt(m.get("refusal"), str)
-                and _opt(m.get("tool_calls"), list)):
+        v = m.get("content")
+        if v is not None and not isinstance(v, str):
+            return "a malformed 'message'"
+        v = m.get("refusal")
+        if v is not None and not isinstance(v, str):
+            return "a malformed 'message'"
+        v = m.get("tool_calls")
+        if v is not None and not isinstance(v, list):
             return "a malformed 'message'"
     return None

@@ -45,6 +45,11 @@ def skipped_headers(ctx: RequestContext) -> list[tuple[bytes, bytes]]:
     """`x-detour-skipped`: the targets that could not express this request and were not tried
     (why: `ctx.unsupported`, quoted in an error summary). Nothing a client asked for is dropped
     silently: it went elsewhere, and the header says so even when the request succeeded."""
+    for req in ctx.requests.values():
+        if req is None:
+            break
+    else:
+        return []   # the common case: every target asked could express the request
     skipped = list(dict.fromkeys(ctx.route.targets[i].label for i, req in ctx.requests.items() if req is None))
     return [(b"x-detour-skipped", ", ".join(skipped).encode())] if skipped else []
 

@@ -22,7 +22,7 @@ so slow readers cannot open a healthy breaker.
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Coroutine
 
 import orjson
 
@@ -89,8 +89,8 @@ class StreamRunner:
         reqs[tr.index] = req
         return req
 
-    async def attempt(self, plan: RequestPlan, tr: TargetRuntime) -> Result:
-        return await stream_attempt(self.state, self.ctx, tr, plan.deadline, self.relay, self.include_usage,
+    def attempt(self, plan: RequestPlan, tr: TargetRuntime) -> Coroutine[Any, Any, Result]:
+        return stream_attempt(self.state, self.ctx, tr, plan.deadline, self.relay, self.include_usage,
                                     self.failed)
 
     def after(self, plan: RequestPlan, tr: TargetRuntime, res: Result) -> bool:

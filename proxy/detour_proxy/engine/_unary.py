@@ -12,7 +12,7 @@ removed from its text. Routes with `hiddenFailures` also fail an empty or reason
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Coroutine
 
 import orjson
 
@@ -46,8 +46,8 @@ class UnaryRunner:
     def eligible(self) -> Eligible:
         return self._eligible
 
-    async def attempt(self, plan: RequestPlan, tr: TargetRuntime) -> Result:
-        return await unary_attempt(self.state, self.ctx, tr, plan.deadline)
+    def attempt(self, plan: RequestPlan, tr: TargetRuntime) -> Coroutine[Any, Any, Result]:
+        return unary_attempt(self.state, self.ctx, tr, plan.deadline)
 
     def after(self, plan: RequestPlan, tr: TargetRuntime, res: Result) -> bool:
         if res.outcome.ok:

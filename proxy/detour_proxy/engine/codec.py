@@ -87,8 +87,9 @@ class OpenAICodec:
             messages = body.get("messages")
             if not isinstance(messages, list) or not messages:
                 raise bad_request("'messages' must be a non-empty array.", param="messages")
-            if any(not isinstance(m, dict) or not isinstance(m.get("role"), str) for m in messages):
-                raise bad_request("Each message must be an object with a 'role'.", param="messages")
+            for m in messages:   # a loop, not any(<genexpr>): this runs on every request
+                if not isinstance(m, dict) or not isinstance(m.get("role"), str):
+                    raise bad_request("Each message must be an object with a 'role'.", param="messages")
             if "stream" in body and not isinstance(body["stream"], bool):
                 raise bad_request("'stream' must be a boolean.", param="stream")
         elif "input" not in body:

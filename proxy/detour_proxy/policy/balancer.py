@@ -21,7 +21,7 @@ from typing import Protocol, cast
 
 from detour_proxy import config
 
-__all__ = ["weighted_order", "order_targets", "Rankable"]
+__all__ = ["weighted_order", "order_targets", "Rankable", "priority_tiers", "tiers_order"]
 
 
 class Rankable(Protocol):
@@ -59,13 +59,27 @@ def weighted_order(indices: Sequence[int], weights: Sequence[int], rng: random.R
     return out + zero
 
 
-def _priority(route: config.Route, cands: list[int], rng: random.Random) -> list[int]:
-    weights = [t.weight for t in route.targets]
+def priority_tiers(route: config.Route, cands: Sequence[int]) -> list[list[int]]:
+    """`cands` grouped by ascending `priority` (each tier in the given order)."""
+    targets = route.targets
+    return [[i for i in cands if targets[i].priority == prio]
+            for prio in sorted({targets[i].priority for i in cands})]
+
+
+def tiers_order(tiers: Sequence[Sequence[int]], weights: Sequence[int], rng: random.Random) -> list[int]:
+    """The priority order: tier after tier, each in weighted random order. A tier of one
+    target draws nothing (as in `weighted_order`), so it costs no call."""
     out: list[int] = []
-    for prio in sorted({route.targets[i].priority for i in cands}):
-        tier = [i for i in cands if route.targets[i].priority == prio]
-        out.extend(weighted_order(tier, weights, rng))
+    for tier in tiers:
+        if len(tier) == 1:
+            out.append(tier[0])
+        else:
+            out.extend(weighted_order(tier, weights, rng))
     return out
+
+
+def _priority(route: config.Route, cands: list[int], rng: random.Random) -> list[int]:
+    return tiers_order(priority_tiers(route, cands), [t.weight for t in route.targets], rng)
 
 
 def _latency(route: config.Route, states: Sequence[Rankable], cands: list[int],

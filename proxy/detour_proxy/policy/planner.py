@@ -51,7 +51,7 @@ from detour_proxy import config
 
 from .affinity import affinity_order
 from .backoff import retry_delay
-from .balancer import order_targets
+from .balancer import order_targets, priority_tiers, tiers_order
 from .breaker import Admission
 from .budget import RetryBudget
 from .keygroups import KeyGroups
@@ -129,6 +129,14 @@ class RoutePlanner:
         self.rng = rng if rng is not None else random.Random()
         self.key_groups = KeyGroups(route, self.keys, groups, self.states) \
             if groups is not None and KeyGroups.needed(groups) else None
+        # What `begin()` needs that only the config decides, computed once: the targets it
+        # orders when no `eligible` narrows them, and for `priority` their tiers and weights.
+        targets = route.targets
+        self._base = [i for i in range(len(targets)) if not targets[i].overflow_only]
+        self._has_overflow = len(self._base) < len(targets)
+        self._tiers = (priority_tiers(route, self._base) if route.strategy is config.Strategy.priority
+                       else None)
+        self._weights = [t.weight for t in targets]
 
     def begin(self, now: float, deadline: float | None = None,
               eligible: Eligible | None = None, affinity: str | None = None) -> RequestPlan:
@@ -141,9 +149,15 @@ class RoutePlanner:
         targets = self.route.targets
         kg = self.key_groups
         if kg is None:
-            cands = [i for i in range(len(self.keys)) if (eligible is None or eligible(i))
-                     and not targets[i].overflow_only]
-            order = order_targets(self.route, self.states, now, self.rng, cands)
+            if eligible is None:
+                cands = self._base
+                if self._tiers is not None:   # priority over every target: the tiers are the config's
+                    order = tiers_order(self._tiers, self._weights, self.rng)
+                else:
+                    order = order_targets(self.route, self.states, now, self.rng, cands)
+            else:
+                cands = [i for i in range(len(targets)) if eligible(i) and not targets[i].overflow_only]
+                order = order_targets(self.route, self.states, now, self.rng, cands)
             if affinity is not None and self.route.affinity is not None:
                 order = affinity_order(self.route, self.keys, self.states, now, affinity, order)
         else:   # order the route's targets (groups), then each one's keys in key order
@@ -155,7 +169,7 @@ class RoutePlanner:
             order = kg.expand(gorder)
             cands = [i for i in order if eligible is None or eligible(i)]
         plan = RequestPlan(self, order, deadline)
-        if len(cands) < len(targets):   # overflowOnly targets: only after a context-window refusal
+        if self._has_overflow:   # overflowOnly targets: only after a context-window refusal
             plan.overflow = [i for i in range(len(targets)) if targets[i].overflow_only
                              and (eligible is None or eligible(i))]
         return plan
