@@ -50,6 +50,7 @@ class Metrics:
         self.credentials_ok = Gauge("detour_provider_credentials_ok", "vertex and bedrock providers: 1 if the last Google access-token fetch or AWS credential resolution succeeded, 0 if it failed (requests skip the provider once no valid token is left).", ["provider"], registry=r)
         self.credential_fetches = Counter("detour_provider_credential_fetches", "Google access-token fetches of vertex providers and AWS credential resolutions of bedrock providers, by result (success, error).", ["provider", "result"], registry=r)
         self.rejected = Counter("detour_rejected_requests", "Requests refused before routing, by HTTP status.", ["status"], registry=r)
+        self.probes = Counter("detour_probe_attempts", "Active probes of targets with an open breaker and no traffic (provider activeProbes), by outcome (success, failure).", ["provider", "outcome"], registry=r)
         self._config_hash: str | None = None
         self._routes: set[str] = set()                   # routes with an in-flight gauge
         self._targets: set[tuple[str, str]] = set()      # (provider, model) with a breaker gauge

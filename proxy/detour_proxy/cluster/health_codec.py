@@ -122,6 +122,8 @@ class PeerDoc:
     updated: float                   # wall clock of the publish
     heartbeat: float
     targets: tuple[PeerEntry, ...]
+    #: the report's probe claims as published (`health_probes.decode_claims` reads them)
+    probes: Any = None
 
 
 def _state_value(state: Any) -> str:
@@ -129,9 +131,10 @@ def _state_value(state: Any) -> str:
 
 
 def encode(pod: str, snapshots: Iterable[Any], *, wall_now: float, mono_now: float,
-           heartbeat: float) -> str:
+           heartbeat: float, probes: list[dict[str, Any]] | None = None) -> str:
     """This pod's view as the annotation value. `snapshots` are `TargetSnapshot`s whose times
-    are on the monotonic clock; `wall = wall_now + (t - mono_now)`."""
+    are on the monotonic clock; `wall = wall_now + (t - mono_now)`. `probes`: the live probe
+    claims, already encoded (`health_probes.encode_claims`)."""
 
     def wall(t: float | None) -> str | None:
         if t is None or not math.isfinite(t):
@@ -160,6 +163,8 @@ def encode(pod: str, snapshots: Iterable[Any], *, wall_now: float, mono_now: flo
         targets.append(entry)
     doc = {"version": VERSION, "pod": pod, "updated": format_time(wall_now),
            "heartbeatSeconds": heartbeat, "targets": targets}
+    if probes:
+        doc["probes"] = probes
     return orjson.dumps(doc).decode()
 
 
@@ -208,7 +213,8 @@ def decode(text: str | bytes) -> PeerDoc:
         ))
     pod = doc.get("pod")
     pod = pod if isinstance(pod, str) else ""
-    return PeerDoc(pod=pod, updated=updated, heartbeat=float(hb), targets=tuple(entries))
+    return PeerDoc(pod=pod, updated=updated, heartbeat=float(hb), targets=tuple(entries),
+                   probes=doc.get("probes"))
 
 
 def is_stale(doc: PeerDoc, wall_now: float) -> bool:

@@ -19,9 +19,10 @@ announced open, and a local open waits a random part of `minInterval` before it 
 when every replica sees an outage at once, the first write suppresses most others (as in
 multicast NACK suppression): a handful of writes, each an event for N watchers, instead of N.
 
-`reports_open` says whether a report carries a local open/half-open breaker: the pod then labels
-itself `detour.dev/health-open`, and peers watch only labelled pods, so at rest nobody receives
-anything.
+`reports_open` says whether a report carries a local open/half-open breaker (or a probe claim,
+`health_probes`): the pod then labels itself `detour.dev/health-open`, and peers watch only
+labelled pods, so at rest nobody receives anything. A new probe claim is news at once; a claim
+that ended is not (it expires by itself where it was read).
 
 Size: all annotations of one object together may hold 256 KiB. `fit` keeps a report under
 `MAX_REPORT_BYTES` by leaving out, in turn, closed targets without errors, then every closed
@@ -37,6 +38,7 @@ from typing import Any
 import orjson
 
 from .health_codec import PeerDoc, PeerEntry, entry_identity
+from .health_probes import decode_claims
 
 __all__ = ["OPEN_LABEL", "MAX_REPORT_BYTES", "significant", "reports_open", "fit"]
 
@@ -78,6 +80,8 @@ def significant(previous: PeerDoc | None, doc: PeerDoc, *, figures: bool = True,
     targets are no news."""
     if previous is None:
         return True
+    if _claims(doc) - _claims(previous):
+        return True   # a new probe claim: peers must see it before the probe goes (an ended one is not news)
     before = {_ident(e): e for e in previous.targets}
     now = {_ident(e): e for e in doc.targets}
     if before.keys() != now.keys():
@@ -100,8 +104,13 @@ def significant(previous: PeerDoc | None, doc: PeerDoc, *, figures: bool = True,
 
 def reports_open(doc: PeerDoc, announced: frozenset[Identity] = frozenset()) -> bool:
     """Does the report hold an open or half-open breaker this pod saw itself (not imported, not
-    already announced by a live peer)?"""
-    return any(_local_state(e, announced) in _OPEN for e in doc.targets)
+    already announced by a live peer), or a probe claim (peers watch only labelled pods)?"""
+    return any(_local_state(e, announced) in _OPEN for e in doc.targets) or bool(_claims(doc))
+
+
+def _claims(doc: PeerDoc) -> set[tuple[Any, ...]]:
+    """The probe claims of a report: (target identity, since)."""
+    return {(e.identity, e.since) for e in decode_claims(doc.probes)}
 
 
 def fit(text: str, limit: int = MAX_REPORT_BYTES) -> tuple[str, int]:

@@ -1,4 +1,4 @@
-"""Background services started with the app (config watching, shared health).
+"""Background services started with the app (config watching, shared health, active probes).
 
 Each service is an `on_startup` hook that starts its task and an `on_shutdown` hook that
 stops it; none of them ever blocks a request. Started services are kept in
@@ -33,8 +33,17 @@ async def start_shared_health(state: AppState, **kwargs: Any) -> Any:
     return svc
 
 
+async def start_probes(state: AppState) -> Any:
+    from .prober import ActiveProber
+
+    svc = ActiveProber(state)
+    await svc.start()
+    state.services["probes"] = svc
+    return svc
+
+
 async def stop_all(state: AppState) -> None:
-    for name in ("shared_health", "reload"):
+    for name in ("probes", "shared_health", "reload"):
         svc = state.services.pop(name, None)
         if svc is not None:
             await svc.stop()
@@ -51,7 +60,11 @@ def startup_hooks(args: argparse.Namespace) -> list[Hook]:
         # Always started: it idles until the (possibly reloaded) config enables it.
         await start_shared_health(state)
 
-    return [reload_hook, shared_health_hook]
+    async def probes_hook(state: AppState) -> None:
+        # Always started: it idles until a provider enables activeProbes.
+        await start_probes(state)
+
+    return [reload_hook, shared_health_hook, probes_hook]
 
 
 def shutdown_hooks(args: argparse.Namespace) -> list[Hook]:

@@ -49,10 +49,11 @@ from typing import Any
 
 from ..state import AppState
 from ..config import SharedHealth as SharedHealthSettings
-from ..policy import BreakerState, TargetKey
+from ..policy import BreakerState, ProbeClaims, TargetKey
 from .kube_api import ApiError, KubeAPI
 from .health_codec import (ANNOTATION, CodecError, PeerClaims, PeerDoc, PeerTable, decode, encode,
                            identity, merge_into)
+from .health_probes import encode_claims, merge_claims
 from .health_publish import OPEN_LABEL, fit, reports_open, significant
 
 log = logging.getLogger("detour.shared_health")
@@ -83,6 +84,11 @@ class SharedHealthService:
         self.api: KubeAPI | None = None
         self.peers = PeerTable()
         self.claims = PeerClaims()
+        #: probe claims (policy.probes), this pod's own included: who probes which target
+        self.probe_claims = ProbeClaims()
+        self.written = asyncio.Event()             # set (and replaced) after every successful write
+        self._doc_claims: set[tuple[Any, float]] = set()           # own claims in the last document built
+        self.written_claims: set[tuple[Any, float]] = set()        # ...and in the last one written
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._failing: dict[str, str | None] = {}  # channel -> failure reason, None = works
@@ -195,8 +201,12 @@ class SharedHealthService:
         reg = self.state.registry
         mono = self.state.clock.now()
         snaps = reg.snapshot(mono) if reg is not None else []
-        text = encode(self.pod, snaps, wall_now=self._wall(), mono_now=mono,
-                      heartbeat=settings.keepalive if settings else 300.0)
+        wall = self._wall()
+        mine = [(k, c.since, c.until) for k, c in self.probe_claims.held_by(self.pod, mono)]
+        self._doc_claims = {(k, since) for k, since, _ in mine}
+        text = encode(self.pod, snaps, wall_now=wall, mono_now=mono,
+                      heartbeat=settings.keepalive if settings else 300.0,
+                      probes=encode_claims(mine, wall_now=wall, mono_now=mono))
         text, omitted = fit(text)
         if omitted:
             self._once("too-big", logging.WARNING, "shared health: the report of %d targets exceeds the "
@@ -249,6 +259,9 @@ class SharedHealthService:
             backoff = 0.0
             written = doc
             self.publishes += 1
+            self.written_claims = self._doc_claims
+            self.written.set()
+            self.written = asyncio.Event()
             self.state.metrics.shared_publish.labels("success").inc()
             self._set_available("publish", True)
             self._update_peer_gauge()
@@ -374,6 +387,9 @@ class SharedHealthService:
         self.peers.update(name, raw, doc)
         if doc is not None:
             self._merge(name, doc)
+            self._merge_probe_claims(name, doc)
+        else:
+            self.probe_claims.forget_pod(name)
         self._update_peer_gauge()
 
     def _merge(self, pod: str, doc: Any) -> None:
@@ -396,6 +412,7 @@ class SharedHealthService:
         keeps its cooldown. Claims of other live peers keep a target open (their deadline may be
         shorter; a cooldown is never shortened, so the longer one stays)."""
         self.peers.remove(pod)
+        self.probe_claims.forget_pod(pod)
         reg = self.state.registry
         now = self.state.clock.now()
         dropped = 0
@@ -406,6 +423,30 @@ class SharedHealthService:
         if dropped:
             log.info("shared health: pod %s is gone; dropped %d open target(s) imported only from it",
                      pod, dropped)
+
+    # -- active probes: one replica at a time (policy.probes, cluster.prober) ---------------------
+    def _merge_probe_claims(self, pod: str, doc: PeerDoc) -> None:
+        reg = self.state.registry
+        if reg is not None:
+            merge_claims(self.probe_claims, pod, doc, [k for k, _ in reg.items()], wall_now=self._wall(),
+                         mono_now=self.state.clock.now())
+
+    def coordinating(self) -> bool:
+        """Do probe claims reach the peers (shared health on, and the last write worked)? If not,
+        this replica probes on its own, like a proxy outside Kubernetes (`cluster.prober`)."""
+        s = self._settings()
+        return bool(s is not None and s.enabled and self.pod and self.namespace and self.api is not None
+                    and "publish" in self._failing and self._failing["publish"] is None)
+
+    # what `cluster.prober.claim_probe` needs: publish soon, and learn what was written
+    def settings(self) -> SharedHealthSettings | None:
+        return self._settings()
+
+    def wall(self) -> float:
+        return self._wall()
+
+    def wake(self) -> None:
+        self._wake.set()
 
     def _count_ignored(self, reason: str) -> None:
         counter = getattr(self.state.metrics, "shared_ignored", None)

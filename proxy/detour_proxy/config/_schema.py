@@ -23,7 +23,7 @@ from .durations import Duration, format_duration, parse_duration
 
 __all__ = [
     "ConfigError", "Duration", "format_duration", "parse_duration",
-    "SecretSource", "Timeouts", "ProviderType", "VertexPublisher", "ContinuationMode", "Provider", "Limits",
+    "SecretSource", "Timeouts", "ActiveProbes", "ProviderType", "VertexPublisher", "ContinuationMode", "Provider", "Limits",
     "Target", "Match", "Strategy", "HiddenFailure", "AffinitySource", "Affinity", "Backoff", "Retry", "Hedge", "StreamFailover", "Route",
     "Breaker", "SlowCall", "Health", "RetryBudget", "ClientAuth", "Server", "SharedHealth",
     "RoutingConfig", "load_config", "parse_config", "config_hash",
@@ -70,6 +70,21 @@ class Timeouts(_Model):
     first_token: Duration = Field(30.0, description="Streams: time from sending the request to the first content-bearing chunk; later failures cannot be hidden, earlier ones fail over invisibly.")
     stream_idle: Duration = Field(30.0, description="Longest silence allowed between two stream chunks before the stream counts as failed.")
     total: Duration = Field(300.0, description="Longest a single attempt may take, start to end.")
+
+
+class ActiveProbes(_Model):
+    """Cheap active probes of a provider's targets whose breaker is open while no traffic comes.
+
+    Off by default: a probe is a real, billed completion. Cost per open target: at most
+    (prompt tokens + maxTokens) per probe, one probe per max(interval, current cooldown), sent by
+    one replica at a time (shared health); see README "Active probes".
+    """
+
+    enabled: bool = Field(False, description="Probe this provider's targets whose breaker is open (cooldown over) and that saw no request for `interval`: a success closes the breaker before client traffic returns, a failure re-opens it with the doubled cooldown. Off by default (each probe is a billed completion).")
+    interval: Duration = Field(60.0, description="A target is probed only after it saw no request (client or probe) for this long; with shared health, one probe per interval across all replicas.")
+    timeout: Duration = Field(10.0, description="Longest a probe may take (also bounded by the provider's timeouts.total).")
+    max_tokens: int = Field(16, ge=8, le=1024, description="Completion limit of a probe, sent as max_completion_tokens (OpenAI, Azure, compatible servers), max_tokens (Anthropic, Vertex Claude), maxOutputTokens (Gemini) or maxTokens (Bedrock). At least 8: reasoning models refuse or spend a 1-token limit on reasoning; an answer cut at the limit still counts as up.")
+    prompt: str = Field("Reply with OK.", min_length=1, max_length=1000, description="The probe's one user message.")
 
 
 class ProviderType(str, Enum):
@@ -119,6 +134,7 @@ class Provider(_Model):
     publisher: VertexPublisher | None = Field(None, description="vertex: anthropic or google; default from the model name (claude-* anthropic, otherwise google).")
     responses_api: bool | None = Field(None, alias="responsesAPI", description="Whether this provider serves the OpenAI Responses API (POST {baseURL}/responses; azure-openai: /openai/responses): POST /v1/responses is then forwarded to it as is, stateful features (previous_response_id, store, background, server-side tools) included; otherwise it is translated to chat completions. Default true for openai and azure-openai, false for the others.")
     credentials_file: str | None = Field(None, min_length=1, description="vertex: a Google credentials JSON file (service account key or external_account / workload identity federation config); re-read when it changes. Unset: Application Default Credentials (GKE workload identity, the metadata server, GOOGLE_APPLICATION_CREDENTIALS).")
+    active_probes: ActiveProbes = Field(default_factory=ActiveProbes, description="Cheap active probes of this provider's targets while their breaker is open and no traffic comes (off by default).")
     region: str | None = Field(None, min_length=1, max_length=63, pattern=r"^[a-z0-9-]+$", description="bedrock: the AWS region (e.g. us-east-1); signs requests and sets the default baseURL.")
     profile: str | None = Field(None, min_length=1, max_length=128, description="bedrock: the AWS shared-config profile to take credentials from (default: AWS_PROFILE, else the standard chain: env, shared files, web identity / IRSA, container and instance metadata).")
 

@@ -15,6 +15,7 @@ from .budget import RetryBudget
 from .clock import Clock, FakeClock, MonotonicClock
 from .outcome import CONTEXT_WINDOW, REQUEST_ERROR_STATUSES, Outcome, OutcomeKind, error_class_for
 from .planner import GiveUp, RequestPlan, RoutePlanner, Try
+from .probes import ProbeClaim, ProbeClaims, probe_due
 from .ratelimit import RateLimiter, Reservation, UsageLog, estimate_tokens
 from .registry import HealthRegistry, merge_limits
 from .target import TargetKey, TargetSnapshot, TargetState
@@ -29,5 +30,6 @@ __all__ = [
     "RateLimiter", "Reservation", "UsageLog", "estimate_tokens", "merge_limits",
     "RoutePlanner", "RequestPlan", "Try", "GiveUp",
     "affinity_key", "affinity_order",
+    "ProbeClaim", "ProbeClaims", "probe_due",
     "order_targets", "weighted_order", "backoff_cap", "full_jitter", "retry_delay",
 ]

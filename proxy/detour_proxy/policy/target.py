@@ -87,7 +87,8 @@ class TargetState:
     """Health and admission of one target. Every method takes `now`; nothing reads a clock."""
 
     __slots__ = ("key", "health", "_window", "_breaker", "_consecutive", "in_flight",
-                 "ewma_latency", "_latency_at", "_sideline_until", "_sideline_rate", "last_error", "limiter")
+                 "ewma_latency", "_latency_at", "_sideline_until", "_sideline_rate", "last_error", "limiter",
+                 "last_attempt")
 
     def __init__(self, key: TargetKey, health: config.Health,
                  on_transition: TransitionCallback | None = None) -> None:
@@ -108,6 +109,9 @@ class TargetState:
         self.last_error: tuple[str, float] | None = None
         #: Client-side rate limits (`Target.limits`); None = unlimited (the usual case).
         self.limiter: RateLimiter | None = None
+        #: When the last attempt (client request or active probe) was admitted: an active probe
+        #: goes only to a target idle for its interval (`policy.probes.probe_due`).
+        self.last_attempt = -math.inf
 
     def set_limits(self, limits: config.Limits | None, replicas: int = 1) -> None:
         """Apply `Target.limits` (this replica enforces limit / replicas); counts survive
@@ -205,6 +209,7 @@ class TargetState:
         ticket = self._breaker.acquire(now)
         if ticket is not None:
             self.in_flight += 1
+            self.last_attempt = now
             if lim is not None:
                 lim.note_request(now)
         return ticket
@@ -217,6 +222,7 @@ class TargetState:
         """Admit bypassing the breaker (the planner's `forced` try). The planner only forces a
         `forceable` target, so sideline and limits are not bypassed; the request is counted."""
         self.in_flight += 1
+        self.last_attempt = now
         if self.limiter is not None:
             self.limiter.note_request(now)
         return self._breaker.force(now)
