@@ -1,6 +1,6 @@
 """Active probes through the real proxy on loopback: a target that went down while idle is probed
 (a tiny completion, never `max_tokens: 1`) and closed again before client traffic returns; off by
-default. The one-replica-at-a-time rule across proxies: tests/e2e/test_active_probes.py."""
+default. The one-replica-at-a-time rule across proxies: tests/e2e/test_shared_health_probes.py."""
 
 from __future__ import annotations
 
@@ -70,11 +70,11 @@ def test_an_idle_target_that_recovered_is_closed_by_a_probe_and_gets_traffic_aga
 
 
 def test_probes_are_off_by_default_and_each_provider_writes_its_own_limit(primary, secondary, anthropic_sim):
-    """primary keeps the default (no probes); an anthropic provider with probes on, down at the
-    same time, shows probes going out meanwhile, with Anthropic's `max_tokens`."""
+    """primary sets a probe interval but not `enabled` (default: off); an anthropic provider with
+    probes on, down at the same time, shows probes going out meanwhile, with Anthropic's `max_tokens`."""
     primary.faults(status=503)
     anthropic_sim.faults(status=529)
-    cfg = probe_config(primary, secondary)
+    cfg = probe_config(primary, secondary, interval="300ms", timeout="2s")
     cfg["providers"].append({"name": "claude", "type": "anthropic", "baseURL": anthropic_sim.url,
                              "apiKey": {"value": "sk-ant-SECRET"}, "activeProbes": PROBES})
     cfg["routes"][0]["targets"].insert(1, {"provider": "claude", "model": "claude-3-5-haiku-latest", "priority": 0})

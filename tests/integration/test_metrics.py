@@ -30,6 +30,7 @@ FAMILIES = {
     "detour_retries": ("counter", {"route", "provider", "reason"}),
     "detour_fallbacks": ("counter", {"route", "from_provider", "to_provider"}),
     "detour_forced_attempts": ("counter", {"route", "provider"}),
+    "detour_probe_attempts": ("counter", {"provider", "outcome"}),
     "detour_hedges": ("counter", {"route"}),
     "detour_retry_budget_rejections": ("counter", {"route"}),
     "detour_breaker_state": ("gauge", {"provider", "model"}),
