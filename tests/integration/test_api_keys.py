@@ -91,3 +91,17 @@ def test_every_key_refused_falls_back_to_the_next_provider(primary, secondary):
             model="gpt-4o-mini", messages=[{"role": "user", "content": "again"}])
         assert raw.headers["x-detour-target"] == "secondary/llama-3-8b" and raw.headers["x-detour-attempts"] == "1"
         assert primary.requests() == 3
+
+
+def test_limits_hold_per_key_so_each_key_brings_its_own_quota(primary, secondary):
+    from detour_proxy.policy import FakeClock
+    cfg = config(primary, secondary)
+    cfg["routes"][0]["targets"][0]["limits"] = {"requestsPerMinute": 1}
+    with ProxyServer(cfg, clock=FakeClock(1000.0)) as proxy, httpx.Client(base_url=proxy.url, timeout=10) as c:
+        served = []
+        for _ in range(4):
+            r = c.post("/v1/chat/completions", json={"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "x"}]})
+            assert r.status_code == 200, r.text
+            served.append((r.headers["x-detour-target"], r.headers.get("x-detour-key")))
+    assert served == [("primary/gpt-4o-mini", "0"), ("primary/gpt-4o-mini", "1"), ("primary/gpt-4o-mini", "2"),
+                      ("secondary/llama-3-8b", None)]

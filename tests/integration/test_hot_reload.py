@@ -357,6 +357,32 @@ def test_rotated_key_files_are_used_at_once_through_the_watcher(tmp_path, monkey
                 _stop_services(proxy)
 
 
+def test_every_api_key_file_of_a_provider_is_watched(tmp_path, monkeypatch):
+    """apiKeys: rotating the file of a provider's second key reaches that key through the watcher
+    (the per-use re-check is an hour away), with no reload."""
+    monkeypatch.setattr(credentials, "RECHECK_SECONDS", 3600.0)
+    secrets = K8sVolume(tmp_path / "credentials", {"up": "sk-first\n", "up.1": "sk-second-old\n"})
+    with RecordingUpstream() as up:
+        cfg = {"providers": [{"name": "up", "type": "openai", "baseURL": up.url + "/v1",
+                              "apiKeys": [{"file": str(secrets.path("up"))}, {"file": str(secrets.path("up.1"))}]}],
+               "routes": [{"name": "chat", "targets": [{"provider": "up", "model": MODEL}]}]}
+        path = tmp_path / "config.yaml"
+        write_atomic(path, cfg)
+        with ProxyServer(cfg, config_path=path) as proxy:
+            _start_reload(proxy)
+            try:
+                second = proxy.state.gateway.providers["up"].key_credentials[1]
+                assert second.get() == "sk-second-old"
+                t0 = time.monotonic()
+                secrets.update({"up": "sk-first\n", "up.1": "sk-second-new\n"})   # `..data` swap
+                while second.get() != "sk-second-new":
+                    assert time.monotonic() - t0 < 2.0, "the second key's rotation was not picked up within 2s"
+                    time.sleep(0.02)
+                assert proxy.state.metrics.config_reloads.labels("success")._value.get() == 0
+            finally:
+                _stop_services(proxy)
+
+
 async def _read_stream(client: httpx.AsyncClient, body: dict) -> tuple[int, str, str]:
     async with client.stream("POST", "/v1/chat/completions", json=body) as r:
         text = "".join([chunk async for chunk in r.aiter_text()])

@@ -182,3 +182,44 @@ def test_rotation_invariants(keys, outcomes, attempts):
             assert t.index == prev.index and t.reason == "retry"
             assert out.status not in (401, 402, 403, 429) or keys[int(planner.keys[t.index].provider[1:])] == 1
     assert all(s.in_flight == 0 for s in planner.states)
+
+
+def test_a_hedge_goes_to_another_target_never_to_a_sibling_key():
+    planner, clock = make((3, 1), hedge=config.Hedge(after=1.0))
+    plan = planner.begin(clock.now())
+    first = plan.next(clock.now())
+    clock.advance(1.0)
+    h = plan.hedge(clock.now())
+    assert (planner.keys[first.index].provider, planner.keys[h.index].provider) == ("p0", "p1")
+    plan.record(OK, clock.now(), index=h.index)
+    plan.abandon(clock.now(), index=first.index)
+    assert all(s.in_flight == 0 for s in planner.states)
+
+
+def test_affinity_ranks_targets_and_keeps_their_keys_in_order():
+    """Prompt-cache affinity picks a target (rendezvous over targets, not keys); its keys follow
+    in key order, and a refused first key moves the session to the same target's next key."""
+    seen = set()
+    for session in range(30):
+        planner, clock = make((3, 3), strategy="weighted", affinity=config.Affinity())
+        plan = planner.begin(clock.now(), affinity=f"session:{session}")
+        provs = [planner.keys[i].provider for i in plan.order]
+        assert provs in (["p0"] * 3 + ["p1"] * 3, ["p1"] * 3 + ["p0"] * 3)
+        assert [planner.keys[i].key_index for i in plan.order] == [0, 1, 2, 0, 1, 2]
+        seen.add(provs[0])
+        # the same key ranks the same on another replica (a fresh planner)
+        again, c2 = make((3, 3), strategy="weighted", affinity=config.Affinity(), seed=99)
+        assert again.begin(c2.now(), affinity=f"session:{session}").order == plan.order
+    assert seen == {"p0", "p1"}
+
+
+def test_limits_are_per_key():
+    """`limits` hold per (model, key): two keys at 1 request a minute serve two requests a minute."""
+    planner, clock = make((2, 1))
+    lim = config.Limits(requests_per_minute=1)
+    planner.registry.set_limits({k: lim for k in planner.keys})
+    served = []
+    for _ in range(3):
+        _, steps = run(planner, clock, [OK])
+        served.append(shape(planner, steps)[0])
+    assert served == [("p0", 0, "first"), ("p0", 1, "first"), ("p1", 0, "first")]
