@@ -3,6 +3,7 @@ or a CEL rule are refused by the server itself with a message that names the fie
 
 from __future__ import annotations
 
+import json
 import pathlib
 
 
@@ -66,3 +67,34 @@ spec:
   targets: [{providerRef: p, model: m}]
 """)
     assert "latencyTolerance applies only to strategy: latency" in err
+
+
+def test_several_api_keys_and_the_models_column(crds: Cluster, namespace: str) -> None:
+    """apiKeySecretRefs is accepted, one key and several keys at once are refused by the server's
+    CEL rule, and the server's table converter prints the per-model roll-up (status.health.modelsReady)
+    in the Models column of `kubectl get llmp`."""
+    crds.kubectl("apply", "-f", "-", ns=namespace, input="""
+apiVersion: detour.dev/v1alpha1
+kind: LLMProvider
+metadata: {name: pool}
+spec:
+  type: openai
+  baseURL: https://x.example/v1
+  apiKeySecretRefs: [{name: k, key: a}, {name: k, key: b}, {name: k, key: c}]
+""")
+    err = _refused(crds, namespace, """
+apiVersion: detour.dev/v1alpha1
+kind: LLMProvider
+metadata: {name: both}
+spec: {type: openai, baseURL: https://x.example/v1, apiKeySecretRef: {name: k, key: a}, apiKeySecretRefs: [{name: k, key: b}]}
+""")
+    assert "set apiKeySecretRef or apiKeySecretRefs, not both" in err
+    status = {"status": {"health": {"state": "Degraded", "breaker": "1/2 open", "modelsReady": "o1 0/3, gpt-4o 2/3",
+                                    "models": [{"name": "gpt-4o", "state": "Degraded", "keys": 3, "readyKeys": 2},
+                                               {"name": "o1", "state": "Unavailable", "keys": 3, "readyKeys": 0}]}}}
+    crds.kubectl("patch", "llmp", "pool", "--subresource=status", "--type=merge", "-p", json.dumps(status), ns=namespace)
+    head, row = crds.kubectl("get", "llmp", "pool", ns=namespace).stdout.splitlines()
+    assert head.split()[:6] == ["NAME", "TYPE", "READY", "HEALTH", "BREAKER", "MODELS"]
+    assert "o1 0/3, gpt-4o 2/3" in row and "Degraded" in row.split()   # READY is empty: no conditions here
+    stored = crds.get_json("llmp", "pool", ns=namespace)["status"]["health"]["models"]
+    assert stored[1] == {"name": "o1", "state": "Unavailable", "keys": 3, "readyKeys": 0}   # not pruned

@@ -155,7 +155,7 @@ def test_objects_reach_ready_and_columns_match_the_docs(env: Env) -> None:
     c.kubectl("wait", "--for=condition=Ready", "--timeout=60s", "llmp/a", "llmp/b", "rpol/chat", ns=ns)
     documented = _documented_columns()
     head, *rows = c.kubectl("get", "llmp", ns=ns).stdout.splitlines()
-    assert head.split() == documented["llmp"] == ["NAME", "TYPE", "READY", "HEALTH", "BREAKER", "AGE"]
+    assert head.split() == documented["llmp"] == ["NAME", "TYPE", "READY", "HEALTH", "BREAKER", "MODELS", "AGE"]
     assert [r.split()[:3] for r in rows] == [["a", "openai", "True"], ["b", "openai", "True"]]
     head, *rows = c.kubectl("get", "rpol", ns=ns).stdout.splitlines()
     assert head.split() == documented["rpol"] == ["NAME", "STRATEGY", "TARGETS", "READY", "AGE"]
