@@ -100,9 +100,10 @@ def test_explicit_peering_without_its_object_is_loud_and_not_ready_until_created
         crds: Cluster, namespace: str, operator) -> None:
     crds.apply(OBJECTS, ns=namespace)
     proc = operator("--peering", "detour")
-    status, body = wait_for(lambda: (got := _probe(proc.readiness))[0] == 503 and got, 60,
-                            f"/readyz answering 503 (log: {proc.log_path})")
     where = f"KopfPeering 'detour' in namespace(s) {namespace}"
+    # 503 from the start ("not checked yet"), then with the reason once the lookup answered
+    status, body = wait_for(lambda: (got := _probe(proc.readiness))[0] == 503 and "exist" in str(got[1]) and got,
+                            60, f"/readyz answering 503 (log: {proc.log_path})")
     assert body == {"ready": False, "reason": f"{where} does not exist: kopf keeps this operator paused"}
     assert _probe(proc.liveness)[0] == 200  # kopf's liveness says nothing about it: readiness does
     log = proc.log_path.read_text()
