@@ -47,6 +47,7 @@ class ActiveProber:
         self.state = state
         self._task: asyncio.Task[None] | None = None
         self._running: dict[Any, asyncio.Task[None]] = {}
+        self._said: set[str] = set()   # targets whose refused probe was logged
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="detour-active-probes")
@@ -119,6 +120,10 @@ class ActiveProber:
             self.state.metrics.probes.labels(tr.key.provider, result).inc()
             log.info("active probe of %s: %s%s, breaker %s", tr.label, result,
                      "" if outcome.ok else f" ({outcome.error_class})", st.breaker_state(clock.now()).value)
+            if not outcome.ok and not outcome.counts_against_target and tr.label not in self._said:
+                self._said.add(tr.label)   # the probe itself was refused: it proves nothing either way
+                log.warning("active probe of %s refused as a bad request (%s); check the provider's "
+                            "activeProbes (prompt, maxTokens)", tr.label, outcome.error_class)
         except asyncio.CancelledError:
             raise
         except Exception:

@@ -241,3 +241,16 @@ def test_one_key_and_several_keys_at_once_is_refused_with_a_clear_message():
     r = render([p], [rpol("chat", "openai")], KEYS, S)
     [problem] = r.problems[(LLMP, "openai")]
     assert problem.reason == "InvalidSpec" and "apiKeySecretRef or apiKeySecretRefs, not both" in problem.message
+
+
+def test_active_probes_are_an_llmprovider_field_that_reaches_the_proxy_config():
+    """Issue 16: `activeProbes` (off by default) is set per LLMProvider; a limit of 1 token is refused."""
+    probes = {"enabled": True, "interval": "2m", "maxTokens": 32}
+    r = render([llmp("openai", activeProbes=probes), llmp("claude", type="anthropic")],
+               [rpol("chat", "openai", "claude")], KEYS, S)
+    assert r.error is None and not r.problems
+    by_name = {p.name: p.active_probes for p in parse_config(r.config_yaml).providers}
+    assert (by_name["openai"].enabled, by_name["openai"].interval, by_name["openai"].max_tokens) == (True, 120.0, 32)
+    assert by_name["claude"].enabled is False
+    bad = render([llmp("openai", activeProbes={"enabled": True, "maxTokens": 1})], [rpol("chat", "openai")], KEYS, S)
+    assert "activeProbes.maxTokens" in bad.problems[(LLMP, "openai")][0].message
