@@ -85,6 +85,7 @@ class Fault:
     count: int | None = None
     paths: tuple[str, ...] | None = None
     keys: frozenset[str] | None = None  # only requests sent with one of these API keys
+    models: frozenset[str] | None = None  # only requests whose body names one of these models
     answer: str | None = None          # "empty" | "blank" | "reasoningOnly": a 200 with no real answer
     context_length: bool = False       # the flavour's context-length error (status: 400 unless given)
     remaining: int | None = None
@@ -103,8 +104,10 @@ class Fault:
             or self.inband is not None
         )
 
-    def matches(self, path: str, key: str | None = None) -> bool:
+    def matches(self, path: str, key: str | None = None, model: str | None = None) -> bool:
         if self.keys is not None and key not in self.keys:
+            return False
+        if self.models is not None and model not in self.models:
             return False
         if self.paths is None:
             return True
@@ -206,6 +209,10 @@ def parse_fault(spec: Any) -> Fault:
             if not isinstance(v, list) or not v or not all(isinstance(k, str) and k for k in v):
                 raise FaultError("keys: expected a non-empty list of API keys")
             f.keys = frozenset(v)
+        elif key == "models":
+            if not isinstance(v, list) or not v or not all(isinstance(m, str) and m for m in v):
+                raise FaultError("models: expected a non-empty list of model names")
+            f.models = frozenset(v)
         else:
             raise FaultError(f"unknown fault field {key!r}")
     f.rng = random.Random(f.seed) if f.seed is not None else random.Random()
@@ -238,13 +245,15 @@ class FaultBook:
     def to_json(self) -> dict[str, Any]:
         return {"active": bool(self.rules), "rules": [r.to_json() for r in self.rules]}
 
-    def pick(self, path: str, header: str | None, key: str | None = None) -> Fault | None:
+    def pick(self, path: str, header: str | None, key: str | None = None,
+             model: str | None = None) -> Fault | None:
         """The fault to apply to this request, or None.
 
         A ``x-sim-fault`` header overrides the installed rules for this request only (its
         ``count`` is ignored, ``rate``/``paths`` are honoured). Installed rules are tried in
         order; a rule's ``count`` is consumed only when it is actually applied. `key` is the API
-        key the request was sent with (a rule with ``keys`` applies only to those).
+        key the request was sent with (a rule with ``keys`` applies only to those), `model` the
+        body's ``model`` (a rule with ``models`` applies only to those).
         """
         if header is not None:
             try:
@@ -252,13 +261,13 @@ class FaultBook:
             except orjson.JSONDecodeError as exc:
                 raise FaultError(f"{FAULT_HEADER}: invalid JSON: {exc}") from None
             f = parse_fault(spec)
-            if not f.matches(path, key) or (f.rate < 1.0 and f.rng.random() >= f.rate):
+            if not f.matches(path, key, model) or (f.rate < 1.0 and f.rng.random() >= f.rate):
                 return None
             return f
         if not self.rules:
             return None
         for f in self.rules:
-            if not f.matches(path, key):
+            if not f.matches(path, key, model):
                 continue
             if f.rate < 1.0 and f.rng.random() >= f.rate:
                 continue

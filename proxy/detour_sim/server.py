@@ -125,7 +125,8 @@ class Sim:
                 stats.record_body(body)
                 fault_header = headers.get(FAULT_HEADER)
                 try:
-                    fault = faults.pick(path, fault_header, request_key(headers)) \
+                    fault = faults.pick(path, fault_header, request_key(headers),
+                                        body.get("model") if isinstance(body, dict) else None) \
                         if (faults.rules or fault_header) else None
                 except FaultError as exc:
                     return api.error(400, "invalid_request_error", str(exc), out, rid)

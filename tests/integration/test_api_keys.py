@@ -4,6 +4,8 @@ client sees one success, no provider fallback, and only key *indices* anywhere."
 
 from __future__ import annotations
 
+import json
+
 import httpx
 import openai
 
@@ -105,3 +107,32 @@ def test_limits_hold_per_key_so_each_key_brings_its_own_quota(primary, secondary
             served.append((r.headers["x-detour-target"], r.headers.get("x-detour-key")))
     assert served == [("primary/gpt-4o-mini", "0"), ("primary/gpt-4o-mini", "1"), ("primary/gpt-4o-mini", "2"),
                       ("secondary/llama-3-8b", None)]
+
+
+def test_a_failing_model_does_not_take_its_provider_down(primary, secondary):
+    """Health per (provider, model): gpt-4o-mini failing on primary opens only its own breaker;
+    primary's gpt-4o keeps serving (no fallback, breaker gauge 0), and the shared-health report
+    names only the failing model open."""
+    from detour_proxy.cluster.health_codec import encode
+    cfg = two_provider_config(primary, secondary)
+    cfg["routes"][0]["match"] = {"models": ["gpt-4o-mini"]}
+    cfg["routes"].append({"name": "big", "match": {"models": ["gpt-4o"]},
+                          "targets": [{"provider": "primary", "model": "gpt-4o"},
+                                      {"provider": "secondary", "model": "llama-3-8b"}],
+                          "retry": {"attempts": 1}, "timeout": "10s"})
+    primary.faults(status=503, models=["gpt-4o-mini"])
+    with ProxyServer(cfg) as proxy:
+        client = openai.OpenAI(base_url=proxy.v1, api_key="client-key", max_retries=0)
+        for _ in range(3):   # consecutiveFailures 3: each request fails on primary, then falls back
+            raw = client.chat.completions.with_raw_response.create(
+                model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}])
+            assert raw.headers["x-detour-target"] == "secondary/llama-3-8b"
+        assert metric(proxy, "detour_breaker_state", provider="primary", model="gpt-4o-mini") == 2
+        raw = client.chat.completions.with_raw_response.create(
+            model="gpt-4o", messages=[{"role": "user", "content": "hi"}])
+        assert raw.headers["x-detour-target"] == "primary/gpt-4o" and raw.headers["x-detour-attempts"] == "1"
+        assert metric(proxy, "detour_breaker_state", provider="primary", model="gpt-4o") == 0
+        now = proxy.state.clock.now()
+        report = encode("pod", proxy.state.registry.snapshot(now), wall_now=0.0, mono_now=now, heartbeat=10)
+        states = {(t["provider"], t["model"]): t["state"] for t in json.loads(report)["targets"]}
+        assert states[("primary", "gpt-4o-mini")] == "open" and states[("primary", "gpt-4o")] == "closed"

@@ -194,7 +194,7 @@ async def test_paths_filter(oai, helpers):
         assert r.status == 500
 
 
-async def test_keys_filter_answers_per_api_key(oai, ant, helpers):
+async def test_keys_and_models_filters(oai, ant, helpers):
     """A rule with `keys` hits only requests sent with those keys (OpenAI bearer, Anthropic x-api-key)."""
     await oai.faults([{"status": 401, "keys": ["sk-revoked"]}, {"status": 429, "retryAfter": "5", "keys": ["sk-busy"]}])
     for key, status in (("sk-revoked", 401), ("sk-busy", 429), ("sk-good", 200), (None, 200)):
@@ -207,6 +207,11 @@ async def test_keys_filter_answers_per_api_key(oai, ant, helpers):
         async with await ant.post("/v1/messages", body, headers={"x-api-key": key, "anthropic-version": "2023-06-01"}) as r:
             assert r.status == status, key
     assert (await oai.admin("PUT", "/_sim/faults", {"status": 401, "keys": []}))[0] == 400
+    # `models`: one model of the provider fails, the others answer
+    await oai.faults({"status": 503, "models": ["gpt-4o-mini"]})
+    for model, status in (("gpt-4o-mini", 503), ("gpt-4o", 200)):
+        async with await oai.post(CHAT, helpers.chat_body(model=model)) as r:
+            assert r.status == status, model
 
 
 async def test_rule_list_first_match_wins(oai, helpers):
