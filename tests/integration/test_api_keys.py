@@ -117,8 +117,8 @@ def test_a_failing_model_does_not_take_its_provider_down(primary, secondary):
     cfg = two_provider_config(primary, secondary)
     cfg["routes"][0]["match"] = {"models": ["gpt-4o-mini"]}
     cfg["routes"].append({"name": "big", "match": {"models": ["gpt-4o"]},
-                          "targets": [{"provider": "primary", "model": "gpt-4o"},
-                                      {"provider": "secondary", "model": "llama-3-8b"}],
+                          "targets": [{"provider": "primary", "model": "gpt-4o", "priority": 0},
+                                      {"provider": "secondary", "model": "llama-3-8b", "priority": 1}],
                           "retry": {"attempts": 1}, "timeout": "10s"})
     primary.faults(status=503, models=["gpt-4o-mini"])
     with ProxyServer(cfg) as proxy:
@@ -136,3 +136,36 @@ def test_a_failing_model_does_not_take_its_provider_down(primary, secondary):
         report = encode("pod", proxy.state.registry.snapshot(now), wall_now=0.0, mono_now=now, heartbeat=10)
         states = {(t["provider"], t["model"]): t["state"] for t in json.loads(report)["targets"]}
         assert states[("primary", "gpt-4o-mini")] == "open" and states[("primary", "gpt-4o")] == "closed"
+
+
+def test_a_stream_rotates_keys_before_its_first_byte_and_quota_headers_sideline_one_key(primary, secondary):
+    """A streamed request refused on keys 0 (401) and 1 (429) streams from key 2 (the client sees
+    one clean stream); a key whose responses say its quota is used up (remaining 0) is sidelined
+    alone until the reset: the next requests go to the provider's next key, not to another provider."""
+    from detour_proxy.policy import FakeClock
+    primary.admin.put("/_sim/faults", json=[{"status": 401, "keys": [KEYS[0]]},
+                                            {"status": 429, "keys": [KEYS[1]]}]).raise_for_status()
+    with ProxyServer(config(primary, secondary)) as proxy:
+        client = openai.OpenAI(base_url=proxy.v1, api_key="client-key", max_retries=0)
+        with client.chat.completions.with_streaming_response.create(
+                model="gpt-4o-mini", messages=[{"role": "user", "content": "s"}], stream=True) as resp:
+            assert (resp.headers["x-detour-target"], resp.headers["x-detour-key"]) == ("primary/gpt-4o-mini", "2")
+            assert resp.headers["x-detour-attempts"] == "3"
+            text = "".join(c.choices[0].delta.content or "" for c in resp.parse() if c.choices)
+        assert text == "The quick brown fox jumps over the lazy dog." and secondary.requests() == 0
+
+    primary.clear()
+    primary.faults(rateLimit={"x-ratelimit-remaining-requests": "0", "x-ratelimit-reset-requests": "5s"},
+                   keys=[KEYS[0]])
+    clock = FakeClock(1000.0)
+    with ProxyServer(config(primary, secondary), clock=clock) as proxy, \
+            httpx.Client(base_url=proxy.url, timeout=10) as c:
+        def ask() -> tuple[str, str | None]:
+            r = c.post("/v1/chat/completions", json={"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "x"}]})
+            assert r.status_code == 200, r.text
+            return r.headers["x-detour-target"], r.headers.get("x-detour-key")
+        assert ask() == ("primary/gpt-4o-mini", "0")          # served; its headers say "no budget left"
+        assert [ask() for _ in range(3)] == [("primary/gpt-4o-mini", "1")] * 3
+        clock.advance(5.0)
+        assert ask() == ("primary/gpt-4o-mini", "0")          # the reset: key 0 again
+        assert secondary.requests() == 0
