@@ -11,6 +11,9 @@ by `resourceNames` authorise exactly these single-name requests (the chart's
 `operator.secretNames`).
 
 Watches start when a reference appears and stop when the last reference to that Secret goes.
+Cost: one LIST per referenced Secret when it is first referenced (and after a broken watch), one
+open watch connection each (HTTP/1.1: no connection limit here, so 50 referenced Secrets hold 50
+idle connections), and events only when one of them changes.
 A change of a watched Secret's `data` calls `on_change(namespace)` (the reconciler re-renders the
 namespace); the first read of a newly referenced Secret is awaited by the render that asked for
 it (`wait_loaded`), so a render never mistakes a Secret not yet read for a missing one.
@@ -68,7 +71,9 @@ class SecretRefs:
     def __init__(self, on_change: Callable[[str], None],
                  api_factory: Callable[[], KubeAPI] | None = None) -> None:
         self._on_change = on_change
-        self._api_factory = api_factory or (lambda: KubeAPI.from_environment(user_agent="detour-operator/secrets"))
+        # No connection limit: every watched Secret keeps its own watch connection open.
+        self._api_factory = api_factory or (lambda: KubeAPI.from_environment(
+            user_agent="detour-operator/secrets", max_connections=0))
         self._api: KubeAPI | None = None
         self._watches: dict[Key, _Watch] = {}
 

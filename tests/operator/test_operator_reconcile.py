@@ -311,3 +311,20 @@ def test_last_transition_time_stays_across_an_unrelated_spec_change(k8s, operato
     assert all(c["observedGeneration"] == 2 and c["status"] == "True" for c in after["status"]["conditions"])
     assert "timeout: 50s" in configmap(core).data["config.yaml"]
     assert after["status"]["configHash"] != before["status"]["configHash"]  # its own edit: new hash, same LTT
+
+
+def test_each_of_many_referenced_secrets_is_watched_by_name(k8s, operator, core, custom):
+    # one list + watch per referenced Secret: more of them than a small connection pool holds
+    # (each watch keeps one HTTP/1.1 connection) must all be read and followed
+    n = 8
+    for i in range(n):
+        core.create_namespaced_secret(NS, {"metadata": {"name": f"keys-{i}"}, "stringData": {"k": f"sk-{i}"}})
+        custom.create_namespaced_custom_object(G, V, NS, "llmproviders", provider_body(f"p{i}", f"keys-{i}", "k"))
+    custom.create_namespaced_custom_object(G, V, NS, "routingpolicies", policy_body("all", *(f"p{i}" for i in range(n))))
+    for i in range(n):
+        wait_for(lambda: ready(custom, "llmproviders", f"p{i}"), 20, what=f"p{i} Ready")
+    core.patch_namespaced_secret(f"keys-{n - 1}", NS, {"stringData": {"k": "sk-rotated"}})
+    wait_for(lambda: base64.b64decode(core.read_namespaced_secret("detour-credentials", NS).data[f"p{n - 1}"]) == b"sk-rotated",
+             10, what="the last Secret's rotation in detour-credentials")
+    watched = {c.field_selector for c in api_calls(k8s) if c.plural == "secrets" and c.action == "WATCH"}
+    assert watched == {f"metadata.name=keys-{i}" for i in range(n)}

@@ -53,16 +53,18 @@ class KubeAPI:
 
     def __init__(self, host: str, *, token: Callable[[], str | None] = lambda: None,
                  ssl_context: ssl.SSLContext | bool | None = None, timeout: float = 5.0,
-                 user_agent: str = "detour-proxy/shared-health") -> None:
+                 user_agent: str = "detour-proxy/shared-health", max_connections: int = 4) -> None:
+        """`max_connections`: each open watch holds one (HTTP/1.1) connection; 0 = no limit."""
         self.host = host.rstrip("/")
         self.user_agent = user_agent
+        self._max_connections = max_connections
         self._token = token
         self._ssl = ssl_context
         self._timeout = timeout
         self._session: aiohttp.ClientSession | None = None
 
     @classmethod
-    def from_environment(cls, user_agent: str = "detour-proxy/shared-health") -> KubeAPI:
+    def from_environment(cls, user_agent: str = "detour-proxy/shared-health", max_connections: int = 4) -> KubeAPI:
         """In-cluster service account when running in a Pod, else $KUBECONFIG / ~/.kube/config.
         Blocking (file reads, maybe an exec plugin): call it in a thread."""
         from kubernetes import client, config  # imported lazily: only when shared health is on
@@ -95,12 +97,13 @@ class KubeAPI:
             bearer = cfg.auth_settings().get("BearerToken")
             return bearer.get("value") if bearer else None
 
-        return cls(cfg.host, token=token, ssl_context=ctx, user_agent=user_agent)
+        return cls(cfg.host, token=token, ssl_context=ctx, user_agent=user_agent, max_connections=max_connections)
 
     def _sess(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
             self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(ssl=self._ssl if self._ssl is not None else True, limit=4),
+                connector=aiohttp.TCPConnector(ssl=self._ssl if self._ssl is not None else True,
+                                               limit=self._max_connections),
                 json_serialize=lambda o: orjson.dumps(o).decode())
         return self._session
 
