@@ -5,7 +5,8 @@ and nothing else), and the namespace holds 120 Secrets no LLMProvider references
 server's audit log then shows every Secret request the operator made: only LIST/WATCH of the
 referenced Secrets, each with the field selector `metadata.name=NAME`, plus its own
 `detour-credentials`; none of the 120 is ever fetched, listed or watched. A rotated key still
-reaches `detour-credentials` and the proxy's requests, and a Secret referenced later is picked up.
+reaches `detour-credentials` and the proxy's requests, a Secret referenced later is picked up,
+and its watch ends when its last reference goes.
 
 With `operator.secretNames` the Role's list/watch on Secrets is narrowed by resourceNames; the real
 API server authorises the operator's single-name list/watch against it, and refuses the Secret
@@ -110,6 +111,20 @@ def operator_secret_requests(c: Cluster, ns: str, since: float) -> set[tuple[str
     return out
 
 
+def watch_ended(c: Cluster, ns: str, name: str, since: float, after: float) -> bool:
+    """Whether a watch of Secret `name` by the operator completed after `after` (wall clock)."""
+    from datetime import datetime
+    user = f"system:serviceaccount:{ns}:{REL}-detour-operator"
+    for ev in c.audit(since):
+        ref = ev.get("objectRef") or {}
+        if (ev.get("user", {}).get("username") == user and ev.get("verb") == "watch"
+                and ref.get("resource") == "secrets" and ref.get("name") == name
+                and ev.get("stage") == "ResponseComplete"
+                and datetime.fromisoformat(ev["stageTimestamp"].replace("Z", "+00:00")).timestamp() >= after):
+            return True
+    return False
+
+
 class Release:
     """One namespace with the chart installed and the operator (and optionally a proxy) running."""
 
@@ -196,6 +211,15 @@ def test_unreferenced_secrets_are_never_read_and_referenced_ones_are_followed(re
         last = time.time()
         c.kubectl("patch", "secret", "late-keys", "--type=merge", "-p", '{"stringData": {"b": "sk-b-rotated"}}', ns=ns)
         wait_for(lambda: credential(c, ns, "b") == "sk-b-rotated", 30, "b's rotated key in detour-credentials")
+
+        # The last reference to late-keys goes: its watch ends (the audit log's ResponseComplete of
+        # that watch, while the operator keeps running).
+        dropped = time.time()
+        c.apply(policy("chat", "a"), ns=ns)
+        c.kubectl("delete", "llmp", "b", ns=ns)
+        wait_for(lambda: watch_ended(c, ns, "late-keys", r.started_at, dropped), 30,
+                 "the operator's watch of late-keys ending once no LLMProvider references it")
+        assert operator.proc is not None and operator.proc.poll() is None
 
         # the audit log holds the operator's last write (so everything before it) once it is flushed
         wait_for(lambda: ("patch", "detour-credentials") in {(v, n) for v, n, _, _ in
