@@ -112,10 +112,11 @@ def build_gateway(config: RoutingConfig, *, registry: HealthRegistry, budget: Re
     """Build all per-config structures. Raises only for programming errors: config is validated."""
     del clock  # planners take `now` from the executor; kept in the signature for symmetry
     old_creds: dict[str, Any] = {}
-    old_keys: dict[str, Credential] = {}
+    old_keys: dict[tuple[str, int, str], Credential] = {}
     if previous is not None:
         old_creds = {name: p.credential for name, p in previous.providers.items()}
-        old_keys = {c.describe: c for p in previous.providers.values() for c in p.key_credentials}
+        old_keys = {(name, j, c.describe): c for name, p in previous.providers.items()
+                    for j, c in enumerate(p.key_credentials)}
     providers: dict[str, ProviderRuntime] = {}
     key_runtimes: dict[str, list[ProviderRuntime]] = {}   # providers with several keys: one per key
     for p in config.providers:
@@ -124,7 +125,9 @@ def build_gateway(config: RoutingConfig, *, registry: HealthRegistry, budget: Re
         keys: tuple[Credential, ...] = ()
         if p.key_sources:
             # Keep cached credentials whose source did not change (no extra file reads).
-            keys = tuple(old_keys.get(repr(src)) or Credential(src) for src in p.key_sources)
+            # (per provider and position; an inline value is cheap and its description hides it)
+            keys = tuple((old_keys.get((p.name, j, repr(src))) if src.value is None else None) or Credential(src)
+                         for j, src in enumerate(p.key_sources))
             cred = keys[0]
         elif p.type is ProviderType.vertex:
             cred = _google_token(p, old_creds.get(p.name), metrics)
