@@ -186,7 +186,8 @@ class OpenAIStreamDecoder(SSEStreamDecoder):
                     c = delta.get("content")
                     if c:
                         text += c
-                    if not bearing and _has_content(delta):
+                        bearing = True   # what `_has_content` would say, without the call
+                    elif not bearing and _has_content(delta):
                         bearing = True
                 if choice.get("finish_reason"):
                     self._finished = True

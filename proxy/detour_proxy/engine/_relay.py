@@ -125,7 +125,8 @@ class Relay:
     def _frame(self, ev: StreamEvent) -> bytes | None:
         """The payload to relay for `ev` (None: drop it), with the relay's bookkeeping."""
         payload = ev.payload
-        if self.stream_id is None and not self.native:
+        if self.keep_text and self.stream_id is None and not self.native:
+            # the id and model a continuation is rewritten to (continue mode only: keep_text)
             doc = orjson.loads(payload)
             self.stream_id, self.model = doc.get("id"), doc.get("model")
         if self.continuing:

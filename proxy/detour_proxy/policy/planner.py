@@ -66,6 +66,7 @@ Eligible = Callable[[int], bool]
 PROBES_OUT_RETRY_AFTER = 1.0
 _RETRY_KINDS = (OutcomeKind.CONNECT_ERROR, OutcomeKind.TIMEOUT)
 _FALLBACK_KINDS = (OutcomeKind.CONNECT_ERROR, OutcomeKind.TIMEOUT, OutcomeKind.STREAM_ERROR)
+_set = object.__setattr__
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,6 +80,14 @@ class Try:
     delay: float
     attempt: int
     reason: str
+
+    # Written out: the generated frozen __init__ costs twice as much (one Try per attempt).
+    def __init__(self, index: int, key: TargetKey, delay: float, attempt: int, reason: str) -> None:
+        _set(self, "index", index)
+        _set(self, "key", key)
+        _set(self, "delay", delay)
+        _set(self, "attempt", attempt)
+        _set(self, "reason", reason)
 
 
 @dataclass(frozen=True, slots=True)

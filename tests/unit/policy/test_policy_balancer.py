@@ -157,3 +157,34 @@ def test_candidates_and_determinism(strategy):
     assert a == b
     assert all(sorted(o) == [0, 2, 3] for o in a)
     assert len({tuple(o) for o in a}) > 1  # it does vary
+
+
+def _priority_by_definition(r: config.Route, cands: list[int], rng: random.Random) -> list[int]:
+    """Ascending priority, each tier in weighted random order (a tier of one draws nothing)."""
+    weights = [t.weight for t in r.targets]
+    out: list[int] = []
+    for prio in sorted({r.targets[i].priority for i in cands}):
+        out.extend(weighted_order([i for i in cands if r.targets[i].priority == prio], weights, rng))
+    return out
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_planner_priority_order_is_the_strategy_order_for_the_same_draws(seed):
+    """RoutePlanner.begin() orders a priority route from tiers computed once per config; with
+    the same seed it gives exactly the order (and consumes exactly the draws) the strategy
+    defines, overflowOnly targets left out."""
+    from detour_proxy.policy import RetryBudget, RoutePlanner
+    gen = random.Random(seed)
+    n = gen.randint(1, 7)
+    r = config.Route(name="r", strategy="priority", hiddenFailures=["context-window"], targets=[
+        config.Target(provider=f"p{i}", model="m", priority=gen.randint(0, 2), weight=gen.randint(0, 3),
+                      contextWindow=1000 * (i + 1), overflowOnly=(i > 0 and gen.random() < 0.2))
+        for i in range(n)])
+    keys = [TargetKey(t.provider, t.model, f"https://{t.provider}") for t in r.targets]
+    reg = HealthRegistry(config.Health())
+    planner = RoutePlanner(r, keys, reg, RetryBudget(config.RetryBudget()), rng=random.Random(seed))
+    ref = random.Random(seed)
+    cands = [i for i in range(n) if not r.targets[i].overflow_only]
+    for _ in range(5):
+        assert planner.begin(0.0).order == _priority_by_definition(r, cands, ref)
+    assert planner.rng.random() == ref.random()   # the same number of draws was taken

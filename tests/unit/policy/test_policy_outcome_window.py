@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from detour_proxy.policy import Outcome, OutcomeKind, SlidingWindow
 
@@ -64,3 +68,47 @@ def test_window_reset():
     w.add(1.0, 3, 2, 1)
     w.reset()
     assert w.totals(1.0) == (0, 0, 0)
+
+
+class _SummingWindow:
+    """The window without running sums: every `totals` sums the buckets inside the window
+    (the definition; `SlidingWindow` keeps running sums and must agree with it exactly)."""
+
+    def __init__(self, width: float, buckets: int, fields: int) -> None:
+        self.width, self.buckets, self.fields = width, buckets, fields
+        self.slices: list[list[int]] = []
+
+    def add(self, now: float, *counts: int) -> None:
+        index = math.floor(now / self.width)
+        if not self.slices or self.slices[-1][0] < index:
+            self.slices.append([index] + [0] * self.fields)
+            self.slices = [s for s in self.slices if s[0] > index - self.buckets]
+        for i, c in enumerate(counts, start=1):
+            self.slices[-1][i] += c
+
+    def totals(self, now: float) -> tuple[int, ...]:
+        oldest = math.floor(now / self.width) - self.buckets
+        return tuple(sum(s[i + 1] for s in self.slices if s[0] > oldest) for i in range(self.fields))
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.floats(0, 100), st.lists(st.integers(0, 5), min_size=0, max_size=3),
+                          st.booleans()), max_size=60),
+       st.sampled_from([1, 3, 10]), st.booleans())
+def test_window_totals_match_the_definition(ops, buckets, forward):
+    """The running sums give exactly what summing the buckets inside the window gives, for
+    any interleaving of adds, reads (also of past or future times), and time jumps."""
+    w = SlidingWindow(10.0, buckets=buckets, fields=3)
+    ref = _SummingWindow(w._width, buckets, 3)
+    t = 0.0
+    for dt, counts, read in ops:
+        t = t + dt / 10 if forward else dt
+        if read:
+            for at in (t, t - 7.5, t + 20.0):
+                assert w.totals(at) == ref.totals(at)
+        else:
+            w.add(t, *counts)
+            ref.add(t, *counts)
+    assert w.totals(t) == ref.totals(t)
+    w.reset()
+    assert w.totals(t) == (0, 0, 0)
