@@ -165,7 +165,11 @@ class SecretRefs:
                     log.warning("cannot read Secret %s/%s: %s; retrying", ns, name, exc.reason)
                 if exc.status in DEFINITE:
                     self._set(w, None, error=exc.reason)
-                await asyncio.sleep(min(RETRY_MAX, 0.5 * 2 ** min(failures, 6)))
+            except Exception as exc:  # no credentials yet, a malformed answer: retried, never fatal
+                failures += 1
+                if failures == 1:
+                    log.warning("cannot read Secret %s/%s: %s; retrying", ns, name, type(exc).__name__)
+            await asyncio.sleep(min(RETRY_MAX, 0.5 * 2 ** min(failures, 6)))
 
     async def _follow(self, w: _Watch, params: dict[str, str], rv: str) -> str:
         """One watch from `rv`; returns the resourceVersion to resume from, "" to re-list."""

@@ -131,3 +131,22 @@ async def test_a_forbidden_secret_is_reported_and_other_types_read_as_absent(ref
     await refs.wait_loaded("ns", {"other", "tls"}, 5)
     assert refs.data("ns", "other") is None and "forbidden" in (refs.error("ns", "other") or "")
     assert refs.data("ns", "tls") is None and refs.error("ns", "tls") is None  # not Opaque: never an API key
+
+
+async def test_a_client_that_cannot_be_built_yet_is_retried_not_fatal(monkeypatch):
+    monkeypatch.setattr("detour_operator.secret_refs.RETRY_MAX", 0.01)
+    api = FakeAPI({"keys": secret("keys", 5, a="YQ==")})
+    attempts = []
+
+    def factory() -> FakeAPI:
+        attempts.append(1)
+        if len(attempts) == 1:
+            raise OSError("no kubeconfig yet")
+        return api
+    refs = SecretRefs(lambda ns: None, api_factory=factory)
+    try:
+        refs.want("ns", {"keys"})
+        await refs.wait_loaded("ns", {"keys"}, 5)
+        assert refs.data("ns", "keys") == {"a": "YQ=="} and len(attempts) == 2
+    finally:
+        await refs.close()
