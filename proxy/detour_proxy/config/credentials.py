@@ -36,7 +36,8 @@ RECHECK_SECONDS = 1.0
 class Credential:
     """A lazily refreshed secret value."""
 
-    __slots__ = ("_source", "_value", "_stamp", "_checked", "_recheck", "_clock", "_problem", "_settle")
+    __slots__ = ("_source", "_value", "_stamp", "_checked", "_recheck", "_clock", "_problem", "_settle",
+                 "on_change")
 
     def __init__(self, source: SecretSource, recheck: float | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
@@ -48,6 +49,8 @@ class Credential:
         self._clock = clock
         self._problem: str | None = None  # what is wrong with the file, logged once until fixed
         self._settle: Settle[str] = Settle()
+        #: called (no arguments) when a key file's new key replaces the previous one
+        self.on_change: Callable[[], None] | None = None
         if source.value is not None:
             self._value = source.value
         elif source.env is not None:
@@ -113,9 +116,12 @@ class Credential:
         complete = complete or (self._stamp is not None and stamp[0] != self._stamp[0])
         if self._value is not None and self._settle.observe(stamp, value, complete=complete) is None:
             return  # confirmed by the next re-check (watcher poll or `recheck` later), if unchanged
+        changed = self._stamp is not None and value != self._value
         if self._stamp is not None:
             log.info("key file %s changed; using the new key", path)
         self._stamp, self._value, self._problem = stamp, value, None
+        if changed and self.on_change is not None:
+            self.on_change()
 
     def _keep(self, path: str, problem: str) -> None:
         """The file is unusable: keep the last good key; say so once per problem."""

@@ -106,11 +106,16 @@ def _google_token(p: Provider, prev: Credential | GoogleToken | None, metrics: M
     return token
 
 
+def _renewer(registry: HealthRegistry, clock: Clock, provider: str, index: int) -> Callable[[], None]:
+    def renew() -> None:
+        registry.renew_key(provider, index, clock.now())
+    return renew
+
+
 def build_gateway(config: RoutingConfig, *, registry: HealthRegistry, budget: RetryBudget,
                   metrics: Metrics, rng: random.Random, clock: Clock,
                   previous: Gateway | None = None) -> Gateway:
     """Build all per-config structures. Raises only for programming errors: config is validated."""
-    del clock  # planners take `now` from the executor; kept in the signature for symmetry
     old_creds: dict[str, Any] = {}
     old_keys: dict[tuple[str, int, str], Credential] = {}
     if previous is not None:
@@ -139,6 +144,8 @@ def build_gateway(config: RoutingConfig, *, registry: HealthRegistry, budget: Re
             can_continue=adapter.can_continue, supports_embeddings=adapter.supports("embeddings"),
             key_credentials=keys,
         )
+        for j, c in enumerate(keys):   # a replaced key starts afresh (its refusals were the old key's)
+            c.on_change = _renewer(registry, clock, p.name, j) if len(keys) > 1 else None
         if len(keys) > 1:
             key_runtimes[p.name] = [replace(providers[p.name], credential=c, key_index=j) for j, c in enumerate(keys)]
     registry.update_settings(config.health)

@@ -95,6 +95,14 @@ class HealthRegistry:
         if self.on_transition is not None:
             self.on_transition(key, old, new)
 
+    def renew_key(self, provider: str, key_index: int, now: float) -> int:
+        """The provider's `key_index`-th API key was replaced: every target on it starts afresh
+        (`TargetState.key_renewed`). Returns how many targets that touched."""
+        touched = [st for k, st in self._states.items() if k.provider == provider and k.key_index == key_index]
+        for st in touched:
+            st.key_renewed(now)
+        return len(touched)
+
     def retain(self, keys: Iterable[TargetKey]) -> None:
         """Forget targets no longer in the config (after a reload)."""
         keep = set(keys)

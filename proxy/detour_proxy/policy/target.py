@@ -368,6 +368,16 @@ class TargetState:
                 else DEFAULT_QUOTA_RESET
             self.sideline(now + min(wait, max_cd))
 
+    def key_renewed(self, now: float) -> None:
+        """This target's API key was replaced (its key file changed): what the old key earned
+        (a refusal's open breaker or sideline, failures in the window) says nothing about the new
+        one, which is used from the next request on."""
+        del now
+        self._window.reset()
+        self._consecutive = 0
+        self._sideline_until = -math.inf
+        self._breaker.close()
+
     def quota_exhausted(self, resets: list[float | None], now: float) -> float:
         """The provider's rate-limit headers say a budget (requests or tokens) is used up;
         `resets` are the seconds until each exhausted budget resets (None: not given). The

@@ -30,3 +30,35 @@ def test_each_key_is_a_target_with_its_own_credential_and_a_reload_keeps_them_ap
     # and a changed inline key is taken
     gw = state.install(parse_config(cfg(second="sk-b-new")))
     assert [t.provider.api_key() for t in gw.routes[0].targets] == ["sk-a-0", "sk-a-1", "sk-b-0", "sk-b-new"]
+
+
+def test_a_replaced_key_file_starts_its_key_afresh(tmp_path):
+    """Key 0 was refused (401: held back for maxCooldown); the operator rotates its Secret: the new
+    key is used from the next request on, not after the old key's cooldown."""
+    import os
+
+    from detour_proxy.policy import BreakerState, Outcome
+
+    key_file = tmp_path / "a"
+    key_file.write_text("sk-revoked\n")
+    config = cfg()
+    config["providers"][0]["apiKeys"][0] = {"file": str(key_file)}
+    clock = FakeClock(0.0)
+    state = AppState(clock=clock)
+    gw = state.install(parse_config(config))
+    key0, key1 = gw.routes[0].targets[0], gw.routes[0].targets[1]
+    assert key0.provider.api_key() == "sk-revoked"
+    key0.state.record(Outcome.http(401), clock.now())
+    key0.state.key_refused(Outcome.http(401), clock.now())
+    key1.state.record(Outcome.http(503), clock.now())
+    assert key0.state.breaker_state(clock.now()) is BreakerState.OPEN and not key0.state.admits(clock.now())
+    new = tmp_path / "a.new"
+    new.write_text("sk-fresh\n")
+    os.replace(new, key_file)                   # a rename: complete when seen
+    key0.provider.credential.refresh()
+    assert key0.provider.api_key() == "sk-fresh"
+    assert key0.state.breaker_state(clock.now()) is BreakerState.CLOSED and key0.state.admits(clock.now())
+    assert key0.state.window_stats(clock.now()) == (0, 0, 0)
+    assert key1.state.window_stats(clock.now()) == (1, 1, 0)   # the other key keeps its own history
+    assert state.metrics.registry.get_sample_value(
+        "detour_breaker_transitions_total", {"provider": "a", "model": "m", "to": "closed"}) == 1
