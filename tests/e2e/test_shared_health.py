@@ -152,3 +152,42 @@ def test_nothing_is_written_at_rest_importers_stay_silent_and_a_deleted_peer_is_
     assert time.monotonic() - t_delete < 5, "dropped with the pod, not at the claim's deadline"
     for p in (p1, p2):
         assert p.metric("detour_shared_health_peers") == 0
+
+
+def test_a_refused_key_is_shared_per_key_and_peers_go_straight_to_the_next_key(cluster, sim_a, sim_b):
+    """Provider A lists two keys; key 0 is refused (401) for everyone. Pod 1 meets it, rotates to
+    key 1 and publishes key 0 open (by index); pods 2 and 3 import that one key and send their
+    requests to key 1 at once: A is not left, and no pod but the first spends a call on key 0."""
+    from e2e.conftest import config as base_config
+
+    k8s, (p1, p2, p3) = cluster(heartbeat=LONG_HEARTBEAT)
+    wait_all_published_and_watching(k8s, {"pod-1": p1, "pod-2": p2, "pod-3": p3})
+    cfg = base_config(sim_a, sim_b, fail_a=False, heartbeat=LONG_HEARTBEAT)
+    a = cfg["providers"][0]
+    del a["apiKey"]
+    a["apiKeys"] = [{"value": "sk-a-revoked"}, {"value": "sk-a-good"}]
+    cfg["health"]["breaker"]["maxCooldown"] = "60s"
+    for p in (p1, p2, p3):
+        write_atomic(p.config_path, cfg)
+    for p in (p1, p2, p3):
+        wait_until(lambda: p.chat(MODEL).headers.get("x-detour-key") == "0", 5, "the two-key config in force")
+    sim_a.admin.put("/_sim/faults", json={"status": 401, "keys": ["sk-a-revoked"]}).raise_for_status()
+
+    r = p1.chat(MODEL)
+    assert r.status_code == 200 and (r.headers["x-detour-target"], r.headers["x-detour-key"]) == (f"a/{MODEL}", "1")
+
+    def key0_published_open() -> bool:
+        doc = orjson.loads(pod_annotation(k8s, "pod-1", ANNOTATION) or b"{}")
+        states = {t.get("key", 0): t["state"] for t in doc.get("targets", []) if t["provider"] == "a"}
+        return states == {0: "open", 1: "closed"}
+    wait_until(key0_published_open, STALENESS_BOUND, "pod 1 publishing key 0 open, key 1 closed")
+    refused = sim_a.stats()["faultsInjected"]
+    for p in (p2, p3):
+        wait_until(lambda: p.metric("detour_shared_health_merges_total") >= 1, STALENESS_BOUND, "the import")
+        r = p.chat(MODEL)
+        assert (r.headers["x-detour-target"], r.headers["x-detour-key"], r.headers["x-detour-attempts"]) == \
+            (f"a/{MODEL}", "1", "1")
+        assert p.metric("detour_key_rotations_total", route="chat", provider="a", model=MODEL, reason="http_4xx") == 0
+    assert sim_a.stats()["faultsInjected"] == refused == 1      # only pod 1 ever sent the revoked key
+    assert sim_b.requests() == 0
+    sim_a.clear()
