@@ -8,7 +8,9 @@ plain `inc()`/`observe()`, with no label lookups per request.
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from dataclasses import dataclass
+from typing import Callable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
@@ -91,6 +93,41 @@ class Metrics:
         self.breaker_transitions.labels(provider, model, new_state).inc()
 
 
+Add = Callable[[float], None]
+
+
+def adder(child: Counter | Gauge) -> Add:
+    """`child.inc(amount)` for the per-request updates, minus prometheus_client's per-call
+    checks (observability, sign): the bound value's own locked `inc`. Only for children that
+    are labelled and only ever incremented by Detour's own non-negative counts (a Gauge's
+    `dec()` is `add(-1)`). Falls back to `inc` if the library's internals differ
+    (tests/unit/proxy/test_metrics_fast.py compares both on the exposition)."""
+    value = getattr(child, "_value", None)
+    inc = getattr(value, "inc", None)
+    return inc if callable(inc) else child.inc
+
+
+def observer(child: Histogram) -> Add:
+    """`child.observe(amount)` for the per-request updates: the same sum and bucket counts,
+    the bucket found by bisection instead of a Python loop over the bounds, without the
+    per-call checks. Falls back to `observe` if the library's internals differ."""
+    try:
+        bounds = list(child._upper_bounds)
+        incs = [b.inc for b in child._buckets]
+        add_sum = child._sum.inc
+    except AttributeError:
+        return child.observe
+    n = len(bounds)
+
+    def observe(amount: float) -> None:
+        add_sum(amount)
+        i = bisect_left(bounds, amount)
+        if i < n and amount == amount:   # (NaN falls in no bucket, as in `observe`)
+            incs[i](1)
+
+    return observe
+
+
 @dataclass(slots=True)
 class TargetMetrics:
     """Children bound for one target of one route."""
@@ -104,19 +141,29 @@ class TargetMetrics:
     prompt_tokens: Counter
     completion_tokens: Counter
     streams_cut: Counter
+    # the per-attempt updates, bound once (see `adder` / `observer`)
+    count_attempt: dict[str, Add]
+    observe_ttft: Add
+    observe_attempt_duration: Add
 
     @classmethod
     def bind(cls, m: Metrics, route: str, provider: str, model: str) -> TargetMetrics:
+        attempts = {r: m.attempts.labels(route, provider, model, r) for r in ATTEMPT_RESULTS}
+        ttft = m.ttft.labels(route, provider)
+        attempt_duration = m.attempt_duration.labels(provider)
         return cls(
-            attempts={r: m.attempts.labels(route, provider, model, r) for r in ATTEMPT_RESULTS},
+            attempts=attempts,
             retries={r: m.retries.labels(route, provider, r) for r in ATTEMPT_RESULTS[1:]},
             forced=m.forced.labels(route, provider),
             key_rotations={r: m.key_rotations.labels(route, provider, model, r) for r in ("http_4xx", "http_429")},
-            ttft=m.ttft.labels(route, provider),
-            attempt_duration=m.attempt_duration.labels(provider),
+            ttft=ttft,
+            attempt_duration=attempt_duration,
             prompt_tokens=m.tokens.labels(route, provider, "prompt"),
             completion_tokens=m.tokens.labels(route, provider, "completion"),
             streams_cut=m.streams_cut.labels(route, provider),
+            count_attempt={r: adder(c) for r, c in attempts.items()},
+            observe_ttft=observer(ttft),
+            observe_attempt_duration=observer(attempt_duration),
         )
 
 
@@ -132,13 +179,23 @@ class RouteMetrics:
     in_flight: Gauge
     budget_rejections: Counter
     hedges: Counter
+    # the per-request updates, bound once (see `adder` / `observer`)
+    count_outcome: dict[str, Add]
+    observe_duration: Add
+    add_in_flight: Add
 
     @classmethod
     def bind(cls, m: Metrics, route: str) -> RouteMetrics:
+        outcomes = {o: m.requests.labels(route, o) for o in REQUEST_OUTCOMES}
+        duration = m.request_duration.labels(route)
+        in_flight = m.in_flight.labels(route)
         return cls(
-            outcomes={o: m.requests.labels(route, o) for o in REQUEST_OUTCOMES},
-            duration=m.request_duration.labels(route),
-            in_flight=m.in_flight.labels(route),
+            outcomes=outcomes,
+            duration=duration,
+            in_flight=in_flight,
             budget_rejections=m.budget_rejections.labels(route),
             hedges=m.hedges.labels(route),
+            count_outcome={o: adder(c) for o, c in outcomes.items()},
+            observe_duration=observer(duration),
+            add_in_flight=adder(in_flight),
         )

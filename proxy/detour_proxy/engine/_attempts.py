@@ -233,10 +233,10 @@ def record(state: AppState, ctx: RequestContext, plan: RequestPlan, tr: TargetRu
         return
     plan.record(outcome, state.clock.now(), tr.index)
     result = result_label(outcome)
-    tr.metrics.attempts[result].inc()
+    tr.metrics.count_attempt[result](1)
     tracing.end_attempt(ctx, tr, outcome, result)
     if outcome.duration is not None:
-        tr.metrics.attempt_duration.observe(outcome.duration)
+        tr.metrics.observe_attempt_duration(outcome.duration)
     if not outcome.ok:
         ctx.errors.append((tr.label, outcome, res.err))
     if log.isEnabledFor(logging.DEBUG):

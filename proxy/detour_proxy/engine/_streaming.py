@@ -98,7 +98,7 @@ class StreamRunner:
         ctx.target = tr
         outcome = res.outcome
         if outcome.ttft is not None:    # the first token came (also when the stream broke later)
-            tr.metrics.ttft.observe(outcome.ttft)
+            tr.metrics.observe_ttft(outcome.ttft)
         if res.client_fault:
             self.client_fault = outcome.message
             return True

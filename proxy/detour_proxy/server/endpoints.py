@@ -132,7 +132,7 @@ class OpenAIEndpoints:
         if route.route.affinity is not None:
             ctx.affinity_key = affinity_key(route.route.affinity, scope["headers"], body)
         rm = route.metrics
-        rm.in_flight.inc()
+        rm.add_in_flight(1)
         tracing.start_request(ctx)
         watch = _DisconnectWatch(receive, asyncio.current_task())
         outcome = "cancelled"
@@ -172,10 +172,10 @@ class OpenAIEndpoints:
             status = await _internal_error(send, exc, request_id, route.route.name, stream, ctx.status, codec)
         finally:
             watch.stop()
-            rm.in_flight.dec()
+            rm.add_in_flight(-1)
             elapsed = time.perf_counter() - started
-            rm.duration.observe(elapsed)
-            rm.outcomes[outcome].inc()
+            rm.observe_duration(elapsed)
+            rm.count_outcome[outcome](1)
             tracing.end_request(ctx, status, outcome)
             _log(request_id, route.route.name, ctx.target.label if ctx.target else None, ctx.attempts,
                  status, started, outcome, kind, stream)
