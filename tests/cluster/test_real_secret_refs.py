@@ -212,15 +212,6 @@ def test_unreferenced_secrets_are_never_read_and_referenced_ones_are_followed(re
         c.kubectl("patch", "secret", "late-keys", "--type=merge", "-p", '{"stringData": {"b": "sk-b-rotated"}}', ns=ns)
         wait_for(lambda: credential(c, ns, "b") == "sk-b-rotated", 30, "b's rotated key in detour-credentials")
 
-        # The last reference to late-keys goes: its watch ends (the audit log's ResponseComplete of
-        # that watch, while the operator keeps running).
-        dropped = time.time()
-        c.apply(policy("chat", "a"), ns=ns)
-        c.kubectl("delete", "llmp", "b", ns=ns)
-        wait_for(lambda: watch_ended(c, ns, "late-keys", r.started_at, dropped), 30,
-                 "the operator's watch of late-keys ending once no LLMProvider references it")
-        assert operator.proc is not None and operator.proc.poll() is None
-
         # the audit log holds the operator's last write (so everything before it) once it is flushed
         wait_for(lambda: ("patch", "detour-credentials") in {(v, n) for v, n, _, _ in
                                                              operator_secret_requests(c, ns, last)},
@@ -238,6 +229,15 @@ def test_unreferenced_secrets_are_never_read_and_referenced_ones_are_followed(re
         assert listed == {(v, n) for v in ("list", "watch") for n in referenced}, listed
         assert not any(n.startswith("unrelated-") for _, n, _, _ in requests)
         assert "not-an-llm-key" not in operator.log()
+
+        # The last reference to late-keys goes: its watch ends (the audit log's ResponseComplete of
+        # that watch, while the operator keeps running).
+        dropped = time.time()
+        c.apply(policy("chat", "a"), ns=ns)
+        c.kubectl("delete", "llmp", "b", ns=ns)
+        wait_for(lambda: watch_ended(c, ns, "late-keys", r.started_at, dropped), 30,
+                 "the operator's watch of late-keys ending once no LLMProvider references it")
+        assert operator.proc is not None and operator.proc.poll() is None
     finally:
         upstream.stop()
 
