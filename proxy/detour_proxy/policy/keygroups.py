@@ -20,11 +20,16 @@ Pure, like the rest of `policy`; a route whose providers have one key each has n
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import random
+from collections.abc import Callable, Container, Sequence
 
 from detour_proxy import config
 
-from .target import TargetKey, TargetState
+from .affinity import affinity_order
+from .balancer import order_targets
+from .breaker import Admission
+from .outcome import Outcome, OutcomeKind
+from .target import KEY_STATUSES, TargetKey, TargetState
 
 __all__ = ["KeyGroup", "KeyGroups"]
 
@@ -92,3 +97,32 @@ class KeyGroups:
     def expand(self, group_order: Sequence[int]) -> list[int]:
         """Planner targets in the groups' order, each group's keys in key order."""
         return [i for g in group_order for i in self.members[g]]
+
+    def order(self, now: float, rng: random.Random, eligible: Callable[[int], bool] | None,
+              affinity: str | None) -> list[int]:
+        """A request's visiting order: the strategy (and prompt-cache affinity) ranks the route's
+        targets by their `KeyGroup` view, and each target's keys follow in key order."""
+        targets = self.route.targets
+        cands = [g for g, m in enumerate(self.members)
+                 if (eligible is None or eligible(m[0])) and not targets[g].overflow_only]
+        gorder = order_targets(self.route, self.views, now, rng, cands)
+        if affinity is not None and self.route.affinity is not None:
+            gorder = affinity_order(self.route, self.keys, self.views, now, affinity, gorder)
+        return self.expand(gorder)
+
+    def refusal(self, index: int, outcome: Outcome) -> bool:
+        """Did the provider refuse planner target `index`'s *key* (and has its target another)?"""
+        return outcome.kind is OutcomeKind.HTTP_ERROR and outcome.status in KEY_STATUSES and self.size(index) > 1
+
+    def next_key(self, cur: int, tried: Container[int], ok: Callable[[int], bool],
+                 states: Sequence[TargetState], now: float) -> tuple[int, Admission] | None:
+        """After a key refusal on `cur`: the next untried, eligible key of the same target that
+        admits (keys after `cur` first, then the ones before it), acquired; None if none is left."""
+        sib = self.siblings(cur)
+        at = sib.index(cur)
+        for i in sib[at + 1:] + sib[:at]:
+            if i not in tried and ok(i):
+                ticket = states[i].acquire(now)
+                if ticket is not None:
+                    return i, ticket
+        return None

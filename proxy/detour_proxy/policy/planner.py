@@ -57,7 +57,7 @@ from .budget import RetryBudget
 from .keygroups import KeyGroups
 from .outcome import CONTEXT_WINDOW, Outcome, OutcomeKind
 from .registry import HealthRegistry
-from .target import KEY_STATUSES, TargetKey
+from .target import TargetKey
 
 __all__ = ["RoutePlanner", "RequestPlan", "Try", "GiveUp"]
 
@@ -170,13 +170,7 @@ class RoutePlanner:
             if affinity is not None and self.route.affinity is not None:
                 order = affinity_order(self.route, self.keys, self.states, now, affinity, order)
         else:   # order the route's targets (groups), then each one's keys in key order
-            gcands = [g for g, m in enumerate(kg.members) if (eligible is None or eligible(m[0]))
-                      and not targets[m[0]].overflow_only]
-            gorder = order_targets(kg.route, kg.views, now, self.rng, gcands)
-            if affinity is not None and self.route.affinity is not None:
-                gorder = affinity_order(kg.route, kg.keys, kg.views, now, affinity, gorder)
-            order = kg.expand(gorder)
-            cands = [i for i in order if eligible is None or eligible(i)]
+            order = kg.order(now, self.rng, eligible, affinity)
         plan = RequestPlan(self, order, deadline)
         if self._has_overflow:   # overflowOnly targets: only after a context-window refusal
             plan.overflow = [i for i in range(len(targets)) if targets[i].overflow_only
@@ -214,9 +208,7 @@ class RequestPlan:
         pend = self._take_pending(index)
         state = self._p.states[pend.index]
         state.record(outcome, now, pend.ticket)
-        kg = self._kg
-        if kg is not None and outcome.status in KEY_STATUSES and outcome.kind is OutcomeKind.HTTP_ERROR \
-                and kg.size(pend.index) > 1:
+        if self._kg is not None and self._kg.refusal(pend.index, outcome):
             state.key_refused(outcome, now)
         self.attempts.append((self._p.keys[pend.index], outcome))
         self._last = outcome
@@ -354,19 +346,6 @@ class RequestPlan:
         kg = self._kg
         return kg is not None and kg.group_of[index] in self._groups_tried
 
-    def _rotate(self, now: float, ok: Eligible, cur: int) -> Try | None:
-        """After a key refusal: the next untried key of the same route target that admits
-        (keys after `cur` first, then the ones before it), acquired; None when none is left."""
-        assert self._kg is not None
-        sib = self._kg.siblings(cur)
-        at = sib.index(cur)
-        for i in sib[at + 1:] + sib[:at]:
-            if i not in self._tried and ok(i):
-                ticket = self._p.states[i].acquire(now)
-                if ticket is not None:
-                    return self._try(i, ticket, 0.0, "rotate")
-        return None
-
     def next(self, now: float, eligible: Eligible | None = None) -> Try | GiveUp:
         """The next step. `eligible` narrows the targets for this step only (e.g. targets
         able to continue a partly streamed answer)."""
@@ -401,13 +380,12 @@ class RequestPlan:
             if last.error_class == CONTEXT_WINDOW:
                 return self._larger_context(now, ok, last)
             kg = self._kg
-            if kg is not None and cur is not None and last.kind is OutcomeKind.HTTP_ERROR \
-                    and last.status in KEY_STATUSES and kg.size(cur) > 1:
+            if kg is not None and cur is not None and kg.refusal(cur, last):
                 if now >= self.deadline:
                     return self._give_up("deadline", last)
-                rotated = self._rotate(now, ok, cur)
-                if rotated is not None:
-                    return rotated
+                found = kg.next_key(cur, self._tried, ok, states, now)
+                if found is not None:
+                    return self._try(found[0], found[1], 0.0, "rotate")
                 keys_out = True
             elif last.kind is OutcomeKind.HTTP_ERROR and not (
                     last.status in route.retry.on_status_codes
