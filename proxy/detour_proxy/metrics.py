@@ -145,12 +145,16 @@ class TargetMetrics:
     count_attempt: dict[str, Add]
     observe_ttft: Add
     observe_attempt_duration: Add
+    add_prompt_tokens: Add
+    add_completion_tokens: Add
 
     @classmethod
     def bind(cls, m: Metrics, route: str, provider: str, model: str) -> TargetMetrics:
         attempts = {r: m.attempts.labels(route, provider, model, r) for r in ATTEMPT_RESULTS}
         ttft = m.ttft.labels(route, provider)
         attempt_duration = m.attempt_duration.labels(provider)
+        prompt_tokens = m.tokens.labels(route, provider, "prompt")
+        completion_tokens = m.tokens.labels(route, provider, "completion")
         return cls(
             attempts=attempts,
             retries={r: m.retries.labels(route, provider, r) for r in ATTEMPT_RESULTS[1:]},
@@ -158,12 +162,14 @@ class TargetMetrics:
             key_rotations={r: m.key_rotations.labels(route, provider, model, r) for r in ("http_4xx", "http_429")},
             ttft=ttft,
             attempt_duration=attempt_duration,
-            prompt_tokens=m.tokens.labels(route, provider, "prompt"),
-            completion_tokens=m.tokens.labels(route, provider, "completion"),
+            prompt_tokens=prompt_tokens,
+            completion_tokens=completion_tokens,
             streams_cut=m.streams_cut.labels(route, provider),
             count_attempt={r: adder(c) for r, c in attempts.items()},
             observe_ttft=observer(ttft),
             observe_attempt_duration=observer(attempt_duration),
+            add_prompt_tokens=adder(prompt_tokens),
+            add_completion_tokens=adder(completion_tokens),
         )
 
 

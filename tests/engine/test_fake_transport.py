@@ -139,6 +139,8 @@ FAILURES = {
     "no_content": FakeResponse(204, b""),
     "oversized": FakeResponse(200, b"x" * (2 * 1024 * 1024)),
     "reset_while_reading": FakeResponse(200, Disconnected("reset")),
+    # a token count no counter can take (metrics' bound fast adds leave it to `inc`, which refuses it)
+    "negative_usage": FakeResponse(200, ANSWER.replace(b'"prompt_tokens":1', b'"prompt_tokens":-5')),
 }
 
 

@@ -211,7 +211,8 @@ def note_decision(state: AppState, ctx: RequestContext, d: Try | GiveUp, plan: R
     if isinstance(d, GiveUp):
         return
     tr = ctx.route.targets[d.index]
-    tracing.start_attempt(ctx, d, tr)
+    if ctx.trace is not None:   # (tracing off: not even the call)
+        tracing.start_attempt(ctx, d, tr)
     if d.reason == "retry" and ctx.errors:
         tr.metrics.retries[result_label(ctx.errors[-1][1])].inc()
     elif d.reason == "fallback" and ctx.target is not None:
@@ -234,7 +235,8 @@ def record(state: AppState, ctx: RequestContext, plan: RequestPlan, tr: TargetRu
     plan.record(outcome, state.clock.now(), tr.index)
     result = result_label(outcome)
     tr.metrics.count_attempt[result](1)
-    tracing.end_attempt(ctx, tr, outcome, result)
+    if ctx.trace is not None:
+        tracing.end_attempt(ctx, tr, outcome, result)
     if outcome.duration is not None:
         tr.metrics.observe_attempt_duration(outcome.duration)
     if not outcome.ok:

@@ -203,7 +203,7 @@ async def stream_attempt(state: AppState, ctx: RequestContext, tr: TargetRuntime
             pending: list[StreamEvent] = []
             done = False
             # judged on canonical chunks only (a native stream's events are the client's own format)
-            hidden = frozenset() if req.native else frozenset(ctx.route.route.hidden_failures) - {CONTEXT}
+            hidden = frozenset() if req.native else ctx.route.stream_hidden
             while True:
                 data = await resp.readany()
                 for ev in _decode(decoder, data, tr):

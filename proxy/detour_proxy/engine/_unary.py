@@ -179,7 +179,16 @@ def _native_answer(ctx: RequestContext, tr: TargetRuntime, raw: bytes, started: 
 def observe_usage(tr: TargetRuntime, u: Any) -> None:
     if isinstance(u, dict):
         p, c = u.get("prompt_tokens"), u.get("completion_tokens")
+        m = tr.metrics
+        # Counts a counter cannot take (negative) go through `inc`, which refuses them (the
+        # answer is then malformed); the others through the bound fast add.
         if isinstance(p, int):
-            tr.metrics.prompt_tokens.inc(p)
+            if p >= 0:
+                m.add_prompt_tokens(p)
+            else:
+                m.prompt_tokens.inc(p)
         if isinstance(c, int):
-            tr.metrics.completion_tokens.inc(c)
+            if c >= 0:
+                m.add_completion_tokens(c)
+            else:
+                m.completion_tokens.inc(c)

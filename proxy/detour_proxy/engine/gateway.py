@@ -12,7 +12,7 @@ from typing import Any, Callable
 
 
 from ..adapters import Adapter, adapter_for
-from ..config import Provider, ProviderType, Route, RoutingConfig, Target, config_hash
+from ..config import HiddenFailure, Provider, ProviderType, Route, RoutingConfig, Target, config_hash
 from ..config.credentials import ClientKeys, Credential
 from ..metrics import Metrics, RouteMetrics, TargetMetrics
 from ..policy import Clock, HealthRegistry, RetryBudget, RoutePlanner, TargetKey, TargetState, merge_limits
@@ -68,6 +68,8 @@ class RouteRuntime:
     embeddings_eligible: Callable[[int], bool]
     continue_eligible: Callable[[int], bool]
     max_response_bytes: int   # `server.maxResponseBytes`: the cap of a non-streamed answer
+    #: the route's hiddenFailures judged on stream chunks (all but context-window), built once
+    stream_hidden: frozenset[Any] = frozenset()
 
 
 @dataclass(slots=True)
@@ -181,6 +183,7 @@ def build_gateway(config: RoutingConfig, *, registry: HealthRegistry, budget: Re
             metrics=RouteMetrics.bind(metrics, route.name),
             embeddings_eligible=emb.__getitem__, continue_eligible=cont.__getitem__,
             max_response_bytes=config.server.max_response_bytes,
+            stream_hidden=frozenset(route.hidden_failures) - {HiddenFailure.context_window},
         ))
     # Rate limits live on the (long-lived) target states; each replica enforces its share.
     registry.set_limits(limits, config.shared_health.replicas)

@@ -176,7 +176,8 @@ class OpenAIEndpoints:
             elapsed = time.perf_counter() - started
             rm.observe_duration(elapsed)
             rm.count_outcome[outcome](1)
-            tracing.end_request(ctx, status, outcome)
+            if ctx.trace is not None:   # (tracing off: not even the call)
+                tracing.end_request(ctx, status, outcome)
             _log(request_id, route.route.name, ctx.target.label if ctx.target else None, ctx.attempts,
                  status, started, outcome, kind, stream)
 

@@ -34,6 +34,8 @@ def test_bound_updates_expose_what_the_public_api_exposes():
             tm.attempts[r].inc()
             tm.ttft.observe(a)
             tm.attempt_duration.observe(a)
+            tm.prompt_tokens.inc(len(o))
+            tm.completion_tokens.inc(len(r))
             if o != "error":
                 rm.in_flight.dec()
 
@@ -45,6 +47,8 @@ def test_bound_updates_expose_what_the_public_api_exposes():
             tm.count_attempt[r](1)
             tm.observe_ttft(a)
             tm.observe_attempt_duration(a)
+            tm.add_prompt_tokens(len(o))
+            tm.add_completion_tokens(len(r))
             if o != "error":
                 rm.add_in_flight(-1)
 
