@@ -11,10 +11,11 @@ from __future__ import annotations
 import random
 
 from hypothesis import given, settings, strategies as st
+from test_policy_planner import run
 
 from detour_proxy import config
 from detour_proxy.policy import (
-    BreakerState, FakeClock, GiveUp, HealthRegistry, Outcome, RetryBudget, RoutePlanner, TargetKey, Try,
+    BreakerState, FakeClock, HealthRegistry, Outcome, RetryBudget, RoutePlanner, TargetKey, Try,
 )
 
 OK = Outcome.success(duration=0.2)
@@ -39,17 +40,6 @@ def make(keys_per_target=(3, 1), *, attempts: int = 2, strategy: str = "priority
     return RoutePlanner(route, keys, reg, budget, random.Random(seed), groups=groups), clock
 
 
-def run(planner, clock, outcomes):
-    plan = planner.begin(clock.now())
-    steps = []
-    feed = iter(outcomes)
-    while True:
-        step = plan.next(clock.now())
-        steps.append(step)
-        if isinstance(step, GiveUp):
-            return plan, steps
-        clock.advance(step.delay + 0.1)
-        plan.record(next(feed), clock.now())
 
 
 def shape(planner, steps):
