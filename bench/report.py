@@ -5,7 +5,8 @@ from __future__ import annotations
 
 LABELS = {"direct": "direct to upstream", "passthrough": "raw-ASGI pass-through (ceiling)",
           "detour": "Detour", "detour-accesslog": "Detour, access log on",
-          "detour-rules": "Detour, header/metadata routes + limits", "direct-sim": "direct to detour-sim"}
+          "detour-rules": "Detour, header/metadata routes + limits", "direct-sim": "direct to detour-sim",
+          "detour-baseline": "Detour, baseline checkout"}
 SATURATED = 0.90     # a process/core at or above this share of a core is the bottleneck
 TARGET_SHARE = 0.5
 FOREIGN_MAX = 0.15   # same threshold as run.py   # Detour's goal: at least half the pass-through ceiling
@@ -83,13 +84,15 @@ def render(res: dict) -> str:
                f"once per round, {meta.get('rounds', 1)} rounds per cell, in rotating order."
                + (" **Quick smoke run: not for publication.**" if meta["quick"] else ""))
     out += ["", "## Throughput (requests/s)", ""]
-    targets = [t for t in ("direct", "passthrough", "detour", "detour-rules", "detour-accesslog")
+    targets = [t for t in ("direct", "passthrough", "detour", "detour-rules", "detour-accesslog", "detour-baseline")
                if any(c["target"] == t for c in cells)]
     pairs = {(x["workload"], x["conns"]): x for x in res.get("pairs") or ()}
-    ratios = [k for k in ("detour/passthrough", "detour/direct", "detour-rules/detour", "detour-accesslog/detour")
+    ratios = [k for k in ("detour/passthrough", "detour/direct", "detour-rules/detour", "detour-accesslog/detour",
+                          "detour/detour-baseline")
               if any(k in x for x in pairs.values())]
     names = {"detour/passthrough": "Detour / pass-through", "detour/direct": "Detour / direct",
-             "detour-rules/detour": "rules + limits / Detour", "detour-accesslog/detour": "access log / Detour"}
+             "detour-rules/detour": "rules + limits / Detour", "detour-accesslog/detour": "access log / Detour",
+             "detour/detour-baseline": "Detour / baseline checkout"}
     out.append("Medians of the runs of each target; the ratios are medians of ratios between runs of the same "
                "round (adjacent in time), so slow drift of the machine's speed cancels out.")
     out.append("")

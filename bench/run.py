@@ -130,6 +130,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="re-run a cell up to N times when other processes loaded the machine during it")
     p.add_argument("--server-core", type=int, default=0)
     p.add_argument("--client-core", type=int, default=1)
+    p.add_argument("--baseline", metavar="CHECKOUT",
+                   help="also run Detour from an older checkout (e.g. a `git worktree` of the published "
+                        "commit) in the same rounds: paired detour/detour-baseline ratios say whether the "
+                        "code got slower, free of the machine's drift between runs")
     p.add_argument("--out", default=str(BENCH / "results"))
     a = p.parse_args(argv)
     if a.quick:
@@ -176,9 +180,12 @@ class Bench:
             cfg = self.tmp / f"{target}.yaml"
             cfg.write_text(detour_config(upstream, rules=target == "detour-rules"))
             argv = [PY, "-m", "detour_proxy", "--config", str(cfg), "--port", str(port), "--no-watch"]
-            if target in ("detour", "detour-rules"):
+            if target in ("detour", "detour-rules", "detour-baseline"):
                 argv.append("--no-access-log")
-        proc = self.procs.start(target, argv, self.a.server_core)
+        env = None
+        if target == "detour-baseline":   # the same venv, the older checkout's source first on the path
+            env = {**os.environ, "PYTHONPATH": str(Path(self.a.baseline).resolve() / "proxy")}
+        proc = self.procs.start(target, argv, self.a.server_core, env=env)
         url = f"http://127.0.0.1:{port}"
         wait_ready(proc, url + "/v1/chat/completions", self.bodies["non-stream"].read_bytes())
         return proc, url
@@ -286,7 +293,8 @@ class Bench:
         a = self.a
         upstream = self.start_upstream(a.upstream)
         names = (["direct", "passthrough", "detour"] + ([] if a.no_rules_run else ["detour-rules"])
-                 + ([] if a.no_access_log_run else ["detour-accesslog"]))
+                 + ([] if a.no_access_log_run else ["detour-accesslog"])
+                 + (["detour-baseline"] if a.baseline else []))
         servers: dict[str, tuple[subprocess.Popen | None, str]] = {"direct": (None, upstream)}
         cells, ttft, memory, pairs = [], {}, {}, []
         try:
@@ -313,7 +321,7 @@ class Bench:
                               + (f"  ERRORS {cell['errors']}" if cell["errors"] else ""), flush=True)
                     pair = {"workload": workload, "conns": conns}
                     for num, den in (("detour", "passthrough"), ("detour", "direct"), ("detour-rules", "detour"),
-                                     ("detour-accesslog", "detour")):
+                                     ("detour-accesslog", "detour"), ("detour", "detour-baseline")):
                         if num in runs and den in runs:
                             pair[f"{num}/{den}"] = statistics.median(
                                 x["rps"] / y["rps"] for x, y in zip(runs[num], runs[den]) if y["rps"])
